@@ -1,0 +1,86 @@
+# One entry point: make, make test, make run, make bench, make install.
+# make SAN=1 builds with AddressSanitizer and UBSan into build-san/.
+
+PREFIX ?= /usr/local
+CC := mpicc
+SAN ?= 0
+BUILD := $(if $(filter 1,$(SAN)),build-san,build)
+
+CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -O3 -g -Wall -Wextra -Werror -Iinclude -MMD -MP
+ifeq ($(SAN),1)
+CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS_SAN := -fsanitize=address,undefined
+endif
+CFLAGS ?=
+CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
+LDLIBS := -lpthread -lm
+
+LIB_SRC := $(wildcard collectives/*.c)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+LIB_A := $(BUILD)/lib/libcoll.a
+LIB_SO := $(BUILD)/lib/libcoll.so
+
+BENCH := $(BUILD)/bin/coll-bench
+TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll
+
+.PHONY: all deps test run bench install clean
+all: $(LIB_A) $(LIB_SO) $(BENCH) $(TEST_BINS)
+
+deps:
+	@launch/install-deps
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -c $< -o $@
+
+$(LIB_A): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(LIB_SO): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) -shared -Wl,-soname,libcoll.so.0 $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
+$(BENCH): $(BUILD)/obj/tests/bench/coll_bench.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/test_reduce: $(BUILD)/obj/tests/unit/test_reduce.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka $(LDLIBS)
+
+$(BUILD)/tests/test_api: $(BUILD)/obj/tests/unit/test_api.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka $(LDLIBS)
+
+$(BUILD)/tests/test_coll: $(BUILD)/obj/tests/mpi/test_coll.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
+# Installs missing Debian packages first, then builds and runs every suite;
+# the last line is "N passed, N failed".
+test: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) tests/run-tests
+
+# Until the training runtime lands: a short collectives demo on 2 ranks.
+run: deps
+	@$(MAKE) --no-print-directory all
+	launch/ddprun-demo $(BUILD)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) tests/bench/compare-native
+
+install: $(LIB_A) $(LIB_SO)
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 include/coll.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libcoll.so.0
+	ln -sf libcoll.so.0 $(DESTDIR)$(PREFIX)/lib/libcoll.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1|' collectives/coll.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/coll.pc
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,77 @@
+/* The public collectives: validate, choose the algorithm, run on the
+ * caller's thread (blocking) or hand to the progress thread (non-blocking). */
+#include "coll_internal.h"
+
+coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local) {
+    coll_result_t rc;
+    if (coll_tun.check) {
+        rc = coll_check_agree(ctx, a, local);
+        if (rc != COLL_SUCCESS) return rc;
+    } else if (local != COLL_SUCCESS) {
+        return local;
+    }
+    if (a->count == 0 && a->kind != COLL_K_BARRIER) return COLL_SUCCESS;
+    rc = coll_run(ctx, a);
+    if (rc == COLL_ERR_MPI || rc == COLL_ERR_TIMEOUT) {
+        int none = 0;
+        atomic_compare_exchange_strong(&ctx->comm->failed, &none, (int)rc);
+    }
+    return rc;
+}
+
+static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
+    coll_result_t local = coll_check_args(c, &a);
+    if (!coll_comm_valid(c)) return local;
+    if (local == COLL_SUCCESS) a.algo = coll_select(c, &a);
+    if (req) return coll_progress_submit(c, &a, local, req);
+    return coll_execute(&c->sync, &a, local);
+}
+
+#define ARGS(K, S, R, N, D, O, ROOT) ((coll_args_t){K, S, R, N, D, O, ROOT, COLL_ALGO_AUTO})
+
+coll_result_t coll_allreduce(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, coll_comm_t c) {
+    return start(c, ARGS(COLL_K_ALLREDUCE, s, r, n, d, o, 0), NULL);
+}
+coll_result_t coll_reduce_scatter(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, coll_comm_t c) {
+    return start(c, ARGS(COLL_K_REDUCE_SCATTER, s, r, n, d, o, 0), NULL);
+}
+coll_result_t coll_allgather(const void *s, void *r, size_t n, coll_dtype_t d, coll_comm_t c) {
+    return start(c, ARGS(COLL_K_ALLGATHER, s, r, n, d, COLL_SUM, 0), NULL);
+}
+coll_result_t coll_broadcast(void *b, size_t n, coll_dtype_t d, int root, coll_comm_t c) {
+    return start(c, ARGS(COLL_K_BROADCAST, b, b, n, d, COLL_SUM, root), NULL);
+}
+coll_result_t coll_reduce(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, int root, coll_comm_t c) {
+    return start(c, ARGS(COLL_K_REDUCE, s, r, n, d, o, root), NULL);
+}
+coll_result_t coll_barrier(coll_comm_t c) {
+    return start(c, ARGS(COLL_K_BARRIER, NULL, NULL, 0, COLL_UINT8, COLL_SUM, 0), NULL);
+}
+
+#define NEED_REQ(name)                                                                      \
+    if (!req) return coll_error(coll_comm_valid(c) ? c : NULL, COLL_ERR_INVALID_ARG, name ": req is NULL")
+
+coll_result_t coll_iallreduce(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, coll_comm_t c,
+                              coll_request_t *req) {
+    NEED_REQ("coll_iallreduce");
+    return start(c, ARGS(COLL_K_ALLREDUCE, s, r, n, d, o, 0), req);
+}
+coll_result_t coll_ireduce_scatter(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, coll_comm_t c,
+                                   coll_request_t *req) {
+    NEED_REQ("coll_ireduce_scatter");
+    return start(c, ARGS(COLL_K_REDUCE_SCATTER, s, r, n, d, o, 0), req);
+}
+coll_result_t coll_iallgather(const void *s, void *r, size_t n, coll_dtype_t d, coll_comm_t c,
+                              coll_request_t *req) {
+    NEED_REQ("coll_iallgather");
+    return start(c, ARGS(COLL_K_ALLGATHER, s, r, n, d, COLL_SUM, 0), req);
+}
+coll_result_t coll_ibroadcast(void *b, size_t n, coll_dtype_t d, int root, coll_comm_t c, coll_request_t *req) {
+    NEED_REQ("coll_ibroadcast");
+    return start(c, ARGS(COLL_K_BROADCAST, b, b, n, d, COLL_SUM, root), req);
+}
+coll_result_t coll_ireduce(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, int root, coll_comm_t c,
+                           coll_request_t *req) {
+    NEED_REQ("coll_ireduce");
+    return start(c, ARGS(COLL_K_REDUCE, s, r, n, d, o, root), req);
+}

@@ -1,0 +1,240 @@
+/* Internal interfaces of libcoll. Nothing here is exported: every symbol
+ * that must be visible across files but not to users is marked COLL_HIDDEN. */
+#ifndef COLL_INTERNAL_H
+#define COLL_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "coll.h"
+
+#define COLL_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- tunables (tunables.c): read once from the environment ---- */
+typedef enum { COLL_LOG_NONE = 0, COLL_LOG_WARN, COLL_LOG_INFO, COLL_LOG_TRACE } coll_log_level_t;
+
+typedef struct {
+    coll_algo_t algo;     /* COLL_ALGO */
+    int debug;            /* COLL_DEBUG, a coll_log_level_t */
+    int check;            /* COLL_CHECK */
+    double timeout;       /* COLL_TIMEOUT, seconds, 0 = none */
+    size_t chunk_bytes;   /* COLL_CHUNK_BYTES: ring pipeline chunk */
+    int depth;            /* COLL_PIPELINE_DEPTH: chunks in flight per direction */
+    size_t rd_max_bytes;  /* COLL_RD_MAX_BYTES: auto uses rd up to this size */
+    size_t max_msg_bytes; /* COLL_MAX_MSG_BYTES: largest single MPI message */
+    int spin;             /* COLL_SPIN: polls before a wait starts yielding */
+} coll_tunables_t;
+
+COLL_HIDDEN extern coll_tunables_t coll_tun;
+/* Reads the environment once; returns an error text for a bad value. */
+COLL_HIDDEN const char *coll_tunables_load(void);
+
+/* ---- operation descriptors ---- */
+typedef enum {
+    COLL_K_ALLREDUCE = 0,
+    COLL_K_REDUCE_SCATTER,
+    COLL_K_ALLGATHER,
+    COLL_K_BROADCAST,
+    COLL_K_REDUCE,
+    COLL_K_BARRIER,
+    COLL_NUM_KINDS
+} coll_kind_t;
+
+typedef struct {
+    coll_kind_t kind;
+    const void *sendbuf;
+    void *recvbuf; /* broadcast: the buffer */
+    size_t count;  /* reduce_scatter: recvcount; allgather: sendcount */
+    coll_dtype_t dtype;
+    coll_op_t op;
+    int root;
+    coll_algo_t algo; /* resolved: never AUTO */
+} coll_args_t;
+
+COLL_HIDDEN const char *coll_kind_name(coll_kind_t k);
+
+/* ---- point-to-point transport (the only thing algorithms talk to) ----
+ * A transport moves bytes between two ranks of a context. Requests are
+ * caller-owned structs so that posting allocates nothing. A transport may
+ * split one request into several messages (MPI: int counts), but sender and
+ * receiver must split the same byte count the same way. Pieces are posted
+ * one after another, so a caller must not have two requests longer than
+ * COLL_MAX_MSG_BYTES in flight in the same direction between the same two
+ * ranks (their pieces would interleave); the pipelined algorithms keep their
+ * chunks below that size. */
+struct coll_ctx;
+
+typedef struct coll_treq {
+    char *ptr;   /* next byte to move */
+    size_t left; /* bytes not yet posted */
+    int peer;
+    int is_send;
+    int active;
+    union {
+        MPI_Request mpi;
+        void *p;
+        uint64_t pad[4];
+    } t;
+} coll_treq_t;
+
+typedef struct coll_transport {
+    const char *name;
+    coll_result_t (*isend)(struct coll_ctx *ctx, const void *buf, size_t bytes, int peer,
+                           coll_treq_t *req);
+    coll_result_t (*irecv)(struct coll_ctx *ctx, void *buf, size_t bytes, int peer,
+                           coll_treq_t *req);
+    /* Advances req; *done = 1 when all its bytes have moved. */
+    coll_result_t (*test)(struct coll_ctx *ctx, coll_treq_t *req, int *done);
+    /* Abandons an active request after a failure. */
+    void (*cancel)(struct coll_ctx *ctx, coll_treq_t *req);
+} coll_transport_t;
+
+COLL_HIDDEN extern const coll_transport_t coll_transport_mpi;
+
+/* An execution context: one per thread that runs algorithms on a comm (the
+ * caller's thread and the progress thread), each with its own duplicate of
+ * the MPI communicator so their messages never match each other's. */
+typedef struct coll_ctx {
+    struct coll_comm *comm;
+    const coll_transport_t *tp;
+    MPI_Comm mpi;
+    int rank, size;
+    char *scratch; /* grown on demand, kept for reuse */
+    size_t scratch_bytes;
+} coll_ctx_t;
+
+/* Returns a scratch area of at least bytes (64-byte aligned). */
+COLL_HIDDEN coll_result_t coll_ctx_scratch(coll_ctx_t *ctx, size_t bytes, void **out);
+
+/* p2p.c: waiting, with yielding and the timeout, written once for all
+ * transports. */
+COLL_HIDDEN coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *req);
+COLL_HIDDEN coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n);
+COLL_HIDDEN coll_result_t coll_p2p_sendrecv(coll_ctx_t *ctx, const void *sbuf, size_t sbytes,
+                                            int dst, void *rbuf, size_t rbytes, int src);
+COLL_HIDDEN void coll_p2p_cancel_all(coll_ctx_t *ctx, coll_treq_t *reqs, int n);
+
+/* ---- reduction kernels (reduce.c) ---- */
+/* dst[i] = a[i] op b[i]; dst may equal a exactly, no other overlap. AVG
+ * reduces as SUM; coll_avg_finish divides once at the end. */
+COLL_HIDDEN void coll_reduce_kernel(coll_dtype_t dt, coll_op_t op, void *dst, const void *a,
+                                    const void *b, size_t n);
+COLL_HIDDEN void coll_avg_finish(coll_dtype_t dt, void *buf, size_t n, int nranks);
+COLL_HIDDEN float coll_half_to_float(uint16_t h);
+COLL_HIDDEN uint16_t coll_float_to_half(float f);
+COLL_HIDDEN float coll_bf16_to_float(uint16_t h);
+COLL_HIDDEN uint16_t coll_float_to_bf16(float f);
+
+/* ---- algorithms: each runs one whole operation on a context ---- */
+typedef coll_result_t (*coll_algo_fn)(coll_ctx_t *ctx, const coll_args_t *a);
+
+COLL_HIDDEN coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_ring_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_chain_broadcast(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_chain_reduce(coll_ctx_t *ctx, const coll_args_t *a);
+
+COLL_HIDDEN coll_result_t coll_rd_allreduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_rd_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_bruck_allgather(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_tree_broadcast(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_tree_reduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_dissemination_barrier(coll_ctx_t *ctx, const coll_args_t *a);
+
+COLL_HIDDEN coll_result_t coll_native_run(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN void coll_native_release(void);
+
+/* select.c: resolves COLL_ALGO_AUTO and runs the chosen algorithm. */
+COLL_HIDDEN coll_algo_t coll_select(const struct coll_comm *comm, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a);
+
+/* ---- the communicator ---- */
+#define COLL_ERRLEN 512
+
+struct coll_comm {
+    int rank, size;
+    coll_algo_t algo;
+    double timeout;
+    int thread_multiple; /* MPI_THREAD_MULTIPLE available */
+    int yield_always;    /* more local ranks than cores: never spin */
+    char host[64];
+    coll_ctx_t sync;  /* blocking calls, on the caller's thread */
+    coll_ctx_t async; /* non-blocking calls, on the progress thread */
+    atomic_int failed; /* set after a timeout or MPI error: no further calls */
+    pthread_mutex_t err_lock;
+    char last_error[COLL_ERRLEN];
+    /* progress thread and its FIFO of requests (progress.c) */
+    pthread_mutex_t q_lock;
+    pthread_cond_t q_cond;    /* work arrived / stop */
+    pthread_cond_t done_cond; /* a request finished */
+    struct coll_request *q_head, *q_tail, *free_reqs;
+    int outstanding;
+    int stop;
+    int thread_started;
+    pthread_t thread;
+};
+
+struct coll_request {
+    uint32_t magic;
+    struct coll_comm *comm;
+    coll_args_t args;
+    coll_result_t local; /* validation result, for COLL_CHECK's agreement */
+    coll_result_t result;
+    int ghost; /* runs only for the agreement; freed by the progress thread */
+    atomic_int done;
+    struct coll_request *next;
+};
+
+/* comm.c */
+COLL_HIDDEN int coll_comm_valid(coll_comm_t comm);
+/* Records an error on comm (or globally when comm is NULL), logs it at
+ * WARN, and returns code. */
+COLL_HIDDEN coll_result_t coll_error(coll_comm_t comm, coll_result_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+COLL_HIDDEN coll_result_t coll_mpi_error(coll_comm_t comm, int mpi_rc, const char *what);
+
+/* log.c */
+COLL_HIDDEN void coll_log(const struct coll_comm *comm, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+#define COLL_LOG(comm, level, ...)                                                          \
+    do {                                                                                    \
+        if (coll_tun.debug >= (level)) coll_log((comm), (level), __VA_ARGS__);              \
+    } while (0)
+
+/* progress.c */
+COLL_HIDDEN coll_result_t coll_progress_submit(coll_comm_t comm, const coll_args_t *a,
+                                               coll_result_t local, coll_request_t *req);
+COLL_HIDDEN void coll_progress_shutdown(coll_comm_t comm);
+
+/* check.c: argument validation and the optional cross-rank agreement. */
+COLL_HIDDEN coll_result_t coll_check_args(coll_comm_t comm, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_check_agree(coll_ctx_t *ctx, const coll_args_t *a,
+                                           coll_result_t local);
+/* api.c: agreement (COLL_CHECK), the zero-count shortcut, the run, and
+ * marking the comm failed after an MPI error or timeout. */
+COLL_HIDDEN coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local);
+
+/* Propagates a failure from an algorithm to its caller. */
+#define COLL_TRY(expr)                                                                      \
+    do {                                                                                    \
+        coll_result_t coll_try_rc_ = (expr);                                                \
+        if (coll_try_rc_ != COLL_SUCCESS) {                                                 \
+            rc = coll_try_rc_;                                                              \
+            goto fail;                                                                      \
+        }                                                                                   \
+    } while (0)
+
+/* Balanced partition of n elements into p blocks: block i has n/p elements,
+ * plus one for the first n%p blocks. */
+static inline size_t coll_block_count(size_t n, int p, int i) {
+    return n / (size_t)p + ((size_t)i < n % (size_t)p ? 1 : 0);
+}
+static inline size_t coll_block_offset(size_t n, int p, int i) {
+    size_t q = n / (size_t)p, r = n % (size_t)p;
+    return q * (size_t)i + ((size_t)i < r ? (size_t)i : r);
+}
+static inline int coll_mod(int a, int p) { return ((a % p) + p) % p; }
+
+#endif /* COLL_INTERNAL_H */

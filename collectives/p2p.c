@@ -1,0 +1,96 @@
+/* Waiting on transport requests, written once for every transport.
+ * A wait polls; after COLL_SPIN fruitless polls (or at once when this node
+ * has more ranks than cores) every poll yields the core, so oversubscribed
+ * ranks and the caller's compute threads get to run. The optional timeout
+ * turns a peer that never answers into COLL_ERR_TIMEOUT naming that peer,
+ * and marks the communicator failed. */
+#include <sched.h>
+#include <time.h>
+
+#include "coll_internal.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    long polls;
+    double t0;
+} waiter_t;
+
+/* Called after each fruitless poll round; returns non-zero on timeout. */
+static int idle(coll_ctx_t *ctx, waiter_t *w) {
+    const coll_comm_t c = ctx->comm;
+    if (c->yield_always || w->polls >= coll_tun.spin) sched_yield();
+    if (c->timeout > 0 && (w->polls & 63) == 0) {
+        double t = now_s();
+        if (w->t0 == 0) w->t0 = t;
+        else if (t - w->t0 > c->timeout) return 1;
+    }
+    w->polls++;
+    return 0;
+}
+
+static coll_result_t timed_out(coll_ctx_t *ctx, const coll_treq_t *r) {
+    atomic_store(&ctx->comm->failed, (int)COLL_ERR_TIMEOUT);
+    return coll_error(ctx->comm, COLL_ERR_TIMEOUT,
+                      "no progress on a %s rank %d for %.1f s (rank %d lost or not calling the same collective?)",
+                      r->is_send ? "send to" : "receive from", r->peer, ctx->comm->timeout, r->peer);
+}
+
+coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {
+    waiter_t w = {0, 0};
+    while (r->active) {
+        int done;
+        coll_result_t rc = ctx->tp->test(ctx, r, &done);
+        if (rc != COLL_SUCCESS) return rc;
+        if (done) break;
+        if (idle(ctx, &w)) {
+            ctx->tp->cancel(ctx, r);
+            return timed_out(ctx, r);
+        }
+    }
+    return COLL_SUCCESS;
+}
+
+coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
+    waiter_t w = {0, 0};
+    for (;;) {
+        int pending = -1;
+        for (int i = 0; i < n; i++) {
+            if (!reqs[i].active) continue;
+            int done;
+            coll_result_t rc = ctx->tp->test(ctx, &reqs[i], &done);
+            if (rc != COLL_SUCCESS) {
+                coll_p2p_cancel_all(ctx, reqs, n);
+                return rc;
+            }
+            if (!done) pending = i;
+        }
+        if (pending < 0) return COLL_SUCCESS;
+        if (idle(ctx, &w)) {
+            coll_treq_t r = reqs[pending];
+            coll_p2p_cancel_all(ctx, reqs, n);
+            return timed_out(ctx, &r);
+        }
+    }
+}
+
+void coll_p2p_cancel_all(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
+    for (int i = 0; i < n; i++) ctx->tp->cancel(ctx, &reqs[i]);
+}
+
+coll_result_t coll_p2p_sendrecv(coll_ctx_t *ctx, const void *sbuf, size_t sbytes, int dst,
+                                void *rbuf, size_t rbytes, int src) {
+    coll_treq_t r[2];
+    coll_result_t rc = ctx->tp->irecv(ctx, rbuf, rbytes, src, &r[0]);
+    if (rc != COLL_SUCCESS) return rc;
+    rc = ctx->tp->isend(ctx, sbuf, sbytes, dst, &r[1]);
+    if (rc != COLL_SUCCESS) {
+        coll_p2p_cancel_all(ctx, r, 1);
+        return rc;
+    }
+    return coll_p2p_waitall(ctx, r, 2);
+}

@@ -1,0 +1,154 @@
+/* Non-blocking collectives.
+ *
+ * Design: each communicator starts one progress thread at its first
+ * non-blocking call. Requests go into a FIFO and the thread runs them one
+ * after another, in issue order, with the same algorithms as the blocking
+ * calls but on its own context (its own MPI communicator and scratch), so a
+ * blocking call on the caller's thread never matches its messages. Because
+ * every rank issues non-blocking calls in the same order, the FIFO keeps the
+ * ranks in step. The caller computes meanwhile; the progress thread's waits
+ * yield the core (p2p.c), so on a machine with fewer cores than threads the
+ * computation still gets most of it. coll_wait sleeps on a condition
+ * variable rather than polling. Requests are recycled through a free list,
+ * so steady-state training steps allocate nothing.
+ *
+ * Without MPI_THREAD_MULTIPLE two threads may not call MPI at once, so the
+ * operation then runs to completion inside the call that starts it. */
+#include <stdlib.h>
+
+#include "coll_internal.h"
+
+#define REQ_MAGIC 0xC0117E57u
+
+static void *progress_main(void *arg) {
+    coll_comm_t c = arg;
+    pthread_mutex_lock(&c->q_lock);
+    for (;;) {
+        while (!c->q_head && !c->stop) pthread_cond_wait(&c->q_cond, &c->q_lock);
+        if (!c->q_head) break;
+        struct coll_request *r = c->q_head;
+        c->q_head = r->next;
+        if (!c->q_head) c->q_tail = NULL;
+        pthread_mutex_unlock(&c->q_lock);
+        coll_result_t rc = coll_execute(&c->async, &r->args, r->local);
+        pthread_mutex_lock(&c->q_lock);
+        r->result = rc;
+        c->outstanding--;
+        if (r->ghost) {
+            r->magic = 0;
+            r->next = c->free_reqs;
+            c->free_reqs = r;
+        } else {
+            atomic_store(&r->done, 1);
+        }
+        pthread_cond_broadcast(&c->done_cond);
+    }
+    pthread_mutex_unlock(&c->q_lock);
+    return NULL;
+}
+
+/* Takes a request from the free list (or allocates one); q_lock held. */
+static struct coll_request *req_get(coll_comm_t c) {
+    struct coll_request *r = c->free_reqs;
+    if (r) c->free_reqs = r->next;
+    else r = malloc(sizeof *r);
+    return r;
+}
+
+coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_result_t local,
+                                   coll_request_t *out) {
+    *out = NULL;
+    if (!c->thread_multiple) {
+        coll_result_t rc = coll_execute(&c->sync, a, local);
+        if (rc != COLL_SUCCESS) return rc;
+        pthread_mutex_lock(&c->q_lock);
+        struct coll_request *r = req_get(c);
+        pthread_mutex_unlock(&c->q_lock);
+        if (!r) return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
+        *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .result = COLL_SUCCESS};
+        atomic_store(&r->done, 1);
+        *out = r;
+        return COLL_SUCCESS;
+    }
+    /* A call that failed validation is only queued when COLL_CHECK needs it
+     * to take part in the agreement; the caller gets the error now. */
+    int ghost = local != COLL_SUCCESS;
+    if (ghost && !coll_tun.check) return local;
+    pthread_mutex_lock(&c->q_lock);
+    if (!c->thread_started) {
+        if (pthread_create(&c->thread, NULL, progress_main, c)) {
+            pthread_mutex_unlock(&c->q_lock);
+            return coll_error(c, COLL_ERR_INTERNAL, "coll_i%s: cannot start the progress thread",
+                              coll_kind_name(a->kind));
+        }
+        c->thread_started = 1;
+    }
+    struct coll_request *r = req_get(c);
+    if (!r) {
+        pthread_mutex_unlock(&c->q_lock);
+        return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
+    }
+    *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost};
+    atomic_store(&r->done, 0);
+    if (c->q_tail) c->q_tail->next = r;
+    else c->q_head = r;
+    c->q_tail = r;
+    c->outstanding++;
+    pthread_cond_signal(&c->q_cond);
+    pthread_mutex_unlock(&c->q_lock);
+    if (ghost) return local;
+    *out = r;
+    return COLL_SUCCESS;
+}
+
+static coll_result_t req_check(coll_request_t r, const char *fn) {
+    if (!r) return coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: req is NULL", fn);
+    if (r->magic != REQ_MAGIC || !coll_comm_valid(r->comm))
+        return coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: req is not a pending request (already completed?)", fn);
+    return COLL_SUCCESS;
+}
+
+/* Returns the request to the free list and gives its result; q_lock held. */
+static coll_result_t req_release(coll_request_t r) {
+    coll_comm_t c = r->comm;
+    coll_result_t rc = r->result;
+    r->magic = 0;
+    r->next = c->free_reqs;
+    c->free_reqs = r;
+    return rc;
+}
+
+coll_result_t coll_wait(coll_request_t r) {
+    coll_result_t rc = req_check(r, "coll_wait");
+    if (rc != COLL_SUCCESS) return rc;
+    coll_comm_t c = r->comm;
+    pthread_mutex_lock(&c->q_lock);
+    while (!atomic_load(&r->done)) pthread_cond_wait(&c->done_cond, &c->q_lock);
+    rc = req_release(r);
+    pthread_mutex_unlock(&c->q_lock);
+    return rc;
+}
+
+coll_result_t coll_test(coll_request_t r, int *done) {
+    if (!done) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_test: done is NULL");
+    *done = 0;
+    coll_result_t rc = req_check(r, "coll_test");
+    if (rc != COLL_SUCCESS) return rc;
+    if (!atomic_load(&r->done)) return COLL_SUCCESS;
+    pthread_mutex_lock(&r->comm->q_lock);
+    rc = req_release(r);
+    pthread_mutex_unlock(&r->comm->q_lock);
+    *done = 1;
+    return rc;
+}
+
+void coll_progress_shutdown(coll_comm_t c) {
+    pthread_mutex_lock(&c->q_lock);
+    while (c->outstanding) pthread_cond_wait(&c->done_cond, &c->q_lock);
+    c->stop = 1;
+    pthread_cond_signal(&c->q_cond);
+    int started = c->thread_started;
+    pthread_mutex_unlock(&c->q_lock);
+    if (started) pthread_join(c->thread, NULL);
+    c->thread_started = 0;
+}

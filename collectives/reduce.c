@@ -1,0 +1,160 @@
+/* Reduction kernels, one per dtype x op, in two shapes: dst = a op b with no
+ * aliasing (restrict, so the compiler vectorises without run-time overlap
+ * checks) and dst op= b for the in-place case dst == a. Each is compiled
+ * twice, for AVX2 and for the baseline ISA, and picked at load time
+ * (target_clones), so one binary runs everywhere and uses AVX2 where the CPU
+ * has it. float16 and bfloat16 are widened to float32, reduced, and rounded
+ * back to nearest-even; the conversions are branch-free so they vectorise.
+ * Signed integer sums and products wrap (computed unsigned), as in MPI
+ * implementations, instead of being undefined behaviour. */
+#include <string.h>
+
+#include "coll_internal.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(COLL_NO_CLONES)
+#define KERNEL __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL
+#endif
+
+static inline uint32_t f2u(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+static inline float u2f(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* binary16 -> binary32: shift the exponent/mantissa into place and rescale
+ * by 2^112 with a float multiply, which also normalises subnormals; Inf/NaN
+ * get the all-ones exponent back. */
+static inline float h2f(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    float v = u2f((uint32_t)(h & 0x7fffu) << 13) * u2f((254u - 15u) << 23);
+    uint32_t o = f2u(v);
+    o |= v >= u2f((127u + 16u) << 23) ? 255u << 23 : 0u;
+    return u2f(o | sign);
+}
+
+/* binary32 -> binary16, round to nearest even; overflow gives Inf, NaN stays
+ * NaN (quiet), subnormal results are rounded by a float add. */
+static inline uint16_t f2h(float f) {
+    uint32_t x = f2u(f);
+    uint32_t sign = (x & 0x80000000u) >> 16;
+    x &= 0x7fffffffu;
+    uint32_t big = x > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    uint32_t sub = f2u(u2f(x) + u2f(((127u - 15u) + (23u - 10u) + 1u) << 23)) -
+                   (((127u - 15u) + (23u - 10u) + 1u) << 23);
+    uint32_t nrm = (x + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((x >> 13) & 1u)) >> 13;
+    uint32_t o = x >= ((127u + 16u) << 23) ? big : x < (113u << 23) ? sub : nrm;
+    return (uint16_t)(o | sign);
+}
+
+static inline float b2f(uint16_t h) { return u2f((uint32_t)h << 16); }
+
+static inline uint16_t f2b(float f) {
+    uint32_t x = f2u(f);
+    uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? (x >> 16) | 0x40u : r);
+}
+
+float coll_half_to_float(uint16_t h) { return h2f(h); }
+uint16_t coll_float_to_half(float f) { return f2h(f); }
+float coll_bf16_to_float(uint16_t h) { return b2f(h); }
+uint16_t coll_float_to_bf16(float f) { return f2b(f); }
+
+#define SUM(x, y) ((x) + (y))
+#define PROD(x, y) ((x) * (y))
+#define MIN(x, y) ((x) < (y) ? (x) : (y))
+#define MAX(x, y) ((x) > (y) ? (x) : (y))
+
+typedef void (*kern3_t)(void *, const void *, const void *, size_t);
+typedef void (*kern2_t)(void *, const void *, size_t);
+
+/* Direct types: T is the element type, U the type the op is computed in. */
+#define DIRECT(NAME, T, U, OP)                                                              \
+    KERNEL static void NAME##_3(void *dv, const void *av, const void *bv, size_t n) {       \
+        T *restrict d = dv;                                                                 \
+        const T *restrict a = av, *restrict b = bv;                                         \
+        for (size_t i = 0; i < n; i++) d[i] = (T)OP((U)a[i], (U)b[i]);                      \
+    }                                                                                       \
+    KERNEL static void NAME##_2(void *dv, const void *bv, size_t n) {                       \
+        T *restrict d = dv;                                                                 \
+        const T *restrict b = bv;                                                           \
+        for (size_t i = 0; i < n; i++) d[i] = (T)OP((U)d[i], (U)b[i]);                      \
+    }
+
+/* 16-bit floats: widen, reduce in float32, round back. */
+#define WIDENED(NAME, TOF, FROMF, OP)                                                       \
+    KERNEL static void NAME##_3(void *dv, const void *av, const void *bv, size_t n) {       \
+        uint16_t *restrict d = dv;                                                          \
+        const uint16_t *restrict a = av, *restrict b = bv;                                  \
+        for (size_t i = 0; i < n; i++) d[i] = FROMF(OP(TOF(a[i]), TOF(b[i])));              \
+    }                                                                                       \
+    KERNEL static void NAME##_2(void *dv, const void *bv, size_t n) {                       \
+        uint16_t *restrict d = dv;                                                          \
+        const uint16_t *restrict b = bv;                                                    \
+        for (size_t i = 0; i < n; i++) d[i] = FROMF(OP(TOF(d[i]), TOF(b[i])));              \
+    }
+
+#define ALL_OPS(GEN, NAME, ...)                                                             \
+    GEN(NAME##_sum, __VA_ARGS__, SUM)                                                       \
+    GEN(NAME##_prod, __VA_ARGS__, PROD)                                                     \
+    GEN(NAME##_min, __VA_ARGS__, MIN)                                                       \
+    GEN(NAME##_max, __VA_ARGS__, MAX)
+
+ALL_OPS(DIRECT, f32, float, float)
+ALL_OPS(DIRECT, f64, double, double)
+ALL_OPS(WIDENED, f16, h2f, f2h)
+ALL_OPS(WIDENED, b16, b2f, f2b)
+/* integers: sum and prod wrap in the unsigned type; min/max compare signed */
+DIRECT(i32_sum, int32_t, uint32_t, SUM)
+DIRECT(i32_prod, int32_t, uint32_t, PROD)
+DIRECT(i32_min, int32_t, int32_t, MIN)
+DIRECT(i32_max, int32_t, int32_t, MAX)
+DIRECT(i64_sum, int64_t, uint64_t, SUM)
+DIRECT(i64_prod, int64_t, uint64_t, PROD)
+DIRECT(i64_min, int64_t, int64_t, MIN)
+DIRECT(i64_max, int64_t, int64_t, MAX)
+ALL_OPS(DIRECT, u8, uint8_t, unsigned)
+
+#define ROW(NAME, S) {NAME##_sum_##S, NAME##_prod_##S, NAME##_min_##S, NAME##_max_##S, NAME##_sum_##S}
+#define TABLE(S) {ROW(f32, S), ROW(f64, S), ROW(f16, S), ROW(b16, S), ROW(i32, S), ROW(i64, S), ROW(u8, S)}
+static const kern3_t k3[COLL_NUM_DTYPES][COLL_NUM_OPS] = TABLE(3);
+static const kern2_t k2[COLL_NUM_DTYPES][COLL_NUM_OPS] = TABLE(2);
+
+void coll_reduce_kernel(coll_dtype_t dt, coll_op_t op, void *dst, const void *a, const void *b,
+                        size_t n) {
+    if (dst == a) k2[dt][op](dst, b, n);
+    else k3[dt][op](dst, a, b, n);
+}
+
+#define AVG_DIRECT(NAME, T, DIV)                                                            \
+    KERNEL static void NAME(void *bv, size_t n, int p) {                                    \
+        T *restrict b = bv;                                                                 \
+        const T q = (T)p;                                                                   \
+        for (size_t i = 0; i < n; i++) b[i] = DIV(b[i], q);                                 \
+    }
+#define AVG_WIDENED(NAME, TOF, FROMF)                                                       \
+    KERNEL static void NAME(void *bv, size_t n, int p) {                                    \
+        uint16_t *restrict b = bv;                                                          \
+        const float q = (float)p;                                                           \
+        for (size_t i = 0; i < n; i++) b[i] = FROMF(TOF(b[i]) / q);                         \
+    }
+#define DIV(x, y) ((x) / (y))
+AVG_DIRECT(avg_f32, float, DIV)
+AVG_DIRECT(avg_f64, double, DIV)
+AVG_WIDENED(avg_f16, h2f, f2h)
+AVG_WIDENED(avg_b16, b2f, f2b)
+AVG_DIRECT(avg_i32, int32_t, DIV)
+AVG_DIRECT(avg_i64, int64_t, DIV)
+AVG_DIRECT(avg_u8, uint8_t, DIV)
+
+void coll_avg_finish(coll_dtype_t dt, void *buf, size_t n, int nranks) {
+    static void (*const f[COLL_NUM_DTYPES])(void *, size_t, int) = {
+        avg_f32, avg_f64, avg_f16, avg_b16, avg_i32, avg_i64, avg_u8};
+    if (nranks > 1) f[dt](buf, n, nranks);
+}

@@ -1,0 +1,45 @@
+/* Algorithm choice. `auto` uses the latency-optimal algorithms below a size
+ * threshold and the ring above it; the thresholds were measured on the
+ * development machine with `coll-bench -a ring|rd|native` sweeps (see
+ * docs/COLLECTIVES.md, "How auto chooses"). COLL_RD_MAX_BYTES overrides. */
+#include "coll_internal.h"
+
+static const coll_algo_fn algos[COLL_NUM_KINDS][COLL_NUM_ALGOS] = {
+    [COLL_K_ALLREDUCE] = {NULL, coll_ring_allreduce, coll_rd_allreduce, coll_native_run},
+    [COLL_K_REDUCE_SCATTER] = {NULL, coll_ring_reduce_scatter, coll_rd_reduce_scatter, coll_native_run},
+    [COLL_K_ALLGATHER] = {NULL, coll_ring_allgather, coll_bruck_allgather, coll_native_run},
+    [COLL_K_BROADCAST] = {NULL, coll_chain_broadcast, coll_tree_broadcast, coll_native_run},
+    [COLL_K_REDUCE] = {NULL, coll_chain_reduce, coll_tree_reduce, coll_native_run},
+    [COLL_K_BARRIER] = {NULL, coll_dissemination_barrier, coll_dissemination_barrier, coll_native_run},
+};
+
+/* Bytes a rank contributes to or receives from the whole operation. */
+static size_t op_bytes(const struct coll_comm *c, const coll_args_t *a) {
+    size_t b = a->count * coll_dtype_size(a->dtype);
+    if (a->kind == COLL_K_REDUCE_SCATTER || a->kind == COLL_K_ALLGATHER) b *= (size_t)c->size;
+    return b;
+}
+
+/* Largest message for which the log(P)-round algorithms win; measured. */
+static size_t rd_max_bytes(const struct coll_comm *c, coll_kind_t k) {
+    if (coll_tun.rd_max_bytes) return coll_tun.rd_max_bytes;
+    switch (k) {
+    case COLL_K_ALLREDUCE: return c->size <= 2 ? 16384 : 16384;
+    case COLL_K_REDUCE_SCATTER: return 16384;
+    case COLL_K_ALLGATHER: return 16384;
+    case COLL_K_BROADCAST: return 65536;
+    case COLL_K_REDUCE: return 65536;
+    default: return (size_t)-1;
+    }
+}
+
+coll_algo_t coll_select(const struct coll_comm *c, const coll_args_t *a) {
+    if (c->algo != COLL_ALGO_AUTO) return c->algo;
+    return op_bytes(c, a) <= rd_max_bytes(c, a->kind) ? COLL_ALGO_RD : COLL_ALGO_RING;
+}
+
+coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a) {
+    COLL_LOG(ctx->comm, COLL_LOG_TRACE, "%s count=%zu %s %s root=%d algo=%s", coll_kind_name(a->kind),
+             a->count, coll_dtype_name(a->dtype), coll_op_name(a->op), a->root, coll_algo_name(a->algo));
+    return algos[a->kind][a->algo](ctx, a);
+}

@@ -1,0 +1,74 @@
+/* The MPI point-to-point transport: bytes as MPI_BYTE on the context's own
+ * duplicate communicator. Messages longer than COLL_MAX_MSG_BYTES (at most
+ * INT_MAX, MPI's count type) go as several pieces, posted one after the
+ * other; both sides split the same length the same way, so they match. */
+#include "coll_internal.h"
+
+#define COLL_TAG 0x3c11
+
+static coll_result_t post_piece(coll_ctx_t *ctx, coll_treq_t *r) {
+    size_t n = r->left < coll_tun.max_msg_bytes ? r->left : coll_tun.max_msg_bytes;
+    int rc = r->is_send ? MPI_Isend(r->ptr, (int)n, MPI_BYTE, r->peer, COLL_TAG, ctx->mpi, &r->t.mpi)
+                        : MPI_Irecv(r->ptr, (int)n, MPI_BYTE, r->peer, COLL_TAG, ctx->mpi, &r->t.mpi);
+    if (rc != MPI_SUCCESS) {
+        r->active = 0;
+        return coll_mpi_error(ctx->comm, rc, r->is_send ? "MPI_Isend" : "MPI_Irecv");
+    }
+    r->ptr += n;
+    r->left -= n;
+    return COLL_SUCCESS;
+}
+
+static coll_result_t start(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, int is_send,
+                           coll_treq_t *r) {
+    r->ptr = buf;
+    r->left = bytes;
+    r->peer = peer;
+    r->is_send = is_send;
+    r->active = 1;
+    return post_piece(ctx, r);
+}
+
+static coll_result_t mpi_isend(coll_ctx_t *ctx, const void *buf, size_t bytes, int peer,
+                               coll_treq_t *r) {
+    return start(ctx, (void *)buf, bytes, peer, 1, r);
+}
+
+static coll_result_t mpi_irecv(coll_ctx_t *ctx, void *buf, size_t bytes, int peer,
+                               coll_treq_t *r) {
+    return start(ctx, buf, bytes, peer, 0, r);
+}
+
+static coll_result_t mpi_test(coll_ctx_t *ctx, coll_treq_t *r, int *done) {
+    int flag = 0;
+    *done = 0;
+    int rc = MPI_Test(&r->t.mpi, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+        r->active = 0;
+        return coll_error(ctx->comm, COLL_ERR_MPI, "MPI_Test on a %s rank %d failed (MPI error %d)",
+                          r->is_send ? "send to" : "receive from", r->peer, rc);
+    }
+    if (!flag) return COLL_SUCCESS;
+    if (r->left) return post_piece(ctx, r);
+    r->active = 0;
+    *done = 1;
+    return COLL_SUCCESS;
+}
+
+static void mpi_cancel(coll_ctx_t *ctx, coll_treq_t *r) {
+    (void)ctx;
+    if (!r->active) return;
+    /* Receives can be cancelled; a send may be matched already, so it is
+     * only released (MPI completes it in the background if it can). */
+    if (!r->is_send) MPI_Cancel(&r->t.mpi);
+    MPI_Request_free(&r->t.mpi);
+    r->active = 0;
+}
+
+const coll_transport_t coll_transport_mpi = {
+    .name = "mpi",
+    .isend = mpi_isend,
+    .irecv = mpi_irecv,
+    .test = mpi_test,
+    .cancel = mpi_cancel,
+};

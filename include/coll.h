@@ -1,0 +1,178 @@
+/*
+ * coll.h - collectives for MPI programs: ring all-reduce, reduce-scatter,
+ * all-gather, broadcast, reduce and barrier over MPI point-to-point, plus a
+ * latency-optimal algorithm for small messages and the MPI library's own
+ * collectives as a baseline.
+ *
+ * Usage: after MPI_Init (MPI_Init_thread with MPI_THREAD_MULTIPLE if you use
+ * the non-blocking calls, see below), create a communicator with
+ * coll_comm_init() and call the collectives on it. Link with libcoll
+ * (`pkg-config --cflags --libs coll`).
+ *
+ * Conventions (taken from NCCL):
+ *  - Every call that can fail returns a coll_result_t; coll_strerror() gives
+ *    the code's text and coll_last_error() the message of the last failure on
+ *    a communicator, naming the argument or the remote rank at fault.
+ *  - Every collective has the shape (sendbuf, recvbuf, count, dtype, op, comm).
+ *    Counts are element counts of type size_t; counts above INT_MAX work.
+ *  - Every rank of the communicator must call the same collectives in the
+ *    same order with matching count, dtype, op and root (as in MPI). With
+ *    COLL_CHECK=1 in the environment the library verifies this before each
+ *    call and returns COLL_ERR_MISMATCH on every rank instead of hanging.
+ *  - Buffers belong to the caller; the library never allocates them. Results
+ *    are bitwise identical on every rank (each element is reduced once, or in
+ *    the same order everywhere).
+ *
+ * In-place rules:
+ *  - allreduce, reduce:  in-place when sendbuf == recvbuf.
+ *  - reduce_scatter:     sendbuf holds size*recvcount elements, recvbuf
+ *                        recvcount; in-place when
+ *                        recvbuf == sendbuf + rank*recvcount elements.
+ *  - allgather:          recvbuf holds size*sendcount elements; in-place
+ *                        when sendbuf == recvbuf + rank*sendcount elements.
+ *  Any other overlap of sendbuf and recvbuf is rejected (COLL_ERR_INVALID_ARG).
+ *  For coll_reduce, recvbuf is used only on the root and may be NULL elsewhere.
+ *
+ * Threads: a coll_comm_t may be used by one application thread at a time.
+ * Non-blocking calls (coll_i*) are executed in issue order by a progress
+ * thread that the communicator starts at its first non-blocking call, so they
+ * advance while the caller computes; this needs MPI_THREAD_MULTIPLE. Under a
+ * lower thread level they still return correct results, but complete inside
+ * the call that starts them (no overlap), and COLL_DEBUG=WARN says so once.
+ *
+ * Environment (read once, at the first coll_comm_init):
+ *  COLL_ALGO=auto|ring|rd|native   algorithm (default auto)
+ *  COLL_DEBUG=WARN|INFO|TRACE      logging to stderr (default: silent)
+ *  COLL_CHECK=0|1                  verify call signatures agree across ranks
+ *  COLL_TIMEOUT=SECONDS            fail a wait after this long (0 = never,
+ *                                  the default); the comm is then unusable
+ *  COLL_CHUNK_BYTES, COLL_PIPELINE_DEPTH, COLL_RD_MAX_BYTES,
+ *  COLL_MAX_MSG_BYTES              tunables, see docs/COLLECTIVES.md
+ */
+#ifndef COLL_H
+#define COLL_H
+
+#include <stddef.h>
+#include <mpi.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define COLL_VERSION_MAJOR 0
+#define COLL_VERSION_MINOR 1
+
+typedef struct coll_comm *coll_comm_t;       /* opaque */
+typedef struct coll_request *coll_request_t; /* opaque */
+
+typedef enum {
+    COLL_SUCCESS = 0,
+    COLL_ERR_INVALID_ARG = 1, /* a bad argument; the message names it */
+    COLL_ERR_MPI = 2,         /* an MPI call failed */
+    COLL_ERR_NO_MEMORY = 3,   /* an allocation failed */
+    COLL_ERR_TIMEOUT = 4,     /* a peer did not answer within COLL_TIMEOUT */
+    COLL_ERR_MISMATCH = 5,    /* ranks called with different arguments */
+    COLL_ERR_UNSUPPORTED = 6, /* combination not supported */
+    COLL_ERR_INTERNAL = 7,    /* a bug in libcoll */
+    COLL_NUM_RESULTS
+} coll_result_t;
+
+typedef enum {
+    COLL_FLOAT32 = 0,
+    COLL_FLOAT64,
+    COLL_FLOAT16,  /* IEEE binary16; reduced in float32 */
+    COLL_BFLOAT16, /* bfloat16; reduced in float32 */
+    COLL_INT32,
+    COLL_INT64,
+    COLL_UINT8,
+    COLL_NUM_DTYPES
+} coll_dtype_t;
+
+typedef enum {
+    COLL_SUM = 0,
+    COLL_PROD,
+    COLL_MIN,
+    COLL_MAX,
+    COLL_AVG, /* sum, divided once by the rank count at the end (integer
+                 types: truncating division) */
+    COLL_NUM_OPS
+} coll_op_t;
+
+typedef enum {
+    COLL_ALGO_AUTO = 0, /* choose by message size and rank count */
+    COLL_ALGO_RING,     /* bandwidth-optimal, chunk-pipelined ring/chain */
+    COLL_ALGO_RD,       /* latency-optimal: recursive doubling, trees */
+    COLL_ALGO_NATIVE,   /* the MPI library's own collective (baseline) */
+    COLL_NUM_ALGOS
+} coll_algo_t;
+
+/* Communicator lifecycle. coll_comm_init is collective over mpi_comm and
+ * duplicates it, so the caller's own traffic on mpi_comm never mixes with
+ * ours. coll_comm_destroy waits for outstanding non-blocking calls; it is
+ * NULL-safe and must be called before MPI_Finalize. */
+coll_result_t coll_comm_init(coll_comm_t *comm, MPI_Comm mpi_comm);
+coll_result_t coll_comm_destroy(coll_comm_t comm);
+int coll_comm_rank(coll_comm_t comm); /* -1 for an invalid comm */
+int coll_comm_size(coll_comm_t comm); /* -1 for an invalid comm */
+
+/* Algorithm for later calls on this comm (overrides COLL_ALGO). */
+coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);
+coll_result_t coll_comm_get_algorithm(coll_comm_t comm, coll_algo_t *algo);
+/* Seconds a wait may block before COLL_ERR_TIMEOUT (0 = forever). */
+coll_result_t coll_comm_set_timeout(coll_comm_t comm, double seconds);
+
+/* Blocking collectives. */
+coll_result_t coll_allreduce(const void *sendbuf, void *recvbuf, size_t count,
+                             coll_dtype_t dtype, coll_op_t op, coll_comm_t comm);
+coll_result_t coll_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                  coll_dtype_t dtype, coll_op_t op, coll_comm_t comm);
+coll_result_t coll_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
+                             coll_dtype_t dtype, coll_comm_t comm);
+coll_result_t coll_broadcast(void *buf, size_t count, coll_dtype_t dtype, int root,
+                             coll_comm_t comm);
+coll_result_t coll_reduce(const void *sendbuf, void *recvbuf, size_t count,
+                          coll_dtype_t dtype, coll_op_t op, int root, coll_comm_t comm);
+coll_result_t coll_barrier(coll_comm_t comm);
+
+/* Non-blocking collectives: same arguments, plus *req, which stays valid
+ * until coll_wait (or a coll_test that reports done) frees it. Buffers must
+ * not be touched until then. */
+coll_result_t coll_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
+                              coll_dtype_t dtype, coll_op_t op, coll_comm_t comm,
+                              coll_request_t *req);
+coll_result_t coll_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                   coll_dtype_t dtype, coll_op_t op, coll_comm_t comm,
+                                   coll_request_t *req);
+coll_result_t coll_iallgather(const void *sendbuf, void *recvbuf, size_t sendcount,
+                              coll_dtype_t dtype, coll_comm_t comm, coll_request_t *req);
+coll_result_t coll_ibroadcast(void *buf, size_t count, coll_dtype_t dtype, int root,
+                              coll_comm_t comm, coll_request_t *req);
+coll_result_t coll_ireduce(const void *sendbuf, void *recvbuf, size_t count,
+                           coll_dtype_t dtype, coll_op_t op, int root, coll_comm_t comm,
+                           coll_request_t *req);
+
+/* Blocks until req is complete, frees it and returns the operation's result. */
+coll_result_t coll_wait(coll_request_t req);
+/* Sets *done; when it is 1, req has been freed and the return value is the
+ * operation's result. */
+coll_result_t coll_test(coll_request_t req, int *done);
+
+const char *coll_strerror(coll_result_t r);
+/* Text of the last failure on this comm ("" when none; for an invalid comm,
+ * the text of the last failure that had no valid comm to attach to). */
+const char *coll_last_error(coll_comm_t comm);
+
+/* Names used by tools and the environment: "float32", "sum", "ring", ...
+ * The parse functions return -1 for an unknown name. */
+const char *coll_dtype_name(coll_dtype_t dtype);
+const char *coll_op_name(coll_op_t op);
+const char *coll_algo_name(coll_algo_t algo);
+size_t coll_dtype_size(coll_dtype_t dtype); /* 0 for an unknown dtype */
+int coll_dtype_parse(const char *name);
+int coll_op_parse(const char *name);
+int coll_algo_parse(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* COLL_H */

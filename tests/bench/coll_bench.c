@@ -1,0 +1,323 @@
+/* coll-bench: collective bandwidth and latency, in the format of nccl-tests.
+ *
+ *   mpirun -np P coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]
+ *       [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]
+ *       [-a auto|ring|rd|native] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP]
+ *       [-c 0|1] [-i 0|1] [-R REPEATS] [-x BASELINE_ALGO]
+ *
+ * Sizes are bytes with optional K/M/G suffixes: for all-gather the bytes
+ * received, for reduce-scatter the bytes sent, otherwise the buffer size
+ * (as nccl-tests). One row per size: bytes, count, type, redop, time_us,
+ * algbw and busbw (GB/s), #wrong. busbw = algbw x 2(P-1)/P for all-reduce,
+ * x (P-1)/P for reduce-scatter and all-gather, x 1 for broadcast and reduce.
+ * time_us is the median over REPEATS timed loops of ITERS calls each (the
+ * slowest rank's time per loop), which is robust against this machine's
+ * noise. -x runs a second algorithm interleaved with the first, repeat by
+ * repeat, and adds its time and busbw and the ratio base_time/time (>1: the
+ * first is faster). Exit status 1 if any result was wrong, 2 on bad usage.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coll.h"
+#include "../common/testvals.h"
+
+typedef enum { O_ALLREDUCE, O_REDUCE_SCATTER, O_ALLGATHER, O_BROADCAST, O_REDUCE, NOPS } bop_t;
+static const char *op_names[NOPS] = {"allreduce", "reduce_scatter", "allgather", "broadcast", "reduce"};
+
+static int rank, nranks;
+
+__attribute__((noreturn)) static void usage(const char *why) {
+    if (rank == 0)
+        fprintf(stderr,
+                "coll-bench: %s\n"
+                "usage: coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]\n"
+                "  [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]\n"
+                "  [-a auto|ring|rd|native] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
+                "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO]\n",
+                why);
+    MPI_Finalize();
+    exit(2);
+}
+
+static size_t parse_size(const char *s, const char *flag) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || v < 0) goto bad;
+    switch (*end) {
+    case 'k': case 'K': v *= 1024; end++; break;
+    case 'm': case 'M': v *= 1024 * 1024; end++; break;
+    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (*end == 'B' || *end == 'b') end++;
+    if (*end) goto bad;
+    return (size_t)v;
+bad : {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: '%s' is not a size (bytes, with K/M/G)", flag, s);
+    usage(msg);
+    return 0;
+}
+}
+
+static long parse_int(const char *s, const char *flag, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "%s: '%s' must be an integer in %ld..%ld", flag, s, lo, hi);
+        usage(msg);
+    }
+    return v;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef struct {
+    bop_t op;
+    coll_dtype_t dt;
+    coll_op_t redop;
+    int inplace;
+    size_t count; /* per-call count argument */
+    size_t es;
+    char *send, *recv;
+    coll_comm_t comm;
+} run_t;
+
+static coll_result_t call(const run_t *r) {
+    const size_t P = (size_t)nranks;
+    const void *s = r->send;
+    void *d = r->recv;
+    if (r->inplace) {
+        s = r->recv;
+        if (r->op == O_ALLGATHER) s = r->recv + (size_t)rank * r->count * r->es;
+        if (r->op == O_REDUCE_SCATTER) s = r->send, d = r->send + (size_t)rank * r->count * r->es;
+    }
+    (void)P;
+    switch (r->op) {
+    case O_ALLREDUCE: return coll_allreduce(s, d, r->count, r->dt, r->redop, r->comm);
+    case O_REDUCE_SCATTER: return coll_reduce_scatter(s, d, r->count, r->dt, r->redop, r->comm);
+    case O_ALLGATHER: return coll_allgather(s, d, r->count, r->dt, r->comm);
+    case O_BROADCAST: return coll_broadcast(d, r->count, r->dt, 0, r->comm);
+    default: return coll_reduce(s, d, r->count, r->dt, r->redop, 0, r->comm);
+    }
+}
+
+/* Fills the inputs, runs once, counts wrong elements on this rank. */
+static long check(run_t *r) {
+    const size_t P = (size_t)nranks, n = r->count;
+    const coll_op_t vop = (r->op == O_ALLGATHER || r->op == O_BROADCAST) ? COLL_SUM : r->redop;
+    size_t in_n = r->op == O_REDUCE_SCATTER ? P * n : n;
+    char *in = r->inplace ? (r->op == O_REDUCE_SCATTER ? r->send
+                             : r->op == O_ALLGATHER    ? r->recv + (size_t)rank * n * r->es
+                                                       : r->recv)
+                          : r->send;
+    if (r->op == O_BROADCAST) in = r->recv;
+    for (size_t i = 0; i < in_n; i++) tv_store(r->dt, in, i, (double)tv_value(vop, r->dt, rank, i));
+    if (r->op == O_BROADCAST && rank != 0) memset(r->recv, 0, n * r->es);
+    if (call(r) != COLL_SUCCESS) {
+        fprintf(stderr, "rank %d: %s\n", rank, coll_last_error(r->comm));
+        return (long)n;
+    }
+    long wrong = 0;
+    const char *out = r->op == O_REDUCE_SCATTER && r->inplace ? r->send + (size_t)rank * n * r->es : r->recv;
+    switch (r->op) {
+    case O_ALLREDUCE:
+        for (size_t i = 0; i < n; i++) wrong += tv_load(r->dt, out, i) != tv_expected(r->redop, r->dt, i, nranks);
+        break;
+    case O_REDUCE_SCATTER:
+        for (size_t i = 0; i < n; i++)
+            wrong += tv_load(r->dt, out, i) != tv_expected(r->redop, r->dt, (size_t)rank * n + i, nranks);
+        break;
+    case O_ALLGATHER:
+        for (size_t i = 0; i < P * n; i++)
+            wrong += tv_load(r->dt, out, i) != (double)tv_value(vop, r->dt, (int)(i / n), i % n);
+        break;
+    case O_BROADCAST:
+        for (size_t i = 0; i < n; i++) wrong += tv_load(r->dt, out, i) != (double)tv_value(vop, r->dt, 0, i);
+        break;
+    default:
+        if (rank == 0)
+            for (size_t i = 0; i < n; i++) wrong += tv_load(r->dt, out, i) != tv_expected(r->redop, r->dt, i, nranks);
+        break;
+    }
+    return wrong;
+}
+
+/* One timed loop: seconds per call on the slowest rank. */
+static double timed(const run_t *r, int iters) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = now();
+    for (int i = 0; i < iters; i++)
+        if (call(r) != COLL_SUCCESS) {
+            fprintf(stderr, "rank %d: %s\n", rank, coll_last_error(r->comm));
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+    double t = (now() - t0) / iters, tmax;
+    MPI_Allreduce(&t, &tmax, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return tmax;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int main(int argc, char **argv) {
+    int provided;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+
+    bop_t op = O_ALLREDUCE;
+    coll_dtype_t dt = COLL_FLOAT32;
+    coll_op_t redop = COLL_SUM;
+    int algo = COLL_ALGO_AUTO, base = -1, checkit = 1, inplace = 0, repeats = 5;
+    size_t minb = 8, maxb = 64 * 1024 * 1024;
+    double factor = 2;
+    int iters = 20, warmup = 5;
+    int c;
+    opterr = 0;
+    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:h")) != -1) {
+        int v;
+        switch (c) {
+        case 'o':
+            for (v = 0; v < NOPS && strcmp(optarg, op_names[v]); v++) {}
+            if (v == NOPS) usage("-o: expected allreduce|reduce_scatter|allgather|broadcast|reduce");
+            op = (bop_t)v;
+            break;
+        case 'd':
+            if ((v = coll_dtype_parse(optarg)) < 0) usage("-d: expected float32|float64|float16|bfloat16|int32|int64|uint8");
+            dt = (coll_dtype_t)v;
+            break;
+        case 'r':
+            if ((v = coll_op_parse(optarg)) < 0) usage("-r: expected sum|prod|min|max|avg");
+            redop = (coll_op_t)v;
+            break;
+        case 'a':
+            if ((algo = coll_algo_parse(optarg)) < 0) usage("-a: expected auto|ring|rd|native");
+            break;
+        case 'x':
+            if ((base = coll_algo_parse(optarg)) < 0) usage("-x: expected auto|ring|rd|native");
+            break;
+        case 'b': minb = parse_size(optarg, "-b"); break;
+        case 'e': maxb = parse_size(optarg, "-e"); break;
+        case 'f': {
+            char *end;
+            factor = strtod(optarg, &end);
+            if (*end || !(factor > 1)) usage("-f: the factor must be a number above 1");
+            break;
+        }
+        case 'n': iters = (int)parse_int(optarg, "-n", 1, 1000000000); break;
+        case 'w': warmup = (int)parse_int(optarg, "-w", 0, 1000000000); break;
+        case 'c': checkit = (int)parse_int(optarg, "-c", 0, 1); break;
+        case 'i': inplace = (int)parse_int(optarg, "-i", 0, 1); break;
+        case 'R': repeats = (int)parse_int(optarg, "-R", 1, 1000); break;
+        case 'h': usage("help");
+        default: {
+            char msg[64];
+            snprintf(msg, sizeof msg, "unknown option or missing value: -%c", optopt);
+            usage(msg);
+        }
+        }
+    }
+    if (optind < argc) usage("unexpected argument");
+    if (minb > maxb) usage("-b must not exceed -e");
+
+    coll_comm_t comm;
+    if (coll_comm_init(&comm, MPI_COMM_WORLD) != COLL_SUCCESS) {
+        fprintf(stderr, "rank %d: coll_comm_init: %s\n", rank, coll_last_error(NULL));
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    const size_t es = coll_dtype_size(dt), P = (size_t)nranks;
+    const int per_rank = op == O_ALLGATHER || op == O_REDUCE_SCATTER;
+    const double busf = op == O_ALLREDUCE ? 2.0 * (double)(P - 1) / (double)P
+                        : per_rank       ? (double)(P - 1) / (double)P
+                                         : 1.0;
+    const size_t unit = es * (per_rank ? P : 1);
+    size_t cap = maxb / unit * unit + unit;
+    char *sendbuf = malloc(cap), *recvbuf = malloc(cap);
+    if (!sendbuf || !recvbuf) {
+        fprintf(stderr, "rank %d: cannot allocate 2 x %zu bytes\n", rank, cap);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    memset(sendbuf, 0, cap);
+    memset(recvbuf, 0, cap);
+
+    char host[64] = "";
+    gethostname(host, sizeof host - 1);
+    if (rank == 0) {
+        printf("# coll-bench: %s %s %s, algo %s%s%s, %d ranks, %s, iters %d x %d repeats (median), warmup %d, %s\n",
+               op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
+               base >= 0 ? " vs " : "", base >= 0 ? coll_algo_name((coll_algo_t)base) : "", nranks, host, iters,
+               repeats, warmup, inplace ? "in-place" : "out-of-place");
+        printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "redop", "time_us", "algbw",
+               "busbw", "#wrong");
+        if (base >= 0) printf(" %10s %8s %8s", "base_us", "base_bw", "speedup");
+        printf("\n");
+    }
+    long total_wrong = 0;
+    double bw_sum = 0;
+    int nsizes = 0;
+    for (size_t bytes = minb;; bytes = (size_t)((double)bytes * factor) > bytes ? (size_t)((double)bytes * factor) : bytes + 1) {
+        if (bytes > maxb) break;
+        size_t b = bytes / unit * unit;
+        run_t r = {op, dt, redop, inplace, b / unit, es, sendbuf, recvbuf, comm};
+        int algos[2] = {algo, base};
+        double t[2][1000], med[2] = {0, 0};
+        long wrong = 0;
+        for (int k = 0; k < (base >= 0 ? 2 : 1); k++) {
+            coll_comm_set_algorithm(comm, (coll_algo_t)algos[k]);
+            if (checkit) wrong += check(&r);
+            for (int i = 0; i < warmup; i++) call(&r);
+        }
+        for (int rep = 0; rep < repeats; rep++)
+            for (int k = 0; k < (base >= 0 ? 2 : 1); k++) {
+                coll_comm_set_algorithm(comm, (coll_algo_t)algos[k]);
+                t[k][rep] = timed(&r, iters);
+            }
+        for (int k = 0; k < (base >= 0 ? 2 : 1); k++) med[k] = median(t[k], repeats);
+        long wsum = 0;
+        MPI_Allreduce(&wrong, &wsum, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+        total_wrong += wsum;
+        double algbw = med[0] > 0 ? (double)b / med[0] / 1e9 : 0, busbw = algbw * busf;
+        bw_sum += busbw;
+        nsizes++;
+        if (rank == 0) {
+            printf("  %12zu %12zu %9s %6s %10.2f %8.3f %8.3f %7ld", b, b / es, coll_dtype_name(dt),
+                   (op == O_ALLGATHER || op == O_BROADCAST) ? "none" : coll_op_name(redop), med[0] * 1e6, algbw,
+                   busbw, wsum);
+            if (base >= 0) {
+                double bbw = med[1] > 0 ? (double)b / med[1] / 1e9 * busf : 0;
+                printf(" %10.2f %8.3f %8.2f", med[1] * 1e6, bbw, med[0] > 0 ? med[1] / med[0] : 0);
+            }
+            printf("\n");
+            fflush(stdout);
+        }
+        if (bytes == maxb) break;
+    }
+    if (rank == 0) {
+        printf("# Out of bounds values : %ld %s\n", total_wrong, total_wrong ? "FAILED" : "OK");
+        printf("# Avg bus bandwidth : %g\n", nsizes ? bw_sum / nsizes : 0.0);
+    }
+    free(sendbuf);
+    free(recvbuf);
+    coll_comm_destroy(comm);
+    MPI_Finalize();
+    return total_wrong ? 1 : 0;
+}
