@@ -25,6 +25,7 @@ typedef struct {
     size_t rd_max_bytes;  /* COLL_RD_MAX_BYTES: auto uses rd up to this size */
     size_t max_msg_bytes; /* COLL_MAX_MSG_BYTES: largest single MPI message */
     int spin;             /* COLL_SPIN: polls before a wait starts yielding */
+    int spin_oversub;     /* COLL_SPIN_OVERSUBSCRIBED: the same, more ranks than cores */
 } coll_tunables_t;
 
 COLL_HIDDEN extern coll_tunables_t coll_tun;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "coll_internal.h"
@@ -156,10 +157,16 @@ static void ctx_free(coll_ctx_t *ctx) {
 
 coll_result_t coll_ctx_scratch(coll_ctx_t *ctx, size_t bytes, void **out) {
     if (bytes > ctx->scratch_bytes) {
+        /* Large scratch areas are 2 MiB aligned and backed by huge pages
+         * where the kernel allows: peers copy into them with process-to-
+         * process copies (CMA), which pin pages one at a time. */
+        const size_t huge = (size_t)2 << 20;
         size_t want = bytes < 4096 ? 4096 : (bytes + 4095) & ~(size_t)4095;
+        if (want >= huge) want = (want + huge - 1) & ~(huge - 1);
         void *p = NULL;
-        if (posix_memalign(&p, 64, want))
+        if (posix_memalign(&p, want >= huge ? huge : 64, want))
             return coll_error(ctx->comm, COLL_ERR_NO_MEMORY, "scratch buffer of %zu bytes", want);
+        if (want >= huge) madvise(p, want, MADV_HUGEPAGE);
         free(ctx->scratch);
         ctx->scratch = p;
         ctx->scratch_bytes = want;

@@ -1,6 +1,6 @@
 /* Waiting on transport requests, written once for every transport.
- * A wait polls; after COLL_SPIN fruitless polls (or at once when this node
- * has more ranks than cores) every poll yields the core, so oversubscribed
+ * A wait polls; after COLL_SPIN fruitless polls (COLL_SPIN_OVERSUBSCRIBED
+ * when this node has more ranks than cores) every poll yields the core, so oversubscribed
  * ranks and the caller's compute threads get to run. The optional timeout
  * turns a peer that never answers into COLL_ERR_TIMEOUT naming that peer,
  * and marks the communicator failed. */
@@ -23,7 +23,7 @@ typedef struct {
 /* Called after each fruitless poll round; returns non-zero on timeout. */
 static int idle(coll_ctx_t *ctx, waiter_t *w) {
     const coll_comm_t c = ctx->comm;
-    if (c->yield_always || w->polls >= coll_tun.spin) sched_yield();
+    if (w->polls >= (c->yield_always ? coll_tun.spin_oversub : coll_tun.spin)) sched_yield();
     if (c->timeout > 0 && (w->polls & 63) == 0) {
         double t = now_s();
         if (w->t0 == 0) w->t0 = t;

@@ -202,17 +202,99 @@ coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
     return ring_ag(ctx, a->recvbuf, a->count * (size_t)ctx->size, a->dtype);
 }
 
+/* All-reduce: reduce-scatter and all-gather fused chunk by chunk, as NCCL
+ * does, so the all-gather of chunk j overlaps the reduce-scatter of chunk
+ * j+1 instead of waiting for the whole reduce-scatter. On rank r, for each
+ * chunk index: send input block r-1; for k = 1..P-1 receive block r-1-k,
+ * reduce it with the input and pass it on, the last one (block r) into the
+ * output; then all-gather: send output block r, and for k = 1..P-1 receive
+ * block r-k into the output and pass it on. Each link carries 2(P-1)
+ * messages per chunk index, in the same order on both of its ends.
+ *
+ * Receives are posted ahead, except in place, where an all-gather receive
+ * overwrites input: it is posted only after this rank's reduce-scatter of
+ * that chunk has read the input and its step-0 send of it has completed. */
 coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
-    const size_t es = coll_dtype_size(a->dtype);
-    const int P = ctx->size;
+    const size_t es = coll_dtype_size(a->dtype), n = a->count;
+    const int P = ctx->size, r = ctx->rank, left = coll_mod(r - 1, P), right = coll_mod(r + 1, P);
+    const int inplace = a->sendbuf == a->recvbuf;
     if (P == 1) {
-        if (a->recvbuf != a->sendbuf) memcpy(a->recvbuf, a->sendbuf, a->count * es);
+        if (!inplace) memcpy(a->recvbuf, a->sendbuf, n * es);
         return COLL_SUCCESS;
     }
-    char *out = (char *)a->recvbuf + coll_block_offset(a->count, P, ctx->rank) * es;
-    coll_result_t rc = ring_rs(ctx, a->sendbuf, out, a->count, a->dtype, a->op);
+    const char *in = a->sendbuf;
+    char *out = a->recvbuf;
+    pipe_t p;
+    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 1);
     if (rc != COLL_SUCCESS) return rc;
-    return ring_ag(ctx, a->recvbuf, a->count, a->dtype);
+    const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
+    const long per = 2L * (P - 1), R = (long)nch * per; /* receives per chunk, in all */
+    long posted = 0, consumed = 0, rs_done = 0;         /* rs_done: chunks */
+    size_t len, off;
+
+    /* receive m: chunk m/per; i = m%per < P-1 is reduce-scatter step i+1
+     * (block r-2-i, into a slot), else all-gather step i-P+2 (block
+     * r-1-(i-P+1), straight into the output) */
+#define CAN_POST(m) ((m) < R && (m) < consumed + p.depth && (!inplace || (m) % per < P - 1 || (m) / per < rs_done))
+#define POST(m)                                                                             \
+    do {                                                                                    \
+        long m_ = (m), i_ = m_ % per;                                                       \
+        size_t j_ = (size_t)(m_ / per), l_, o_;                                             \
+        if (i_ < P - 1) {                                                                   \
+            chunk_at(&p, n, P, coll_mod(r - 2 - (int)i_, P), j_, &l_);                      \
+            COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left));                           \
+        } else {                                                                            \
+            o_ = chunk_at(&p, n, P, coll_mod(r - 1 - (int)(i_ - (P - 1)), P), j_, &l_);     \
+            COLL_TRY(pipe_recv(&p, m_, out + o_ * es, l_, left));                           \
+        }                                                                                   \
+    } while (0)
+#define ADVANCE()                                                                           \
+    do {                                                                                    \
+        while (CAN_POST(posted)) {                                                          \
+            POST(posted);                                                                   \
+            posted++;                                                                       \
+        }                                                                                   \
+    } while (0)
+
+    ADVANCE();
+    for (size_t j = 0; j < nch; j++) {
+        const long base = (long)j * per, s0 = p.nsend;
+        off = chunk_at(&p, n, P, coll_mod(r - 1, P), j, &len);
+        COLL_TRY(pipe_send(&p, in + off * es, len, right));
+        for (int k = 1; k < P; k++) {
+            long m = base + (k - 1);
+            COLL_TRY(pipe_wait_recv(&p, m));
+            off = chunk_at(&p, n, P, coll_mod(r - 1 - k, P), j, &len);
+            char *dst = out + off * es;
+            if (k < P - 1) COLL_TRY(pipe_next_sslot(&p, &dst));
+            coll_reduce_kernel(a->dtype, a->op, dst, in + off * es, rslot(&p, m), len);
+            consumed++;
+            if (k == P - 1) {
+                if (a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, len, P);
+                if (inplace && p.nsend - s0 <= p.depth) COLL_TRY(coll_p2p_wait(ctx, &p.sq[s0 % p.depth]));
+                rs_done = (long)j + 1;
+            }
+            ADVANCE();
+            COLL_TRY(pipe_send(&p, dst, len, right));
+        }
+        for (int k = 1; k < P; k++) {
+            long m = base + (P - 1) + (k - 1);
+            COLL_TRY(pipe_wait_recv(&p, m));
+            consumed++;
+            ADVANCE();
+            if (k < P - 1) {
+                off = chunk_at(&p, n, P, coll_mod(r - k, P), j, &len);
+                COLL_TRY(pipe_send(&p, out + off * es, len, right));
+            }
+        }
+    }
+#undef CAN_POST
+#undef POST
+#undef ADVANCE
+    COLL_TRY(pipe_finish(&p));
+    return COLL_SUCCESS;
+fail:
+    return pipe_abort(&p, rc);
 }
 
 /* Chain broadcast: root -> root+1 -> ... -> root-1, chunk-pipelined; each

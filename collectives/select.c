@@ -1,7 +1,7 @@
 /* Algorithm choice. `auto` uses the latency-optimal algorithms below a size
  * threshold and the ring above it; the thresholds were measured on the
- * development machine with `coll-bench -a ring|rd|native` sweeps (see
- * docs/COLLECTIVES.md, "How auto chooses"). COLL_RD_MAX_BYTES overrides. */
+ * development machine (below). COLL_RD_MAX_BYTES overrides them: rd up to
+ * that size, ring above. */
 #include "coll_internal.h"
 
 static const coll_algo_fn algos[COLL_NUM_KINDS][COLL_NUM_ALGOS] = {
@@ -20,14 +20,24 @@ static size_t op_bytes(const struct coll_comm *c, const coll_args_t *a) {
     return b;
 }
 
-/* Largest message for which the log(P)-round algorithms win; measured. */
+/* Thresholds measured with `coll-bench -a ring -x rd` and `-a rd -x native`
+ * at 2, 3 and 4 ranks (docs/COLLECTIVES.md, "How auto chooses"):
+ *  - up to 2 KiB the log(P) rounds of rd win everywhere;
+ *  - at 2-4 KiB a whole-buffer message crosses Open MPI's shared-memory
+ *    eager limit (4 KiB with its header) and pays a rendezvous round trip,
+ *    while the ring's per-block messages stay eager: ring;
+ *  - above that rd wins again up to 16 KiB at 2 ranks and 64 KiB at 3-4,
+ *    where the ring's 2(P-1) steps cost more than rd's extra bytes. */
+#define EAGER_SPLIT_MIN 2048
+#define EAGER_SPLIT_MAX 4096
+
 static size_t rd_max_bytes(const struct coll_comm *c, coll_kind_t k) {
     if (coll_tun.rd_max_bytes) return coll_tun.rd_max_bytes;
     switch (k) {
-    case COLL_K_ALLREDUCE: return c->size <= 2 ? 16384 : 16384;
-    case COLL_K_REDUCE_SCATTER: return 16384;
-    case COLL_K_ALLGATHER: return 16384;
-    case COLL_K_BROADCAST: return 65536;
+    case COLL_K_ALLREDUCE:
+    case COLL_K_REDUCE_SCATTER:
+    case COLL_K_ALLGATHER: return c->size <= 2 ? 16384 : 65536;
+    case COLL_K_BROADCAST:
     case COLL_K_REDUCE: return 65536;
     default: return (size_t)-1;
     }
@@ -35,7 +45,11 @@ static size_t rd_max_bytes(const struct coll_comm *c, coll_kind_t k) {
 
 coll_algo_t coll_select(const struct coll_comm *c, const coll_args_t *a) {
     if (c->algo != COLL_ALGO_AUTO) return c->algo;
-    return op_bytes(c, a) <= rd_max_bytes(c, a->kind) ? COLL_ALGO_RD : COLL_ALGO_RING;
+    if (a->kind == COLL_K_BARRIER) return COLL_ALGO_RD;
+    size_t b = op_bytes(c, a);
+    if (!coll_tun.rd_max_bytes && a->kind == COLL_K_ALLREDUCE && b > EAGER_SPLIT_MIN && b <= EAGER_SPLIT_MAX)
+        return COLL_ALGO_RING;
+    return b <= rd_max_bytes(c, a->kind) ? COLL_ALGO_RD : COLL_ALGO_RING;
 }
 
 coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a) {

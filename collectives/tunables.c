@@ -14,11 +14,12 @@ coll_tunables_t coll_tun = {
     .debug = COLL_LOG_NONE,
     .check = 0,
     .timeout = 0.0,
-    .chunk_bytes = 128 * 1024,
+    .chunk_bytes = 512 * 1024,
     .depth = 4,
     .rd_max_bytes = 0, /* 0: per-rank-count table in select.c */
     .max_msg_bytes = (size_t)1 << 30,
     .spin = 2000,
+    .spin_oversub = 100,
 };
 
 typedef enum { T_ALGO, T_DEBUG, T_BOOL, T_SECONDS, T_BYTES, T_INT } tun_type_t;
@@ -40,6 +41,7 @@ static const struct {
      * exercise the splitting that counts above INT_MAX need. */
     {"COLL_MAX_MSG_BYTES", T_BYTES, &coll_tun.max_msg_bytes, 8, 2147483647.0},
     {"COLL_SPIN", T_INT, &coll_tun.spin, 0, 1e9},
+    {"COLL_SPIN_OVERSUBSCRIBED", T_INT, &coll_tun.spin_oversub, 0, 1e9},
 };
 
 /* "64K", "1M", "2G", plain bytes */
