@@ -35,7 +35,7 @@ static inline float h2f(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     float v = u2f((uint32_t)(h & 0x7fffu) << 13) * u2f((254u - 15u) << 23);
     uint32_t o = f2u(v);
-    o |= v >= u2f((127u + 16u) << 23) ? 255u << 23 : 0u;
+    o |= (255u << 23) & -(uint32_t)(v >= u2f((127u + 16u) << 23));
     return u2f(o | sign);
 }
 
@@ -49,7 +49,9 @@ static inline uint16_t f2h(float f) {
     uint32_t sub = f2u(u2f(x) + u2f(((127u - 15u) + (23u - 10u) + 1u) << 23)) -
                    (((127u - 15u) + (23u - 10u) + 1u) << 23);
     uint32_t nrm = (x + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((x >> 13) & 1u)) >> 13;
-    uint32_t o = x >= ((127u + 16u) << 23) ? big : x < (113u << 23) ? sub : nrm;
+    /* selects as masks: the compiler vectorises them without branches */
+    uint32_t is_big = -(uint32_t)(x >= ((127u + 16u) << 23)), is_sub = -(uint32_t)(x < (113u << 23));
+    uint32_t o = (big & is_big) | (~is_big & ((sub & is_sub) | (nrm & ~is_sub)));
     return (uint16_t)(o | sign);
 }
 
@@ -58,7 +60,8 @@ static inline float b2f(uint16_t h) { return u2f((uint32_t)h << 16); }
 static inline uint16_t f2b(float f) {
     uint32_t x = f2u(f);
     uint32_t r = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? (x >> 16) | 0x40u : r);
+    uint32_t is_nan = -(uint32_t)((x & 0x7fffffffu) > 0x7f800000u);
+    return (uint16_t)((((x >> 16) | 0x40u) & is_nan) | (r & ~is_nan));
 }
 
 float coll_half_to_float(uint16_t h) { return h2f(h); }
