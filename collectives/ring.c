@@ -33,7 +33,9 @@ typedef struct {
     coll_treq_t rq[MAX_DEPTH], sq[MAX_DEPTH];
 } pipe_t;
 
-static coll_result_t pipe_init(pipe_t *p, coll_ctx_t *ctx, coll_dtype_t dt, int slots) {
+/* `longest`: the most elements one chunk can need (a block, or the buffer),
+ * so the scratch slots of a small operation stay small. */
+static coll_result_t pipe_init(pipe_t *p, coll_ctx_t *ctx, coll_dtype_t dt, int slots, size_t longest) {
     memset(p, 0, sizeof *p);
     p->ctx = ctx;
     p->depth = coll_tun.depth < MAX_DEPTH ? coll_tun.depth : MAX_DEPTH;
@@ -42,6 +44,7 @@ static coll_result_t pipe_init(pipe_t *p, coll_ctx_t *ctx, coll_dtype_t dt, int 
      * pieces, and pieces of requests in flight together could interleave. */
     size_t cb = coll_tun.chunk_bytes < coll_tun.max_msg_bytes ? coll_tun.chunk_bytes : coll_tun.max_msg_bytes;
     p->chunk = cb / p->es;
+    if (p->chunk > longest) p->chunk = longest;
     if (!p->chunk) p->chunk = 1;
     if (!slots) return COLL_SUCCESS;
     void *s;
@@ -102,7 +105,7 @@ static coll_result_t ring_rs(coll_ctx_t *ctx, const char *in, char *out, size_t 
                              coll_dtype_t dt, coll_op_t op) {
     const int P = ctx->size, r = ctx->rank, left = coll_mod(r - 1, P), right = coll_mod(r + 1, P);
     pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, dt, 1);
+    coll_result_t rc = pipe_init(&p, ctx, dt, 1, coll_block_count(n, P, 0));
     if (rc != COLL_SUCCESS) return rc;
     const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
     const long R = (long)nch * (P - 1); /* receives in total */
@@ -149,7 +152,7 @@ fail:
 static coll_result_t ring_ag(coll_ctx_t *ctx, char *buf, size_t n, coll_dtype_t dt) {
     const int P = ctx->size, r = ctx->rank, left = coll_mod(r - 1, P), right = coll_mod(r + 1, P);
     pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, dt, 0);
+    coll_result_t rc = pipe_init(&p, ctx, dt, 0, coll_block_count(n, P, 0));
     if (rc != COLL_SUCCESS) return rc;
     const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
     const long R = (long)nch * (P - 1);
@@ -225,7 +228,7 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
     pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 1);
+    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 1, coll_block_count(n, P, 0));
     if (rc != COLL_SUCCESS) return rc;
     const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
     const long per = 2L * (P - 1), R = (long)nch * per; /* receives per chunk, in all */
@@ -297,6 +300,13 @@ fail:
     return pipe_abort(&p, rc);
 }
 
+/* A chain is P-1 hops deep: with 2(P-1) chunks (none under 64 KiB) the
+ * pipeline fills without paying per-message costs on more chunks. */
+static size_t chain_chunk(const coll_args_t *a, int P) {
+    size_t min = 65536 / coll_dtype_size(a->dtype), k = 2 * (size_t)(P - 1), c = (a->count + k - 1) / k;
+    return c > min ? c : min;
+}
+
 /* Chain broadcast: root -> root+1 -> ... -> root-1, chunk-pipelined; each
  * chunk is forwarded from the buffer as soon as it has arrived. */
 coll_result_t coll_chain_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
@@ -304,7 +314,7 @@ coll_result_t coll_chain_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
     if (P == 1) return COLL_SUCCESS;
     const int prev = coll_mod(ctx->rank - 1, P), next = coll_mod(ctx->rank + 1, P);
     pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 0);
+    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 0, chain_chunk(a, P));
     if (rc != COLL_SUCCESS) return rc;
     char *buf = a->recvbuf;
     const long nch = (long)nchunks(&p, a->count);
@@ -340,7 +350,7 @@ coll_result_t coll_chain_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
     }
     const int from = coll_mod(ctx->rank + 1, P), to = coll_mod(ctx->rank - 1, P);
     pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 1);
+    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 1, chain_chunk(a, P));
     if (rc != COLL_SUCCESS) return rc;
     const char *in = a->sendbuf;
     const long nch = (long)nchunks(&p, a->count);

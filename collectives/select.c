@@ -35,8 +35,9 @@ static size_t rd_max_bytes(const struct coll_comm *c, coll_kind_t k) {
     if (coll_tun.rd_max_bytes) return coll_tun.rd_max_bytes;
     switch (k) {
     case COLL_K_ALLREDUCE:
-    case COLL_K_REDUCE_SCATTER:
     case COLL_K_ALLGATHER: return c->size <= 2 ? 16384 : 65536;
+    /* rd reduce-scatter is a whole all-reduce: worth it only when tiny */
+    case COLL_K_REDUCE_SCATTER: return 1024;
     case COLL_K_BROADCAST:
     case COLL_K_REDUCE: return 65536;
     default: return (size_t)-1;
