@@ -171,6 +171,7 @@ struct coll_comm {
     pthread_cond_t q_cond;    /* work arrived / stop */
     pthread_cond_t done_cond; /* a request finished */
     struct coll_request *q_head, *q_tail, *free_reqs;
+    struct coll_request *all_reqs; /* every request allocated, freed at destroy */
     int outstanding;
     int stop;
     int thread_started;
@@ -186,6 +187,7 @@ struct coll_request {
     int ghost; /* runs only for the agreement; freed by the progress thread */
     atomic_int done;
     struct coll_request *next;
+    struct coll_request *all_next;
 };
 
 /* comm.c */

@@ -248,9 +248,10 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
         ctx_free(&c->async);
         if (!left) coll_native_release();
     }
-    while (c->free_reqs) {
-        struct coll_request *r = c->free_reqs;
-        c->free_reqs = r->next;
+    /* requests never waited for are freed too; their handles die with comm */
+    while (c->all_reqs) {
+        struct coll_request *r = c->all_reqs;
+        c->all_reqs = r->all_next;
         free(r);
     }
     pthread_mutex_destroy(&c->err_lock);

@@ -50,8 +50,15 @@ static void *progress_main(void *arg) {
 /* Takes a request from the free list (or allocates one); q_lock held. */
 static struct coll_request *req_get(coll_comm_t c) {
     struct coll_request *r = c->free_reqs;
-    if (r) c->free_reqs = r->next;
-    else r = malloc(sizeof *r);
+    if (r) {
+        c->free_reqs = r->next;
+        return r;
+    }
+    r = malloc(sizeof *r);
+    if (r) {
+        r->all_next = c->all_reqs;
+        c->all_reqs = r;
+    }
     return r;
 }
 
@@ -65,7 +72,8 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
         struct coll_request *r = req_get(c);
         pthread_mutex_unlock(&c->q_lock);
         if (!r) return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
-        *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .result = COLL_SUCCESS};
+        *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .result = COLL_SUCCESS,
+                                   .all_next = r->all_next};
         atomic_store(&r->done, 1);
         *out = r;
         return COLL_SUCCESS;
@@ -88,7 +96,8 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
         pthread_mutex_unlock(&c->q_lock);
         return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
     }
-    *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost};
+    *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost,
+                               .all_next = r->all_next};
     atomic_store(&r->done, 0);
     if (c->q_tail) c->q_tail->next = r;
     else c->q_head = r;
