@@ -67,10 +67,13 @@ COLL_HIDDEN const char *coll_kind_name(coll_kind_t k);
  * chunks below that size. */
 struct coll_ctx;
 
+#define COLL_MAX_CHANNELS 4
+
 typedef struct coll_treq {
     char *ptr;   /* next byte to move */
     size_t left; /* bytes not yet posted */
     int peer;
+    int chan;
     int is_send;
     int active;
     union {
@@ -82,9 +85,11 @@ typedef struct coll_treq {
 
 typedef struct coll_transport {
     const char *name;
-    coll_result_t (*isend)(struct coll_ctx *ctx, const void *buf, size_t bytes, int peer,
+    /* chan (0..COLL_MAX_CHANNELS-1) separates message streams on one link:
+     * messages match in order within a channel, not across channels. */
+    coll_result_t (*isend)(struct coll_ctx *ctx, const void *buf, size_t bytes, int peer, int chan,
                            coll_treq_t *req);
-    coll_result_t (*irecv)(struct coll_ctx *ctx, void *buf, size_t bytes, int peer,
+    coll_result_t (*irecv)(struct coll_ctx *ctx, void *buf, size_t bytes, int peer, int chan,
                            coll_treq_t *req);
     /* Advances req; *done = 1 when all its bytes have moved. */
     coll_result_t (*test)(struct coll_ctx *ctx, coll_treq_t *req, int *done);

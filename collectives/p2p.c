@@ -85,9 +85,9 @@ void coll_p2p_cancel_all(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
 coll_result_t coll_p2p_sendrecv(coll_ctx_t *ctx, const void *sbuf, size_t sbytes, int dst,
                                 void *rbuf, size_t rbytes, int src) {
     coll_treq_t r[2];
-    coll_result_t rc = ctx->tp->irecv(ctx, rbuf, rbytes, src, &r[0]);
+    coll_result_t rc = ctx->tp->irecv(ctx, rbuf, rbytes, src, 0, &r[0]);
     if (rc != COLL_SUCCESS) return rc;
-    rc = ctx->tp->isend(ctx, sbuf, sbytes, dst, &r[1]);
+    rc = ctx->tp->isend(ctx, sbuf, sbytes, dst, 0, &r[1]);
     if (rc != COLL_SUCCESS) {
         coll_p2p_cancel_all(ctx, r, 1);
         return rc;

@@ -22,6 +22,7 @@
 #include "coll_internal.h"
 
 #define MAX_DEPTH 64
+enum { CH_RS = 0, CH_AG = 1 }; /* transport channels of the fused all-reduce */
 
 typedef struct {
     coll_ctx_t *ctx;
@@ -66,16 +67,16 @@ static coll_result_t pipe_next_sslot(pipe_t *p, char **buf) {
     return rc;
 }
 
-static coll_result_t pipe_send(pipe_t *p, const void *buf, size_t n, int peer) {
+static coll_result_t pipe_send(pipe_t *p, const void *buf, size_t n, int peer, int chan) {
     coll_result_t rc = pipe_next_sslot(p, NULL);
     if (rc != COLL_SUCCESS) return rc;
-    rc = p->ctx->tp->isend(p->ctx, buf, n * p->es, peer, &p->sq[p->nsend % p->depth]);
+    rc = p->ctx->tp->isend(p->ctx, buf, n * p->es, peer, chan, &p->sq[p->nsend % p->depth]);
     p->nsend++;
     return rc;
 }
 
-static coll_result_t pipe_recv(pipe_t *p, long m, void *buf, size_t n, int peer) {
-    return p->ctx->tp->irecv(p->ctx, buf, n * p->es, peer, &p->rq[m % p->depth]);
+static coll_result_t pipe_recv(pipe_t *p, long m, void *buf, size_t n, int peer, int chan) {
+    return p->ctx->tp->irecv(p->ctx, buf, n * p->es, peer, chan, &p->rq[m % p->depth]);
 }
 
 static coll_result_t pipe_wait_recv(pipe_t *p, long m) {
@@ -117,13 +118,13 @@ static coll_result_t ring_rs(coll_ctx_t *ctx, const char *in, char *out, size_t 
         long m_ = (m);                                                                      \
         size_t j_ = (size_t)(m_ / (P - 1)), l_;                                             \
         chunk_at(&p, n, P, coll_mod(r - 2 - (int)(m_ % (P - 1)), P), j_, &l_);              \
-        COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left));                               \
+        COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left, 0));                               \
     } while (0)
 
     for (long m = 0; m < R && m < p.depth; m++) POST_RECV(m);
     for (size_t j = 0; j < nch; j++) {
         size_t off = chunk_at(&p, n, P, coll_mod(r - 1, P), j, &len);
-        COLL_TRY(pipe_send(&p, in + off * p.es, len, right));
+        COLL_TRY(pipe_send(&p, in + off * p.es, len, right, 0));
         for (int k = 1; k < P; k++) {
             long m = (long)j * (P - 1) + (k - 1);
             COLL_TRY(pipe_wait_recv(&p, m));
@@ -137,7 +138,7 @@ static coll_result_t ring_rs(coll_ctx_t *ctx, const char *in, char *out, size_t 
             coll_reduce_kernel(dt, op, dst, in + off * p.es, rslot(&p, m), len);
             if (k == P - 1 && op == COLL_AVG) coll_avg_finish(dt, dst, len, P);
             if (m + p.depth < R) POST_RECV(m + p.depth);
-            if (k < P - 1) COLL_TRY(pipe_send(&p, dst, len, right));
+            if (k < P - 1) COLL_TRY(pipe_send(&p, dst, len, right, 0));
         }
     }
 #undef POST_RECV
@@ -164,20 +165,20 @@ static coll_result_t ring_ag(coll_ctx_t *ctx, char *buf, size_t n, coll_dtype_t 
         long m_ = (m);                                                                      \
         size_t l_, o_ = chunk_at(&p, n, P, coll_mod(r - 1 - (int)(m_ % (P - 1)), P),        \
                                  (size_t)(m_ / (P - 1)), &l_);                              \
-        COLL_TRY(pipe_recv(&p, m_, buf + o_ * p.es, l_, left));                             \
+        COLL_TRY(pipe_recv(&p, m_, buf + o_ * p.es, l_, left, 0));                             \
     } while (0)
 
     for (long m = 0; m < R && m < p.depth; m++) POST_RECV(m);
     for (size_t j = 0; j < nch; j++) {
         off = chunk_at(&p, n, P, r, j, &len);
-        COLL_TRY(pipe_send(&p, buf + off * p.es, len, right));
+        COLL_TRY(pipe_send(&p, buf + off * p.es, len, right, 0));
         for (int k = 1; k < P; k++) {
             long m = (long)j * (P - 1) + (k - 1);
             COLL_TRY(pipe_wait_recv(&p, m));
             if (m + p.depth < R) POST_RECV(m + p.depth);
             if (k < P - 1) {
                 off = chunk_at(&p, n, P, coll_mod(r - k, P), j, &len);
-                COLL_TRY(pipe_send(&p, buf + off * p.es, len, right));
+                COLL_TRY(pipe_send(&p, buf + off * p.es, len, right, 0));
             }
         }
     }
@@ -245,10 +246,10 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         size_t j_ = (size_t)(m_ / per), l_, o_;                                             \
         if (i_ < P - 1) {                                                                   \
             chunk_at(&p, n, P, coll_mod(r - 2 - (int)i_, P), j_, &l_);                      \
-            COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left));                           \
+            COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left, CH_RS));                    \
         } else {                                                                            \
             o_ = chunk_at(&p, n, P, coll_mod(r - 1 - (int)(i_ - (P - 1)), P), j_, &l_);     \
-            COLL_TRY(pipe_recv(&p, m_, out + o_ * es, l_, left));                           \
+            COLL_TRY(pipe_recv(&p, m_, out + o_ * es, l_, left, CH_AG));                    \
         }                                                                                   \
     } while (0)
 #define ADVANCE()                                                                           \
@@ -259,11 +260,23 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         }                                                                                   \
     } while (0)
 
+    /* step 0 of chunk j+1 reads only input, so it is sent as soon as chunk
+     * j's reduce-scatter is done, ahead of chunk j's all-gather: the peer's
+     * progress engine can copy it in while it waits for all-gather data.
+     * Reduce-scatter and all-gather messages travel on separate channels,
+     * so this reordering cannot mismatch them. */
+#define SEND_STEP0(j)                                                                       \
+    do {                                                                                    \
+        s0 = p.nsend;                                                                       \
+        off = chunk_at(&p, n, P, coll_mod(r - 1, P), (j), &len);                            \
+        COLL_TRY(pipe_send(&p, in + off * es, len, right, CH_RS));                          \
+    } while (0)
+
+    long s0 = 0;
     ADVANCE();
+    if (nch) SEND_STEP0(0);
     for (size_t j = 0; j < nch; j++) {
-        const long base = (long)j * per, s0 = p.nsend;
-        off = chunk_at(&p, n, P, coll_mod(r - 1, P), j, &len);
-        COLL_TRY(pipe_send(&p, in + off * es, len, right));
+        const long base = (long)j * per;
         for (int k = 1; k < P; k++) {
             long m = base + (k - 1);
             COLL_TRY(pipe_wait_recv(&p, m));
@@ -278,8 +291,9 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
                 rs_done = (long)j + 1;
             }
             ADVANCE();
-            COLL_TRY(pipe_send(&p, dst, len, right));
+            COLL_TRY(pipe_send(&p, dst, len, right, k < P - 1 ? CH_RS : CH_AG));
         }
+        if (j + 1 < nch) SEND_STEP0(j + 1);
         for (int k = 1; k < P; k++) {
             long m = base + (P - 1) + (k - 1);
             COLL_TRY(pipe_wait_recv(&p, m));
@@ -287,10 +301,11 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
             ADVANCE();
             if (k < P - 1) {
                 off = chunk_at(&p, n, P, coll_mod(r - k, P), j, &len);
-                COLL_TRY(pipe_send(&p, out + off * es, len, right));
+                COLL_TRY(pipe_send(&p, out + off * es, len, right, CH_AG));
             }
         }
     }
+#undef SEND_STEP0
 #undef CAN_POST
 #undef POST
 #undef ADVANCE
@@ -321,13 +336,13 @@ coll_result_t coll_chain_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
 #define CHUNK(j) (buf + (size_t)(j) * p.chunk * p.es)
 #define CLEN(j) ((size_t)(j) == (size_t)(nch - 1) ? a->count - (size_t)(nch - 1) * p.chunk : p.chunk)
     if (pos > 0)
-        for (long j = 0; j < nch && j < p.depth; j++) COLL_TRY(pipe_recv(&p, j, CHUNK(j), CLEN(j), prev));
+        for (long j = 0; j < nch && j < p.depth; j++) COLL_TRY(pipe_recv(&p, j, CHUNK(j), CLEN(j), prev, 0));
     for (long j = 0; j < nch; j++) {
         if (pos > 0) {
             COLL_TRY(pipe_wait_recv(&p, j));
-            if (j + p.depth < nch) COLL_TRY(pipe_recv(&p, j + p.depth, CHUNK(j + p.depth), CLEN(j + p.depth), prev));
+            if (j + p.depth < nch) COLL_TRY(pipe_recv(&p, j + p.depth, CHUNK(j + p.depth), CLEN(j + p.depth), prev, 0));
         }
-        if (pos < P - 1) COLL_TRY(pipe_send(&p, CHUNK(j), CLEN(j), next));
+        if (pos < P - 1) COLL_TRY(pipe_send(&p, CHUNK(j), CLEN(j), next, 0));
     }
 #undef CHUNK
 #undef CLEN
@@ -357,10 +372,10 @@ coll_result_t coll_chain_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
 #define CLEN(j) ((size_t)(j) == (size_t)(nch - 1) ? a->count - (size_t)(nch - 1) * p.chunk : p.chunk)
 #define COFF(j) ((size_t)(j) * p.chunk * es)
     if (pos < P - 1)
-        for (long j = 0; j < nch && j < p.depth; j++) COLL_TRY(pipe_recv(&p, j, rslot(&p, j), CLEN(j), from));
+        for (long j = 0; j < nch && j < p.depth; j++) COLL_TRY(pipe_recv(&p, j, rslot(&p, j), CLEN(j), from, 0));
     for (long j = 0; j < nch; j++) {
         if (pos == P - 1) {
-            COLL_TRY(pipe_send(&p, in + COFF(j), CLEN(j), to));
+            COLL_TRY(pipe_send(&p, in + COFF(j), CLEN(j), to, 0));
             continue;
         }
         COLL_TRY(pipe_wait_recv(&p, j));
@@ -369,8 +384,8 @@ coll_result_t coll_chain_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
         else dst = (char *)a->recvbuf + COFF(j);
         coll_reduce_kernel(a->dtype, a->op, dst, in + COFF(j), rslot(&p, j), CLEN(j));
         if (pos == 0 && a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, CLEN(j), P);
-        if (j + p.depth < nch) COLL_TRY(pipe_recv(&p, j + p.depth, rslot(&p, j + p.depth), CLEN(j + p.depth), from));
-        if (pos > 0) COLL_TRY(pipe_send(&p, dst, CLEN(j), to));
+        if (j + p.depth < nch) COLL_TRY(pipe_recv(&p, j + p.depth, rslot(&p, j + p.depth), CLEN(j + p.depth), from, 0));
+        if (pos > 0) COLL_TRY(pipe_send(&p, dst, CLEN(j), to, 0));
     }
 #undef CLEN
 #undef COFF

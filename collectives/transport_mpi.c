@@ -8,8 +8,8 @@
 
 static coll_result_t post_piece(coll_ctx_t *ctx, coll_treq_t *r) {
     size_t n = r->left < coll_tun.max_msg_bytes ? r->left : coll_tun.max_msg_bytes;
-    int rc = r->is_send ? MPI_Isend(r->ptr, (int)n, MPI_BYTE, r->peer, COLL_TAG, ctx->mpi, &r->t.mpi)
-                        : MPI_Irecv(r->ptr, (int)n, MPI_BYTE, r->peer, COLL_TAG, ctx->mpi, &r->t.mpi);
+    int rc = r->is_send ? MPI_Isend(r->ptr, (int)n, MPI_BYTE, r->peer, COLL_TAG + r->chan, ctx->mpi, &r->t.mpi)
+                        : MPI_Irecv(r->ptr, (int)n, MPI_BYTE, r->peer, COLL_TAG + r->chan, ctx->mpi, &r->t.mpi);
     if (rc != MPI_SUCCESS) {
         r->active = 0;
         return coll_mpi_error(ctx->comm, rc, r->is_send ? "MPI_Isend" : "MPI_Irecv");
@@ -19,9 +19,10 @@ static coll_result_t post_piece(coll_ctx_t *ctx, coll_treq_t *r) {
     return COLL_SUCCESS;
 }
 
-static coll_result_t start(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, int is_send,
+static coll_result_t start(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, int chan, int is_send,
                            coll_treq_t *r) {
     r->ptr = buf;
+    r->chan = chan;
     r->left = bytes;
     r->peer = peer;
     r->is_send = is_send;
@@ -29,14 +30,14 @@ static coll_result_t start(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, i
     return post_piece(ctx, r);
 }
 
-static coll_result_t mpi_isend(coll_ctx_t *ctx, const void *buf, size_t bytes, int peer,
+static coll_result_t mpi_isend(coll_ctx_t *ctx, const void *buf, size_t bytes, int peer, int chan,
                                coll_treq_t *r) {
-    return start(ctx, (void *)buf, bytes, peer, 1, r);
+    return start(ctx, (void *)buf, bytes, peer, chan, 1, r);
 }
 
-static coll_result_t mpi_irecv(coll_ctx_t *ctx, void *buf, size_t bytes, int peer,
+static coll_result_t mpi_irecv(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, int chan,
                                coll_treq_t *r) {
-    return start(ctx, buf, bytes, peer, 0, r);
+    return start(ctx, buf, bytes, peer, chan, 0, r);
 }
 
 static coll_result_t mpi_test(coll_ctx_t *ctx, coll_treq_t *r, int *done) {
