@@ -22,7 +22,9 @@
 #include "coll_internal.h"
 
 #define MAX_DEPTH 64
-enum { CH_RS = 0, CH_AG = 1 }; /* transport channels of the fused all-reduce */
+/* Transport channels of the all-reduce: step 0 of each stream travels apart
+ * from the later steps, so either can run ahead without reordering the other. */
+enum { CH_RS0 = 0, CH_RS = 1, CH_AG0 = 2, CH_AG = 3 };
 
 typedef struct {
     coll_ctx_t *ctx;
@@ -206,113 +208,169 @@ coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
     return ring_ag(ctx, a->recvbuf, a->count * (size_t)ctx->size, a->dtype);
 }
 
-/* All-reduce: reduce-scatter and all-gather fused chunk by chunk, as NCCL
- * does, so the all-gather of chunk j overlaps the reduce-scatter of chunk
- * j+1 instead of waiting for the whole reduce-scatter. On rank r, for each
- * chunk index: send input block r-1; for k = 1..P-1 receive block r-1-k,
- * reduce it with the input and pass it on, the last one (block r) into the
- * output; then all-gather: send output block r, and for k = 1..P-1 receive
- * block r-k into the output and pass it on. Each link carries 2(P-1)
- * messages per chunk index, in the same order on both of its ends.
- *
- * Receives are posted ahead, except in place, where an all-gather receive
- * overwrites input: it is posted only after this rank's reduce-scatter of
- * that chunk has read the input and its step-0 send of it has completed. */
-coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
-    const size_t es = coll_dtype_size(a->dtype), n = a->count;
-    const int P = ctx->size, r = ctx->rank, left = coll_mod(r - 1, P), right = coll_mod(r + 1, P);
-    const int inplace = a->sendbuf == a->recvbuf;
-    if (P == 1) {
-        if (!inplace) memcpy(a->recvbuf, a->sendbuf, n * es);
-        return COLL_SUCCESS;
+/* All-reduce: reduce-scatter and all-gather, chunk by chunk, as two
+ * streams on separate transport channels (each with its own receives posted
+ * ahead and its own window of sends), with the reduce-scatter running
+ * LOOKAHEAD chunks ahead of the all-gather (NCCL runs the same schedule as
+ * one loop per channel). On rank r, for chunk j:
+ *   reduce-scatter: send input block r-1; for k = 1..P-1 receive block r-1-k,
+ *     reduce it with the input and pass it on, the last one (block r) into the
+ *     output, then start the all-gather by sending output block r;
+ *   all-gather: for k = 1..P-1 receive block r-k into the output and pass it on.
+ * Step-0 sends read only input, so they go out as soon as a send slot is free
+ * (step 0 of each stream has a channel of its own, so running ahead cannot
+ * reorder the later steps):
+ * while a rank waits for all-gather data its MPI progress engine is already
+ * copying in the next chunks' reduce-scatter data, and reductions run ahead.
+ * In place, an all-gather receive overwrites input, so it is posted only
+ * after this rank's reduce-scatter of that chunk has read it and the step-0
+ * send of it has completed. */
+#define LOOKAHEAD 2
+
+typedef struct {
+    coll_ctx_t *ctx;
+    const coll_args_t *a;
+    const char *in;
+    char *out;
+    size_t n, es, nch;
+    int P, r, left, right, inplace;
+    pipe_t rs, ag;                   /* the two streams */
+    long rs_posted, rs_used, ag_posted, ag_used, R;
+    size_t rs_done, step0_sent;      /* chunks */
+    long step0_idx[LOOKAHEAD + 2];   /* rs send index of recent step-0 sends */
+} ar_t;
+
+/* reduce-scatter receive m: chunk m/(P-1), step k = m%(P-1)+1, block r-1-k */
+static coll_result_t ar_post_rs(ar_t *t) {
+    coll_result_t rc = COLL_SUCCESS;
+    while (t->rs_posted < t->R && t->rs_posted < t->rs_used + t->rs.depth) {
+        long m = t->rs_posted;
+        size_t len;
+        chunk_at(&t->rs, t->n, t->P, coll_mod(t->r - 2 - (int)(m % (t->P - 1)), t->P), (size_t)(m / (t->P - 1)), &len);
+        COLL_TRY(pipe_recv(&t->rs, m, rslot(&t->rs, m), len, t->left, m % (t->P - 1) ? CH_RS : CH_RS0));
+        t->rs_posted++;
     }
-    const char *in = a->sendbuf;
-    char *out = a->recvbuf;
-    pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, a->dtype, 1, coll_block_count(n, P, 0));
-    if (rc != COLL_SUCCESS) return rc;
-    const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
-    const long per = 2L * (P - 1), R = (long)nch * per; /* receives per chunk, in all */
-    long posted = 0, consumed = 0, rs_done = 0;         /* rs_done: chunks */
-    size_t len, off;
+fail:
+    return rc;
+}
 
-    /* receive m: chunk m/per; i = m%per < P-1 is reduce-scatter step i+1
-     * (block r-2-i, into a slot), else all-gather step i-P+2 (block
-     * r-1-(i-P+1), straight into the output) */
-#define CAN_POST(m) ((m) < R && (m) < consumed + p.depth && (!inplace || (m) % per < P - 1 || (m) / per < rs_done))
-#define POST(m)                                                                             \
-    do {                                                                                    \
-        long m_ = (m), i_ = m_ % per;                                                       \
-        size_t j_ = (size_t)(m_ / per), l_, o_;                                             \
-        if (i_ < P - 1) {                                                                   \
-            chunk_at(&p, n, P, coll_mod(r - 2 - (int)i_, P), j_, &l_);                      \
-            COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left, CH_RS));                    \
-        } else {                                                                            \
-            o_ = chunk_at(&p, n, P, coll_mod(r - 1 - (int)(i_ - (P - 1)), P), j_, &l_);     \
-            COLL_TRY(pipe_recv(&p, m_, out + o_ * es, l_, left, CH_AG));                    \
-        }                                                                                   \
-    } while (0)
-#define ADVANCE()                                                                           \
-    do {                                                                                    \
-        while (CAN_POST(posted)) {                                                          \
-            POST(posted);                                                                   \
-            posted++;                                                                       \
-        }                                                                                   \
-    } while (0)
+/* all-gather receive m: chunk m/(P-1), step k = m%(P-1)+1, block r-k */
+static coll_result_t ar_post_ag(ar_t *t) {
+    coll_result_t rc = COLL_SUCCESS;
+    while (t->ag_posted < t->R && t->ag_posted < t->ag_used + t->ag.depth &&
+           (!t->inplace || (size_t)(t->ag_posted / (t->P - 1)) < t->rs_done)) {
+        long m = t->ag_posted;
+        size_t len, off = chunk_at(&t->ag, t->n, t->P, coll_mod(t->r - 1 - (int)(m % (t->P - 1)), t->P),
+                                   (size_t)(m / (t->P - 1)), &len);
+        COLL_TRY(pipe_recv(&t->ag, m, t->out + off * t->es, len, t->left, m % (t->P - 1) ? CH_AG : CH_AG0));
+        t->ag_posted++;
+    }
+fail:
+    return rc;
+}
 
-    /* step 0 of chunk j+1 reads only input, so it is sent as soon as chunk
-     * j's reduce-scatter is done, ahead of chunk j's all-gather: the peer's
-     * progress engine can copy it in while it waits for all-gather data.
-     * Reduce-scatter and all-gather messages travel on separate channels,
-     * so this reordering cannot mismatch them. */
-#define SEND_STEP0(j)                                                                       \
-    do {                                                                                    \
-        s0 = p.nsend;                                                                       \
-        off = chunk_at(&p, n, P, coll_mod(r - 1, P), (j), &len);                            \
-        COLL_TRY(pipe_send(&p, in + off * es, len, right, CH_RS));                          \
-    } while (0)
-
-    long s0 = 0;
-    ADVANCE();
-    if (nch) SEND_STEP0(0);
-    for (size_t j = 0; j < nch; j++) {
-        const long base = (long)j * per;
-        for (int k = 1; k < P; k++) {
-            long m = base + (k - 1);
-            COLL_TRY(pipe_wait_recv(&p, m));
-            off = chunk_at(&p, n, P, coll_mod(r - 1 - k, P), j, &len);
-            char *dst = out + off * es;
-            if (k < P - 1) COLL_TRY(pipe_next_sslot(&p, &dst));
-            coll_reduce_kernel(a->dtype, a->op, dst, in + off * es, rslot(&p, m), len);
-            consumed++;
-            if (k == P - 1) {
-                if (a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, len, P);
-                if (inplace && p.nsend - s0 <= p.depth) COLL_TRY(coll_p2p_wait(ctx, &p.sq[s0 % p.depth]));
-                rs_done = (long)j + 1;
-            }
-            ADVANCE();
-            COLL_TRY(pipe_send(&p, dst, len, right, k < P - 1 ? CH_RS : CH_AG));
+/* Sends step 0 of the next chunks: up to `upto` (blocking on the send
+ * window), and beyond it, up to LOOKAHEAD chunks ahead, only while a send
+ * slot is free without waiting, so the look-ahead can never deadlock. */
+static coll_result_t ar_send_step0(ar_t *t, size_t upto) {
+    coll_result_t rc = COLL_SUCCESS;
+    while (t->step0_sent < t->nch) {
+        if (t->step0_sent > upto) {
+            if (t->step0_sent > upto + LOOKAHEAD) break;
+            coll_treq_t *q = &t->rs.sq[t->rs.nsend % t->rs.depth];
+            int done = !q->active;
+            if (!done) COLL_TRY(t->ctx->tp->test(t->ctx, q, &done));
+            if (!done) break;
         }
-        if (j + 1 < nch) SEND_STEP0(j + 1);
-        for (int k = 1; k < P; k++) {
-            long m = base + (P - 1) + (k - 1);
-            COLL_TRY(pipe_wait_recv(&p, m));
-            consumed++;
-            ADVANCE();
-            if (k < P - 1) {
-                off = chunk_at(&p, n, P, coll_mod(r - k, P), j, &len);
-                COLL_TRY(pipe_send(&p, out + off * es, len, right, CH_AG));
-            }
+        size_t len, off = chunk_at(&t->rs, t->n, t->P, coll_mod(t->r - 1, t->P), t->step0_sent, &len);
+        t->step0_idx[t->step0_sent % (LOOKAHEAD + 2)] = t->rs.nsend;
+        COLL_TRY(pipe_send(&t->rs, t->in + off * t->es, len, t->right, CH_RS0));
+        t->step0_sent++;
+    }
+fail:
+    return rc;
+}
+
+static coll_result_t ar_reduce_scatter(ar_t *t, size_t j) {
+    const int P = t->P;
+    const coll_args_t *a = t->a;
+    coll_result_t rc;
+    COLL_TRY(ar_send_step0(t, j));
+    for (int k = 1; k < P; k++) {
+        long m = (long)j * (P - 1) + (k - 1);
+        COLL_TRY(pipe_wait_recv(&t->rs, m));
+        size_t len, off = chunk_at(&t->rs, t->n, P, coll_mod(t->r - 1 - k, P), j, &len);
+        char *dst = t->out + off * t->es;
+        if (k < P - 1) COLL_TRY(pipe_next_sslot(&t->rs, &dst));
+        coll_reduce_kernel(a->dtype, a->op, dst, t->in + off * t->es, rslot(&t->rs, m), len);
+        t->rs_used++;
+        COLL_TRY(ar_post_rs(t));
+        if (k < P - 1) {
+            COLL_TRY(pipe_send(&t->rs, dst, len, t->right, CH_RS));
+            continue;
+        }
+        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, len, P);
+        if (t->inplace) {
+            long s0 = t->step0_idx[j % (LOOKAHEAD + 2)];
+            if (t->rs.nsend - s0 <= t->rs.depth) COLL_TRY(coll_p2p_wait(t->ctx, &t->rs.sq[s0 % t->rs.depth]));
+        }
+        t->rs_done = j + 1;
+        COLL_TRY(ar_post_ag(t));
+        COLL_TRY(pipe_send(&t->ag, dst, len, t->right, CH_AG0));
+    }
+    return ar_send_step0(t, j); /* opportunistic look-ahead */
+fail:
+    return rc;
+}
+
+static coll_result_t ar_allgather(ar_t *t, size_t j) {
+    const int P = t->P;
+    coll_result_t rc;
+    for (int k = 1; k < P; k++) {
+        long m = (long)j * (P - 1) + (k - 1);
+        COLL_TRY(ar_post_ag(t));
+        COLL_TRY(pipe_wait_recv(&t->ag, m));
+        t->ag_used++;
+        COLL_TRY(ar_post_ag(t));
+        COLL_TRY(ar_send_step0(t, j)); /* keep the other stream fed while here */
+        if (k < P - 1) {
+            size_t len, off = chunk_at(&t->ag, t->n, P, coll_mod(t->r - k, P), j, &len);
+            COLL_TRY(pipe_send(&t->ag, t->out + off * t->es, len, t->right, CH_AG));
         }
     }
-#undef SEND_STEP0
-#undef CAN_POST
-#undef POST
-#undef ADVANCE
-    COLL_TRY(pipe_finish(&p));
     return COLL_SUCCESS;
 fail:
-    return pipe_abort(&p, rc);
+    return rc;
+}
+
+coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
+    const size_t es = coll_dtype_size(a->dtype), n = a->count;
+    const int P = ctx->size, r = ctx->rank;
+    if (P == 1) {
+        if (a->sendbuf != a->recvbuf) memcpy(a->recvbuf, a->sendbuf, n * es);
+        return COLL_SUCCESS;
+    }
+    ar_t t = {.ctx = ctx, .a = a, .in = a->sendbuf, .out = a->recvbuf, .n = n, .es = es, .P = P, .r = r,
+              .left = coll_mod(r - 1, P), .right = coll_mod(r + 1, P), .inplace = a->sendbuf == a->recvbuf};
+    const size_t blk = coll_block_count(n, P, 0);
+    coll_result_t rc = pipe_init(&t.rs, ctx, a->dtype, 1, blk);
+    if (rc != COLL_SUCCESS) return rc;
+    rc = pipe_init(&t.ag, ctx, a->dtype, 0, blk);
+    if (rc != COLL_SUCCESS) return rc;
+    t.nch = nchunks(&t.rs, blk);
+    t.R = (long)t.nch * (P - 1);
+    COLL_TRY(ar_post_rs(&t));
+    COLL_TRY(ar_post_ag(&t));
+    for (size_t it = 0; it < t.nch + LOOKAHEAD; it++) {
+        if (it < t.nch) COLL_TRY(ar_reduce_scatter(&t, it));
+        if (it >= LOOKAHEAD && it - LOOKAHEAD < t.nch) COLL_TRY(ar_allgather(&t, it - LOOKAHEAD));
+    }
+    COLL_TRY(pipe_finish(&t.rs));
+    COLL_TRY(pipe_finish(&t.ag));
+    return COLL_SUCCESS;
+fail:
+    pipe_abort(&t.ag, rc);
+    return pipe_abort(&t.rs, rc);
 }
 
 /* A chain is P-1 hops deep: with 2(P-1) chunks (none under 64 KiB) the
