@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "coll.h"
 
@@ -244,5 +245,9 @@ static inline size_t coll_block_offset(size_t n, int p, int i) {
     return q * (size_t)i + ((size_t)i < r ? (size_t)i : r);
 }
 static inline int coll_mod(int a, int p) { return ((a % p) + p) % p; }
+/* The one-rank (and out-of-place) starting copy; a no-op in place. */
+static inline void coll_copy(void *dst, const void *src, size_t bytes) {
+    if (dst != src && bytes) memcpy(dst, src, bytes);
+}
 
 #endif /* COLL_INTERNAL_H */

@@ -76,7 +76,7 @@ fail:
 
 coll_result_t coll_rd_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     const size_t bytes = a->count * coll_dtype_size(a->dtype);
-    if (a->recvbuf != a->sendbuf) memcpy(a->recvbuf, a->sendbuf, bytes);
+    coll_copy(a->recvbuf, a->sendbuf, bytes);
     if (ctx->size == 1) return COLL_SUCCESS;
     void *tmp;
     coll_result_t rc = coll_ctx_scratch(ctx, bytes, &tmp);
@@ -90,7 +90,7 @@ coll_result_t coll_rd_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
 coll_result_t coll_rd_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
     const size_t es = coll_dtype_size(a->dtype), n = a->count * (size_t)ctx->size;
     if (ctx->size == 1) {
-        if (a->recvbuf != a->sendbuf) memcpy(a->recvbuf, a->sendbuf, a->count * es);
+        coll_copy(a->recvbuf, a->sendbuf, a->count * es);
         return COLL_SUCCESS;
     }
     char *tmp, *res;
@@ -106,7 +106,7 @@ coll_result_t coll_bruck_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
     const int P = ctx->size, r = ctx->rank;
     const size_t blk = a->count * coll_dtype_size(a->dtype);
     char *out = a->recvbuf;
-    if (a->sendbuf != out + (size_t)r * blk) memcpy(out + (size_t)r * blk, a->sendbuf, blk);
+    coll_copy(out + (size_t)r * blk, a->sendbuf, blk);
     if (P == 1) return COLL_SUCCESS;
     char *tmp;
     coll_result_t rc = coll_ctx_scratch(ctx, (size_t)P * blk, (void **)&tmp);
@@ -153,7 +153,7 @@ coll_result_t coll_tree_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
     /* the root accumulates in recvbuf, the others in scratch */
     cur = vr == 0 ? (char *)a->recvbuf : s;
     tmp = s + bytes;
-    if (cur != a->sendbuf) memcpy(cur, a->sendbuf, bytes);
+    coll_copy(cur, a->sendbuf, bytes);
     coll_treq_t req;
     for (int mask = 1; mask < P; mask <<= 1) {
         if (!(vr & mask)) {

@@ -194,7 +194,7 @@ fail:
 coll_result_t coll_ring_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
     const size_t es = coll_dtype_size(a->dtype);
     if (ctx->size == 1) {
-        if (a->recvbuf != a->sendbuf) memcpy(a->recvbuf, a->sendbuf, a->count * es);
+        coll_copy(a->recvbuf, a->sendbuf, a->count * es);
         return COLL_SUCCESS;
     }
     return ring_rs(ctx, a->sendbuf, a->recvbuf, a->count * (size_t)ctx->size, a->dtype, a->op);
@@ -203,7 +203,7 @@ coll_result_t coll_ring_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
 coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
     const size_t es = coll_dtype_size(a->dtype);
     char *own = (char *)a->recvbuf + (size_t)ctx->rank * a->count * es;
-    if (a->sendbuf != own) memcpy(own, a->sendbuf, a->count * es);
+    coll_copy(own, a->sendbuf, a->count * es);
     if (ctx->size == 1) return COLL_SUCCESS;
     return ring_ag(ctx, a->recvbuf, a->count * (size_t)ctx->size, a->dtype);
 }
@@ -347,7 +347,7 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     const size_t es = coll_dtype_size(a->dtype), n = a->count;
     const int P = ctx->size, r = ctx->rank;
     if (P == 1) {
-        if (a->sendbuf != a->recvbuf) memcpy(a->recvbuf, a->sendbuf, n * es);
+        coll_copy(a->recvbuf, a->sendbuf, n * es);
         return COLL_SUCCESS;
     }
     ar_t t = {.ctx = ctx, .a = a, .in = a->sendbuf, .out = a->recvbuf, .n = n, .es = es, .P = P, .r = r,
@@ -418,7 +418,7 @@ coll_result_t coll_chain_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
     const int P = ctx->size, pos = coll_mod(ctx->rank - a->root, P);
     const size_t es = coll_dtype_size(a->dtype);
     if (P == 1) {
-        if (a->recvbuf != a->sendbuf) memcpy(a->recvbuf, a->sendbuf, a->count * es);
+        coll_copy(a->recvbuf, a->sendbuf, a->count * es);
         return COLL_SUCCESS;
     }
     const int from = coll_mod(ctx->rank + 1, P), to = coll_mod(ctx->rank - 1, P);

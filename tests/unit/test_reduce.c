@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "../../collectives/coll_internal.h"
+#include "../common/testvals.h"
 
 static uint32_t f2u(float f) {
     uint32_t u;
@@ -116,28 +117,8 @@ static void bf16_conversions(void **state) {
 }
 
 /* ---- kernels against a scalar reference, every dtype x op ---- */
-static double ld(coll_dtype_t dt, const void *b, size_t i) {
-    switch (dt) {
-    case COLL_FLOAT32: return ((const float *)b)[i];
-    case COLL_FLOAT64: return ((const double *)b)[i];
-    case COLL_FLOAT16: return coll_half_to_float(((const uint16_t *)b)[i]);
-    case COLL_BFLOAT16: return coll_bf16_to_float(((const uint16_t *)b)[i]);
-    case COLL_INT32: return ((const int32_t *)b)[i];
-    case COLL_INT64: return (double)((const int64_t *)b)[i];
-    default: return ((const uint8_t *)b)[i];
-    }
-}
-static void st(coll_dtype_t dt, void *b, size_t i, double v) {
-    switch (dt) {
-    case COLL_FLOAT32: ((float *)b)[i] = (float)v; break;
-    case COLL_FLOAT64: ((double *)b)[i] = v; break;
-    case COLL_FLOAT16: ((uint16_t *)b)[i] = coll_float_to_half((float)v); break;
-    case COLL_BFLOAT16: ((uint16_t *)b)[i] = coll_float_to_bf16((float)v); break;
-    case COLL_INT32: ((int32_t *)b)[i] = (int32_t)v; break;
-    case COLL_INT64: ((int64_t *)b)[i] = (int64_t)v; break;
-    default: ((uint8_t *)b)[i] = (uint8_t)v; break;
-    }
-}
+#define ld tv_load
+#define st tv_store
 
 static double ref_op(coll_dtype_t dt, coll_op_t op, double x, double y) {
     double r;
