@@ -225,7 +225,7 @@ coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
  * In place, an all-gather receive overwrites input, so it is posted only
  * after this rank's reduce-scatter of that chunk has read it and the step-0
  * send of it has completed. */
-#define LOOKAHEAD 2
+#define LOOKAHEAD 4
 
 typedef struct {
     coll_ctx_t *ctx;
@@ -234,6 +234,7 @@ typedef struct {
     char *out;
     size_t n, es, nch;
     int P, r, left, right, inplace;
+    size_t look;                     /* chunks the reduce-scatter runs ahead */
     pipe_t rs, ag;                   /* the two streams */
     long rs_posted, rs_used, ag_posted, ag_used, R;
     size_t rs_done, step0_sent;      /* chunks */
@@ -357,13 +358,21 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     if (rc != COLL_SUCCESS) return rc;
     rc = pipe_init(&t.ag, ctx, a->dtype, 0, blk);
     if (rc != COLL_SUCCESS) return rc;
+    /* The all-gather lags by `look` chunks, so its window must cover them,
+     * or a rank's all-gather send would wait on a peer that first needs this
+     * rank's later reduce-scatter data. All-gather receives land in the
+     * output, so its deeper window costs requests only, no scratch. */
+    int agd = t.rs.depth + (LOOKAHEAD + 1) * (P - 1);
+    t.ag.depth = agd < MAX_DEPTH ? agd : MAX_DEPTH;
+    long look = (long)(t.ag.depth - t.rs.depth) / (P - 1) - 1;
+    t.look = look < 0 ? 0 : look > LOOKAHEAD ? LOOKAHEAD : (size_t)look;
     t.nch = nchunks(&t.rs, blk);
     t.R = (long)t.nch * (P - 1);
     COLL_TRY(ar_post_rs(&t));
     COLL_TRY(ar_post_ag(&t));
-    for (size_t it = 0; it < t.nch + LOOKAHEAD; it++) {
+    for (size_t it = 0; it < t.nch + t.look; it++) {
         if (it < t.nch) COLL_TRY(ar_reduce_scatter(&t, it));
-        if (it >= LOOKAHEAD && it - LOOKAHEAD < t.nch) COLL_TRY(ar_allgather(&t, it - LOOKAHEAD));
+        if (it >= t.look && it - t.look < t.nch) COLL_TRY(ar_allgather(&t, it - t.look));
     }
     COLL_TRY(pipe_finish(&t.rs));
     COLL_TRY(pipe_finish(&t.ag));

@@ -232,9 +232,9 @@ static int matrix(int small) {
                         int roots = (k == K_BROADCAST || k == K_REDUCE) ? nranks : 1;
                         for (int s = 0; s < nsizes && ok; s++)
                             for (int root = 0; root < roots && ok; root++) {
-                                /* rooted ops: every root at the small sizes,
-                                 * a rotating root at the large ones */
-                                if (sizes[s] > 1000 && roots > 1 && root != s % nranks) continue;
+                                /* rooted ops: every root up to the prime near
+                                 * 10^5, a rotating root at 1M+3 */
+                                if (sizes[s] > 200000 && roots > 1 && root != s % nranks) continue;
                                 if (!run_case((kind_t)k, (coll_dtype_t)dt, (coll_op_t)op, sizes[s], ip, root)) {
                                     ok = 0;
                                     bad_n = sizes[s];
