@@ -236,9 +236,10 @@ typedef struct {
     int P, r, left, right, inplace;
     size_t look;                     /* chunks the reduce-scatter runs ahead */
     pipe_t rs, ag;                   /* the two streams */
+    pipe_t s0;                       /* step-0 sends of the reduce-scatter */
     long rs_posted, rs_used, ag_posted, ag_used, R;
     size_t rs_done, step0_sent;      /* chunks */
-    long step0_idx[LOOKAHEAD + 2];   /* rs send index of recent step-0 sends */
+    long step0_idx[LOOKAHEAD + 2];   /* s0 send index of recent step-0 sends */
 } ar_t;
 
 /* reduce-scatter receive m: chunk m/(P-1), step k = m%(P-1)+1, block r-1-k */
@@ -270,22 +271,24 @@ fail:
     return rc;
 }
 
-/* Sends step 0 of the next chunks: up to `upto` (blocking on the send
+/* Sends step 0 of the next chunks: up to `upto` (blocking on its send
  * window), and beyond it, up to LOOKAHEAD chunks ahead, only while a send
- * slot is free without waiting, so the look-ahead can never deadlock. */
+ * slot is free without waiting. Step-0 sends have a window of their own:
+ * sharing the reduce-scatter's would let look-ahead sends hold the slots
+ * that the middle steps need, which deadlocks a ring of more than 2. */
 static coll_result_t ar_send_step0(ar_t *t, size_t upto) {
     coll_result_t rc = COLL_SUCCESS;
     while (t->step0_sent < t->nch) {
         if (t->step0_sent > upto) {
             if (t->step0_sent > upto + LOOKAHEAD) break;
-            coll_treq_t *q = &t->rs.sq[t->rs.nsend % t->rs.depth];
+            coll_treq_t *q = &t->s0.sq[t->s0.nsend % t->s0.depth];
             int done = !q->active;
             if (!done) COLL_TRY(t->ctx->tp->test(t->ctx, q, &done));
             if (!done) break;
         }
         size_t len, off = chunk_at(&t->rs, t->n, t->P, coll_mod(t->r - 1, t->P), t->step0_sent, &len);
-        t->step0_idx[t->step0_sent % (LOOKAHEAD + 2)] = t->rs.nsend;
-        COLL_TRY(pipe_send(&t->rs, t->in + off * t->es, len, t->right, CH_RS0));
+        t->step0_idx[t->step0_sent % (LOOKAHEAD + 2)] = t->s0.nsend;
+        COLL_TRY(pipe_send(&t->s0, t->in + off * t->es, len, t->right, CH_RS0));
         t->step0_sent++;
     }
 fail:
@@ -313,7 +316,7 @@ static coll_result_t ar_reduce_scatter(ar_t *t, size_t j) {
         if (a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, len, P);
         if (t->inplace) {
             long s0 = t->step0_idx[j % (LOOKAHEAD + 2)];
-            if (t->rs.nsend - s0 <= t->rs.depth) COLL_TRY(coll_p2p_wait(t->ctx, &t->rs.sq[s0 % t->rs.depth]));
+            if (t->s0.nsend - s0 <= t->s0.depth) COLL_TRY(coll_p2p_wait(t->ctx, &t->s0.sq[s0 % t->s0.depth]));
         }
         t->rs_done = j + 1;
         COLL_TRY(ar_post_ag(t));
@@ -357,7 +360,9 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     coll_result_t rc = pipe_init(&t.rs, ctx, a->dtype, 1, blk);
     if (rc != COLL_SUCCESS) return rc;
     rc = pipe_init(&t.ag, ctx, a->dtype, 0, blk);
+    if (rc == COLL_SUCCESS) rc = pipe_init(&t.s0, ctx, a->dtype, 0, blk);
     if (rc != COLL_SUCCESS) return rc;
+    t.s0.depth = LOOKAHEAD + 1;
     /* The all-gather lags by `look` chunks, so its window must cover them,
      * or a rank's all-gather send would wait on a peer that first needs this
      * rank's later reduce-scatter data. All-gather receives land in the
@@ -374,10 +379,12 @@ coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         if (it < t.nch) COLL_TRY(ar_reduce_scatter(&t, it));
         if (it >= t.look && it - t.look < t.nch) COLL_TRY(ar_allgather(&t, it - t.look));
     }
+    COLL_TRY(pipe_finish(&t.s0));
     COLL_TRY(pipe_finish(&t.rs));
     COLL_TRY(pipe_finish(&t.ag));
     return COLL_SUCCESS;
 fail:
+    pipe_abort(&t.s0, rc);
     pipe_abort(&t.ag, rc);
     return pipe_abort(&t.rs, rc);
 }
