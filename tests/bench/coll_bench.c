@@ -266,7 +266,7 @@ int main(int argc, char **argv) {
                op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
                base >= 0 ? " vs " : "", base >= 0 ? coll_algo_name((coll_algo_t)base) : "", nranks, host, iters,
                repeats, warmup, inplace ? "in-place" : "out-of-place");
-        printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "redop", "time_us", "algbw",
+        printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "op", "time_us", "algbw",
                "busbw", "#wrong");
         if (base >= 0) printf(" %10s %8s %8s", "base_us", "base_bw", "speedup");
         printf("\n");

@@ -78,7 +78,6 @@ static const char *kind_names[NK] = {"allreduce", "reduce_scatter", "allgather",
 static int run_case(kind_t k, coll_dtype_t dt, coll_op_t op, size_t n, int inplace, int root) {
     const size_t es = coll_dtype_size(dt), P = (size_t)nranks;
     size_t in_n = k == K_REDUCE_SCATTER ? P * n : n;
-    size_t out_n = k == K_ALLGATHER ? P * n : n;
     size_t big = (k == K_REDUCE_SCATTER || k == K_ALLGATHER) ? P * n : n;
     char *sbuf = xmalloc(big * es), *rbuf = xmalloc(big * es), *orig = xmalloc(in_n * es);
     const void *send;
@@ -165,8 +164,13 @@ static int run_case(kind_t k, coll_dtype_t dt, coll_op_t op, size_t n, int inpla
         bad = 1;
         if (!errbuf[0]) snprintf(errbuf, sizeof errbuf, "rank %d: sendbuf was modified", rank);
     }
-    /* out-of-place: nothing outside the result may be written */
-    (void)out_n;
+    /* reduce-scatter out of place: nothing past the output block is written */
+    if (!inplace && k == K_REDUCE_SCATTER)
+        for (size_t i = n * es; i < big * es && !bad; i++)
+            if ((unsigned char)rbuf[i] != 0x7b) {
+                bad = 1;
+                snprintf(errbuf, sizeof errbuf, "rank %d: recvbuf byte %zu written past recvcount", rank, i);
+            }
 out:
     if (bad) fprintf(stderr, "%s\n", errbuf);
     free(sbuf);
