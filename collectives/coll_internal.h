@@ -165,7 +165,7 @@ struct coll_comm {
     coll_algo_t algo;
     double timeout;
     int thread_multiple; /* MPI_THREAD_MULTIPLE available */
-    int yield_always;    /* more local ranks than cores: never spin */
+    int oversubscribed;  /* more local ranks than cores: spin less before yielding */
     char host[64];
     coll_ctx_t sync;  /* blocking calls, on the caller's thread */
     coll_ctx_t async; /* non-blocking calls, on the progress thread */

@@ -215,7 +215,7 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
     MPI_Query_thread(&level);
     c->thread_multiple = level >= MPI_THREAD_MULTIPLE;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    c->yield_always = local_ranks(mpi_comm) > (cores > 0 ? cores : 1);
+    c->oversubscribed = local_ranks(mpi_comm) > (cores > 0 ? cores : 1);
 
     coll_result_t rc = ctx_init(c, &c->sync, mpi_comm);
     if (rc == COLL_SUCCESS) rc = ctx_init(c, &c->async, mpi_comm);
@@ -226,8 +226,8 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
         free(c);
         return rc;
     }
-    COLL_LOG(c, COLL_LOG_INFO, "init: %d ranks, algo=%s, thread_multiple=%d, yield_always=%d, chunk=%zu depth=%d",
-             c->size, coll_algo_name(c->algo), c->thread_multiple, c->yield_always,
+    COLL_LOG(c, COLL_LOG_INFO, "init: %d ranks, algo=%s, thread_multiple=%d, oversubscribed=%d, chunk=%zu depth=%d",
+             c->size, coll_algo_name(c->algo), c->thread_multiple, c->oversubscribed,
              coll_tun.chunk_bytes, coll_tun.depth);
     if (!c->thread_multiple)
         COLL_LOG(c, COLL_LOG_WARN, "MPI thread level below MPI_THREAD_MULTIPLE: non-blocking calls will complete inside the call that starts them");

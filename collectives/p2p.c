@@ -23,7 +23,7 @@ typedef struct {
 /* Called after each fruitless poll round; returns non-zero on timeout. */
 static int idle(coll_ctx_t *ctx, waiter_t *w) {
     const coll_comm_t c = ctx->comm;
-    if (w->polls >= (c->yield_always ? coll_tun.spin_oversub : coll_tun.spin)) sched_yield();
+    if (w->polls >= (c->oversubscribed ? coll_tun.spin_oversub : coll_tun.spin)) sched_yield();
     if (c->timeout > 0 && (w->polls & 63) == 0) {
         double t = now_s();
         if (w->t0 == 0) w->t0 = t;

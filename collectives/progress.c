@@ -62,6 +62,12 @@ static struct coll_request *req_get(coll_comm_t c) {
     return r;
 }
 
+/* Fills a request taken from req_get, keeping its place in all_reqs. */
+static void req_init(struct coll_request *r, coll_comm_t c, const coll_args_t *a, coll_result_t local, int ghost) {
+    *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost,
+                               .all_next = r->all_next};
+}
+
 coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_result_t local,
                                    coll_request_t *out) {
     *out = NULL;
@@ -72,8 +78,7 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
         struct coll_request *r = req_get(c);
         pthread_mutex_unlock(&c->q_lock);
         if (!r) return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
-        *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .result = COLL_SUCCESS,
-                                   .all_next = r->all_next};
+        req_init(r, c, a, COLL_SUCCESS, 0);
         atomic_store(&r->done, 1);
         *out = r;
         return COLL_SUCCESS;
@@ -96,8 +101,7 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
         pthread_mutex_unlock(&c->q_lock);
         return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
     }
-    *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost,
-                               .all_next = r->all_next};
+    req_init(r, c, a, local, ghost);
     atomic_store(&r->done, 0);
     if (c->q_tail) c->q_tail->next = r;
     else c->q_head = r;
