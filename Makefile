@@ -20,11 +20,18 @@ LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_A := $(BUILD)/lib/libcoll.a
 LIB_SO := $(BUILD)/lib/libcoll.so
 
-BENCH := $(BUILD)/bin/coll-bench
-TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll
+# the training runtime: every src/*.c but the program's main
+RT_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+RT_OBJ := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
+RT_LIBS := -lopenblas -lz -linih
+TRAIN := $(BUILD)/bin/ddp-train
+
+BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor
+TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
+	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config
 
 .PHONY: all deps test run bench install clean
-all: $(LIB_A) $(LIB_SO) $(BENCH) $(TEST_BINS)
+all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS)
 
 deps:
 	@launch/install-deps
@@ -41,9 +48,27 @@ $(LIB_SO): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libcoll.so.0 $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
-$(BENCH): $(BUILD)/obj/tests/bench/coll_bench.o $(LIB_A)
+$(BUILD)/bin/coll-bench: $(BUILD)/obj/tests/bench/coll_bench.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/gemm-floor: $(BUILD)/obj/tests/bench/gemm_floor.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lopenblas $(LDLIBS)
+
+$(TRAIN): $(BUILD)/obj/src/main.o $(RT_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
+
+# test_graph counts heap allocations during training steps
+$(BUILD)/tests/test_graph: LDFLAGS_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
+
+# runtime unit tests see src/ headers
+$(BUILD)/obj/tests/unit/test_%.o: CFLAGS += -Isrc
+
+$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config: $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(RT_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) $(LDFLAGS_WRAP) -o $@ $^ -lcmocka $(RT_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/test_reduce: $(BUILD)/obj/tests/unit/test_reduce.o $(LIB_A)
 	@mkdir -p $(dir $@)

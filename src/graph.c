@@ -1,0 +1,281 @@
+#include "graph.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "rng.h"
+
+static int add_param(graph_t *g, node_t *nd, int node, const char *what, size_t count, int fan_in) {
+    param_info_t *p = &g->param[g->nparam];
+    snprintf(p->name, sizeof p->name, "%s%d.%s", layers_op_name(nd->spec.kind), node, what);
+    p->count = count;
+    p->node = node;
+    p->fan_in = fan_in;
+    nd->param[nd->nparam++] = g->nparam;
+    return g->nparam++;
+}
+
+/* Output shape of node i from its input's; params registered (unplaced). */
+static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen) {
+    node_t *nd = &g->nodes[i];
+    const layer_spec_t *l = &nd->spec;
+    const int B = g->batch;
+    const int F = (int)tensor_sample_size(in);
+    const char *nm = layers_op_name(l->kind);
+    switch (l->kind) {
+    case OP_LINEAR:
+        tensor_shape(&nd->out, 2, (int[]){B, l->n});
+        add_param(g, nd, i, "weight", (size_t)l->n * F, F);
+        add_param(g, nd, i, "bias", (size_t)l->n, F);
+        return 0;
+    case OP_RELU: case OP_GELU: case OP_TANH: case OP_DROPOUT:
+        tensor_shape(&nd->out, in->ndim, in->dim);
+        return 0;
+    case OP_FLATTEN:
+        tensor_shape(&nd->out, 2, (int[]){B, F});
+        nd->views_input = 1;
+        return 0;
+    case OP_CONV2D: case OP_MAXPOOL: {
+        if (in->ndim != 4) {
+            snprintf(err, errlen, "layer %d (%s) needs an image input (C,H,W) but gets %d features", i + 1, nm, F);
+            return -1;
+        }
+        const int pad = l->kind == OP_CONV2D ? l->pad : 0;
+        const int oh = (in->dim[2] + 2 * pad - l->k) / l->stride + 1;
+        const int ow = (in->dim[3] + 2 * pad - l->k) / l->stride + 1;
+        if (in->dim[2] + 2 * pad < l->k || in->dim[3] + 2 * pad < l->k) {
+            snprintf(err, errlen, "layer %d (%s): kernel %d is larger than its %dx%d input", i + 1, nm, l->k,
+                     in->dim[2], in->dim[3]);
+            return -1;
+        }
+        const int oc = l->kind == OP_CONV2D ? l->n : in->dim[1];
+        tensor_shape(&nd->out, 4, (int[]){B, oc, oh, ow});
+        if (l->kind == OP_CONV2D) {
+            const int ckk = in->dim[1] * l->k * l->k;
+            add_param(g, nd, i, "weight", (size_t)oc * ckk, ckk);
+            add_param(g, nd, i, "bias", (size_t)oc, ckk);
+        }
+        return 0;
+    }
+    case OP_SOFTMAX_CE:
+        if (F != g->classes) { /* any shape: the loss reads its input flat */
+            snprintf(err, errlen, "the last layer produces %d outputs but the data has %d classes", F, g->classes);
+            return -1;
+        }
+        tensor_shape(&nd->out, 2, (int[]){B, F});
+        return 0;
+    default:
+        snprintf(err, errlen, "layer %d: unknown op %d", i + 1, (int)l->kind);
+        return -1;
+    }
+}
+
+static size_t scratch_floats(const graph_t *g, const node_t *nd, const tensor_t *in) {
+    switch (nd->spec.kind) {
+    case OP_CONV2D: return (size_t)in->dim[1] * nd->spec.k * nd->spec.k * nd->out.dim[2] * nd->out.dim[3];
+    case OP_DROPOUT: return nd->out.size;
+    default: (void)g; return 0;
+    }
+}
+
+/* Kahn's algorithm over the input edges; also rejects an output consumed
+ * twice (backward overwrites input gradients, which needs one consumer). */
+static int topo_order(graph_t *g, char *err, size_t errlen) {
+    int *consumers = calloc((size_t)g->nnodes, sizeof(int));
+    int *done = calloc((size_t)g->nnodes, sizeof(int));
+    int rc = 0, k = 0;
+    if (!consumers || !done) rc = -1;
+    for (int i = 0; !rc && i < g->nnodes; i++)
+        if (g->nodes[i].input >= 0 && ++consumers[g->nodes[i].input] > 1) {
+            snprintf(err, errlen, "node %d's output feeds two nodes; only chains and trees are supported", g->nodes[i].input);
+            rc = -1;
+        }
+    while (!rc && k < g->nnodes) {
+        int progressed = 0;
+        for (int i = 0; i < g->nnodes; i++) {
+            const int in = g->nodes[i].input;
+            if (!done[i] && (in < 0 || done[in])) {
+                done[i] = 1;
+                g->order[k++] = i;
+                progressed = 1;
+            }
+        }
+        if (!progressed) {
+            snprintf(err, errlen, "the graph has a cycle");
+            rc = -1;
+        }
+    }
+    free(consumers);
+    free(done);
+    return rc;
+}
+
+#define OOM(what) do { snprintf(err, errlen, "out of memory for %s", what); goto fail; } while (0)
+
+int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int in[3], int classes,
+                 int batch, device_t dev, char *err, size_t errlen) {
+    *out = NULL;
+    if (nspecs < 1 || batch < 1 || classes < 2 || in[0] < 1 || in[1] < 1 || in[2] < 1) {
+        snprintf(err, errlen, "graph_create: bad arguments (layers %d, batch %d, classes %d)", nspecs, batch, classes);
+        return -1;
+    }
+    graph_t *g = calloc(1, sizeof *g);
+    if (!g) return snprintf(err, errlen, "out of memory"), -1;
+    g->dev = dev;
+    g->batch = batch;
+    g->n = batch;
+    g->classes = classes;
+    g->loss_scale = 1.0f;
+    g->nnodes = nspecs + 1;
+    g->nodes = calloc((size_t)g->nnodes, sizeof *g->nodes);
+    g->order = calloc((size_t)g->nnodes, sizeof *g->order);
+    g->param = calloc((size_t)2 * g->nnodes, sizeof *g->param);
+    if (!g->nodes || !g->order || !g->param) OOM("the graph");
+    for (int i = 0; i < g->nnodes; i++) {
+        g->nodes[i].spec = i < nspecs ? specs[i] : (layer_spec_t){.kind = OP_SOFTMAX_CE};
+        g->nodes[i].input = i - 1;
+    }
+    for (int i = 0; i < g->nnodes; i++)
+        if (!ops_impl(dev, g->nodes[i].spec.kind)) {
+            snprintf(err, errlen, "op %s has no implementation on this device", layers_op_name(g->nodes[i].spec.kind));
+            goto fail;
+        }
+    if (topo_order(g, err, errlen)) goto fail;
+
+    tensor_shape(&g->input, 4, (int[]){batch, in[0], in[1], in[2]});
+    g->input.dev = dev;
+    if (!(g->input.data = tensor_alloc(g->input.size))) OOM("the input");
+    if (!(g->labels = calloc((size_t)batch, sizeof *g->labels))) OOM("labels");
+
+    for (int k = 0; k < g->nnodes; k++) {
+        const int i = g->order[k];
+        node_t *nd = &g->nodes[i];
+        const tensor_t *x = nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+        if (infer(g, i, x, err, errlen)) goto fail;
+        nd->out.dev = nd->dout.dev = dev;
+        nd->dout.ndim = nd->out.ndim;
+        memcpy(nd->dout.dim, nd->out.dim, sizeof nd->dout.dim);
+        nd->dout.size = nd->out.size;
+        const node_t *src = nd->input < 0 ? NULL : &g->nodes[nd->input];
+        nd->needs_dinput = src && (src->nparam > 0 || src->needs_dinput);
+        if (nd->views_input) {
+            nd->out.data = x->data;
+            nd->dout.data = src ? src->dout.data : NULL;
+        } else {
+            if (!(nd->out.data = tensor_alloc(nd->out.size))) OOM("activations");
+            if (i != g->nnodes - 1 && !(nd->dout.data = tensor_alloc(nd->dout.size))) OOM("gradients");
+        }
+        const size_t sc = scratch_floats(g, nd, x);
+        if (sc && !(nd->scratch = tensor_alloc(sc))) OOM("scratch");
+        if (nd->spec.kind == OP_MAXPOOL && !(nd->index = calloc(nd->out.size, sizeof(int32_t)))) OOM("max-pool indices");
+    }
+    /* flat layout: reverse topological order, weight then bias */
+    size_t off = 0;
+    param_info_t *placed = calloc((size_t)g->nparam ? (size_t)g->nparam : 1, sizeof *placed);
+    if (!placed) OOM("the parameter table");
+    int np = 0;
+    for (int k = g->nnodes - 1; k >= 0; k--) {
+        node_t *nd = &g->nodes[g->order[k]];
+        for (int j = 0; j < nd->nparam; j++) {
+            placed[np] = g->param[nd->param[j]];
+            placed[np].offset = off;
+            off += placed[np].count;
+            nd->param[j] = np++;
+        }
+    }
+    memcpy(g->param, placed, (size_t)np * sizeof *placed);
+    free(placed);
+    g->nweights = off;
+    if (!(g->params = tensor_alloc(off)) || !(g->grads = tensor_alloc(off))) OOM("parameters");
+    *out = g;
+    return 0;
+fail:
+    graph_destroy(g);
+    return -1;
+}
+
+int graph_enable_input_grad(graph_t *g) {
+    if (!g->dinput && !(g->dinput = tensor_alloc(g->input.size))) return -1;
+    for (int k = 0; k < g->nnodes; k++) {
+        node_t *nd = &g->nodes[g->order[k]];
+        nd->needs_dinput = 1; /* every node is downstream of the input */
+        if (nd->views_input) nd->dout.data = nd->input < 0 ? g->dinput : g->nodes[nd->input].dout.data;
+    }
+    return 0;
+}
+
+void graph_destroy(graph_t *g) {
+    if (!g) return;
+    tensor_free(g->dinput);
+    for (int i = 0; g->nodes && i < g->nnodes; i++) {
+        node_t *nd = &g->nodes[i];
+        if (!nd->views_input) {
+            tensor_free(nd->out.data);
+            tensor_free(nd->dout.data);
+        }
+        tensor_free(nd->scratch);
+        free(nd->index);
+    }
+    tensor_free(g->input.data);
+    tensor_free(g->params);
+    tensor_free(g->grads);
+    free(g->labels);
+    free(g->nodes);
+    free(g->order);
+    free(g->param);
+    free(g);
+}
+
+void graph_init_params(graph_t *g, uint64_t seed) {
+    for (int p = 0; p < g->nparam; p++) {
+        rng_t r;
+        rng_seed(&r, seed ^ 0x696e6974ULL, (uint64_t)p, 0);
+        const float bound = 1.0f / sqrtf((float)g->param[p].fan_in);
+        float *w = g->params + g->param[p].offset;
+        for (size_t i = 0; i < g->param[p].count; i++) w[i] = (2.0f * rng_uniform(&r) - 1.0f) * bound;
+    }
+}
+
+static const tensor_t *input_of(const graph_t *g, const node_t *nd) {
+    return nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+}
+
+float graph_forward(graph_t *g, int n) {
+    g->n = n < 0 ? 0 : n > g->batch ? g->batch : n;
+    for (int k = 0; k < g->nnodes; k++) {
+        node_t *nd = &g->nodes[g->order[k]];
+        ops_impl(g->dev, nd->spec.kind)->forward(g, nd, input_of(g, nd));
+    }
+    return g->loss;
+}
+
+void graph_backward(graph_t *g) {
+    for (int k = g->nnodes - 1; k >= 0; k--) {
+        node_t *nd = &g->nodes[g->order[k]];
+        tensor_t dx = g->input;
+        dx.data = g->dinput;
+        tensor_t *din = nd->input < 0 ? &dx : &g->nodes[nd->input].dout;
+        ops_impl(g->dev, nd->spec.kind)->backward(g, nd, input_of(g, nd), din);
+    }
+}
+
+void graph_grad_ready(graph_t *g, int param) {
+    if (g->on_grad) g->on_grad(g->on_grad_user, param, g->param[param].offset, g->param[param].count);
+}
+
+const float *graph_probs(const graph_t *g) { return g->nodes[g->nnodes - 1].out.data; }
+
+int graph_correct(const graph_t *g) {
+    const float *p = graph_probs(g);
+    int ok = 0;
+    for (int i = 0; i < g->n; i++) {
+        int best = 0;
+        for (int c = 1; c < g->classes; c++)
+            if (p[(size_t)i * g->classes + c] > p[(size_t)i * g->classes + best]) best = c;
+        ok += best == g->labels[i];
+    }
+    return ok;
+}

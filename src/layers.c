@@ -1,0 +1,152 @@
+#include "layers.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const op_names[OP_COUNT] = {
+    [OP_LINEAR] = "linear", [OP_RELU] = "relu",       [OP_GELU] = "gelu",
+    [OP_TANH] = "tanh",     [OP_DROPOUT] = "dropout", [OP_CONV2D] = "conv",
+    [OP_MAXPOOL] = "maxpool", [OP_FLATTEN] = "flatten", [OP_SOFTMAX_CE] = "softmax_ce",
+};
+
+const char *layers_op_name(op_kind_t kind) { return kind < OP_COUNT ? op_names[kind] : "?"; }
+
+/* Splits "a,b,c" into at most max numbers; returns the count or -1. */
+static int parse_args(const char *s, double *v, int max) {
+    int n = 0;
+    while (*s) {
+        if (n == max) return -1;
+        char *end;
+        errno = 0;
+        v[n++] = strtod(s, &end);
+        if (end == s || errno) return -1;
+        while (isspace((unsigned char)*end)) end++;
+        if (*end == ',') end++;
+        else if (*end) return -1;
+        s = end;
+        while (isspace((unsigned char)*s)) s++;
+    }
+    return n;
+}
+
+static int is_int(double v, int lo, int hi) { return v == (int)v && v >= lo && v <= hi; }
+
+int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t errlen) {
+    int n = 0;
+    const char *s = text;
+    for (;;) {
+        while (isspace((unsigned char)*s)) s++;
+        if (!*s) break;
+        const char *t0 = s;
+        while (isalnum((unsigned char)*s) || *s == '_') s++;
+        char name[32] = "";
+        snprintf(name, sizeof name, "%.*s", (int)(s - t0), t0);
+        double a[4];
+        int na = 0;
+        char args[128] = "";
+        if (*s == '(') {
+            const char *close = strchr(s, ')');
+            if (!close) {
+                snprintf(err, errlen, "layer '%s': missing ')'", name);
+                return -1;
+            }
+            snprintf(args, sizeof args, "%.*s", (int)(close - s - 1), s + 1);
+            s = close + 1;
+            na = parse_args(args, a, 4);
+        }
+        if (!*name || (*s && !isspace((unsigned char)*s))) {
+            snprintf(err, errlen, "unexpected text at '%.20s'", t0);
+            return -1;
+        }
+        if (n == max) {
+            snprintf(err, errlen, "more than %d layers", max);
+            return -1;
+        }
+        layer_spec_t l = {0};
+        const char *want = NULL;
+        if (!strcmp(name, "linear")) {
+            l.kind = OP_LINEAR;
+            if (na != 1 || !is_int(a[0], 1, 1 << 24)) want = "linear(N) with N >= 1";
+            else l.n = (int)a[0];
+        } else if (!strcmp(name, "conv")) {
+            l.kind = OP_CONV2D;
+            if (na < 2 || !is_int(a[0], 1, 1 << 16) || !is_int(a[1], 1, 64) ||
+                (na > 2 && !is_int(a[2], 1, 64)) || (na > 3 && !is_int(a[3], 0, 64)))
+                want = "conv(C,K[,stride[,pad]]) with C, K, stride >= 1 and pad >= 0";
+            else {
+                l.n = (int)a[0];
+                l.k = (int)a[1];
+                l.stride = na > 2 ? (int)a[2] : 1;
+                l.pad = na > 3 ? (int)a[3] : l.k / 2;
+            }
+        } else if (!strcmp(name, "maxpool")) {
+            l.kind = OP_MAXPOOL;
+            if (na < 1 || na > 2 || !is_int(a[0], 1, 64) || (na > 1 && !is_int(a[1], 1, 64)))
+                want = "maxpool(K[,stride]) with K, stride >= 1";
+            else {
+                l.k = (int)a[0];
+                l.stride = na > 1 ? (int)a[1] : l.k;
+            }
+        } else if (!strcmp(name, "dropout")) {
+            l.kind = OP_DROPOUT;
+            if (na != 1 || !(a[0] >= 0 && a[0] < 1)) want = "dropout(P) with 0 <= P < 1";
+            else l.p = (float)a[0];
+        } else if (!strcmp(name, "relu") || !strcmp(name, "gelu") || !strcmp(name, "tanh") ||
+                   !strcmp(name, "flatten")) {
+            l.kind = name[0] == 'r' ? OP_RELU : name[0] == 'g' ? OP_GELU : name[0] == 't' ? OP_TANH : OP_FLATTEN;
+            if (*args || na) want = "no arguments";
+        } else {
+            snprintf(err, errlen, "unknown layer '%s' (expected linear, conv, maxpool, dropout, relu, gelu, tanh, flatten)", name);
+            return -1;
+        }
+        if (want || na < 0) {
+            snprintf(err, errlen, "layer '%s(%s)': expected %s", name, args, want ? want : "numbers");
+            return -1;
+        }
+        out[n++] = l;
+    }
+    if (n == 0) snprintf(err, errlen, "no layers");
+    return n ? n : -1;
+}
+
+int layers_mlp(const int *hidden, int nhidden, int classes, op_kind_t act, layer_spec_t *out, int max) {
+    int n = 0;
+    if (2 * nhidden + 1 > max) return -1;
+    for (int i = 0; i < nhidden; i++) {
+        out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = hidden[i]};
+        out[n++] = (layer_spec_t){.kind = act};
+    }
+    out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = classes};
+    return n;
+}
+
+int layers_cnn(int classes, layer_spec_t *out, int max) {
+    char err[128];
+    char text[160];
+    snprintf(text, sizeof text,
+             "conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten "
+             "linear(1024) relu dropout(0.4) linear(%d)", classes);
+    return layers_parse(text, out, max, err, sizeof err);
+}
+
+void layers_format(const layer_spec_t *l, int n, char *buf, size_t len) {
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < n && o < len; i++) {
+        const char *sep = i ? " " : "";
+        const char *nm = layers_op_name(l[i].kind);
+        int w;
+        switch (l[i].kind) {
+        case OP_LINEAR: w = snprintf(buf + o, len - o, "%s%s(%d)", sep, nm, l[i].n); break;
+        case OP_CONV2D: w = snprintf(buf + o, len - o, "%s%s(%d,%d,%d,%d)", sep, nm, l[i].n, l[i].k, l[i].stride, l[i].pad); break;
+        case OP_MAXPOOL: w = snprintf(buf + o, len - o, "%s%s(%d,%d)", sep, nm, l[i].k, l[i].stride); break;
+        case OP_DROPOUT: w = snprintf(buf + o, len - o, "%s%s(%g)", sep, nm, (double)l[i].p); break;
+        default: w = snprintf(buf + o, len - o, "%s%s", sep, nm); break;
+        }
+        if (w < 0) break;
+        o += (size_t)w;
+    }
+}

@@ -1,0 +1,60 @@
+/* Layer specifications: what a model is made of, before any memory exists.
+ * Models come from the config as a list of these, either from a named
+ * architecture (mlp, cnn) or from the compact layer-list syntax:
+ *
+ *   conv(32,5) relu maxpool(2) conv(64,5) relu maxpool(2) flatten
+ *   linear(1024) relu dropout(0.4) linear(10)
+ *
+ * conv(C,K[,stride[,pad]])  C output channels, KxK kernel; pad defaults to K/2
+ *                           ("same" for odd K at stride 1)
+ * maxpool(K[,stride])       stride defaults to K
+ * linear(N)                 N outputs; flattens its input
+ * dropout(P)                drops with probability P in training
+ * relu gelu tanh flatten    no arguments
+ *
+ * The softmax cross-entropy loss is appended by the graph, not written. */
+#ifndef DDP_LAYERS_H
+#define DDP_LAYERS_H
+
+#include <stddef.h>
+
+typedef enum {
+    OP_LINEAR,
+    OP_RELU,
+    OP_GELU,
+    OP_TANH,
+    OP_DROPOUT,
+    OP_CONV2D,
+    OP_MAXPOOL,
+    OP_FLATTEN,
+    OP_SOFTMAX_CE,
+    OP_COUNT
+} op_kind_t;
+
+typedef struct layer_spec {
+    op_kind_t kind;
+    int n;      /* linear outputs, conv output channels */
+    int k;      /* conv or pool kernel size */
+    int stride; /* conv or pool stride */
+    int pad;    /* conv zero padding on each side */
+    float p;    /* dropout probability */
+} layer_spec_t;
+
+#define LAYERS_MAX 64
+
+const char *layers_op_name(op_kind_t kind);
+
+/* Parses the layer-list syntax; returns the number of layers, or -1 with a
+ * message naming the offending token in err. */
+int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t errlen);
+
+/* The MLP: linear(h) act for each hidden width, then linear(classes). */
+int layers_mlp(const int *hidden, int nhidden, int classes, op_kind_t act, layer_spec_t *out, int max);
+
+/* The "2 Conv+pooling" CNN of the TensorFlow layers tutorial. */
+int layers_cnn(int classes, layer_spec_t *out, int max);
+
+/* Writes the canonical layer-list text (used in logs and config hashes). */
+void layers_format(const layer_spec_t *l, int n, char *buf, size_t len);
+
+#endif

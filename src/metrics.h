@@ -1,0 +1,48 @@
+/* Run metrics: a JSON-lines file (one object per line, flushed as written)
+ * and the human progress display (a live line on a terminal, plain periodic
+ * lines otherwise). Only rank 0 writes either. */
+#ifndef DDP_METRICS_H
+#define DDP_METRICS_H
+
+#include <stdio.h>
+
+typedef struct metrics {
+    FILE *f;          /* JSON lines, or NULL */
+    int live;         /* rewrite one line on stderr */
+    int plain;        /* periodic plain lines on stderr */
+    double last_print;
+    double t_start;   /* wall clock at start of training */
+} metrics_t;
+
+/* path may be "" (no file); progress is CFG_PROGRESS_*. -1 if path cannot be opened. */
+int metrics_open(metrics_t *m, const char *path, int progress, char *err, size_t errlen);
+void metrics_close(metrics_t *m);
+
+typedef struct step_record {
+    long step;        /* optimiser updates done */
+    int epoch;        /* 1-based */
+    double loss, step_ms, lr;
+    double compute_ms, comm_ms, exposed_comm_ms; /* < 0: not written */
+} step_record_t;
+
+void metrics_step(metrics_t *m, const step_record_t *r);
+void metrics_eval(metrics_t *m, int epoch, double acc, double loss);
+
+typedef struct done_record {
+    int ranks;
+    long steps;
+    double median_step_ms, samples_per_s, test_acc /* < 0: null */, wall_s;
+    double compute_ms, comm_ms, exposed_comm_ms; /* medians; < 0: not written */
+} done_record_t;
+void metrics_done(metrics_t *m, const done_record_t *r);
+
+/* The progress display after a step. */
+void metrics_progress(metrics_t *m, int epoch, int epochs, long step, long total, double loss,
+                      double samples_per_s);
+/* Ends a live line so the next output starts clean. */
+void metrics_progress_end(metrics_t *m);
+
+/* Monotonic wall clock in seconds. */
+double now_s(void);
+
+#endif

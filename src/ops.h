@@ -1,0 +1,20 @@
+/* Op implementations, dispatched by (device, kind) in one table (ops.c). A
+ * GPU build adds a column to that table; graph.c never changes. */
+#ifndef DDP_OPS_H
+#define DDP_OPS_H
+
+#include "graph.h"
+
+typedef struct op_impl {
+    /* out = f(in) for rows [0, g->n) */
+    void (*forward)(graph_t *g, node_t *nd, const tensor_t *in);
+    /* parameter gradients (calling graph_grad_ready for each), then din when
+     * nd->needs_dinput; din is overwritten */
+    void (*backward)(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+} op_impl_t;
+
+const op_impl_t *ops_impl(device_t dev, op_kind_t kind);
+
+extern const op_impl_t ops_cpu[OP_COUNT];
+
+#endif

@@ -1,0 +1,302 @@
+/* CPU implementations of every op: matrix products through OpenBLAS,
+ * everything else as plain loops the compiler vectorises. Rows are samples;
+ * images are NCHW. */
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+#include "rng.h"
+#include "simd.h"
+
+#define W_OF(g, nd) ((g)->params + (g)->param[(nd)->param[0]].offset)
+#define B_OF(g, nd) ((g)->params + (g)->param[(nd)->param[1]].offset)
+#define DW_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[0]].offset)
+#define DB_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[1]].offset)
+
+/* ---- linear: Y = X W^T + b, W is [out, in] as in PyTorch ---- */
+
+static void linear_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const int n = g->n, N = nd->spec.n, F = (int)tensor_sample_size(in);
+    const float *b = B_OF(g, nd);
+    float *Y = nd->out.data;
+    for (int i = 0; i < n; i++) memcpy(Y + (size_t)i * N, b, (size_t)N * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, N, F, 1.0f, in->data, F, W_OF(g, nd), F,
+                1.0f, Y, N);
+}
+
+/* Sums the rows of an n x N matrix into acc (overwritten unless add). */
+HOT_LOOP static void column_sums(const float *restrict m, int n, int N, float *restrict acc, int add) {
+    if (!add) memset(acc, 0, (size_t)N * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < N; j++) acc[j] += m[(size_t)i * N + j];
+}
+
+static void linear_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const int n = g->n, N = nd->spec.n, F = (int)tensor_sample_size(in);
+    const float *dY = nd->dout.data;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, F, n, 1.0f, dY, N, in->data, F,
+                g->accumulate ? 1.0f : 0.0f, DW_OF(g, nd), F);
+    graph_grad_ready(g, nd->param[0]);
+    column_sums(dY, n, N, DB_OF(g, nd), g->accumulate);
+    graph_grad_ready(g, nd->param[1]);
+    if (nd->needs_dinput)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, F, N, 1.0f, dY, N, W_OF(g, nd), F,
+                    0.0f, din->data, F);
+}
+
+/* ---- element-wise activations ---- */
+
+HOT_LOOP static void relu_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    const float *restrict x = in->data;
+    float *restrict y = nd->out.data;
+    for (size_t i = 0; i < m; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+HOT_LOOP static void relu_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    const float *restrict y = nd->out.data, *restrict dy = nd->dout.data;
+    float *restrict dx = din->data;
+    for (size_t i = 0; i < m; i++) {
+        const float d = dy[i]; /* loaded unconditionally so the loop vectorises */
+        dx[i] = y[i] > 0.0f ? d : 0.0f;
+    }
+}
+
+static void tanh_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    for (size_t i = 0; i < m; i++) nd->out.data[i] = tanhf(in->data[i]);
+}
+
+static void tanh_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    const float *restrict y = nd->out.data, *restrict dy = nd->dout.data;
+    float *restrict dx = din->data;
+    for (size_t i = 0; i < m; i++) dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+}
+
+/* GELU, tanh approximation (as PyTorch's approximate="tanh") */
+#define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+
+static void gelu_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    for (size_t i = 0; i < m; i++) {
+        float x = in->data[i];
+        nd->out.data[i] = 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_A * x * x * x)));
+    }
+}
+
+static void gelu_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    for (size_t i = 0; i < m; i++) {
+        float x = in->data[i], t = tanhf(GELU_C * (x + GELU_A * x * x * x));
+        float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * x * x);
+        din->data[i] = nd->dout.data[i] * d;
+    }
+}
+
+/* ---- dropout: inverted, so evaluation is the identity ---- */
+
+static void dropout_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    float *restrict mask = nd->scratch;
+    const float p = nd->spec.p;
+    if (!g->training || p == 0.0f) {
+        for (size_t i = 0; i < m; i++) mask[i] = 1.0f;
+    } else {
+        rng_t r;
+        rng_seed(&r, g->seed ^ 0x64726f706f7574ULL, g->step, ((uint64_t)(nd - g->nodes) << 32) | (uint64_t)g->rank);
+        const float keep = 1.0f / (1.0f - p);
+        for (size_t i = 0; i < m; i++) mask[i] = rng_uniform(&r) >= p ? keep : 0.0f;
+    }
+    for (size_t i = 0; i < m; i++) nd->out.data[i] = in->data[i] * mask[i];
+}
+
+static void dropout_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    for (size_t i = 0; i < m; i++) din->data[i] = nd->dout.data[i] * nd->scratch[i];
+}
+
+/* ---- conv2d: im2col + sgemm, one sample at a time so the columns stay in cache ---- */
+
+typedef struct conv_geom { int C, H, W, OC, K, S, P, OH, OW; } conv_geom_t;
+
+static conv_geom_t conv_geom(const node_t *nd, const tensor_t *in) {
+    return (conv_geom_t){.C = in->dim[1], .H = in->dim[2], .W = in->dim[3], .OC = nd->spec.n,
+                         .K = nd->spec.k, .S = nd->spec.stride, .P = nd->spec.pad,
+                         .OH = nd->out.dim[2], .OW = nd->out.dim[3]};
+}
+
+/* col[(c*K + ki)*K + kj][oh*OW + ow] = x[c][oh*S - P + ki][ow*S - P + kj] or 0 */
+static void im2col(const conv_geom_t *q, const float *restrict x, float *restrict col) {
+    const int P = q->OH * q->OW;
+    for (int c = 0; c < q->C; c++)
+        for (int ki = 0; ki < q->K; ki++)
+            for (int kj = 0; kj < q->K; kj++) {
+                float *restrict row = col + (size_t)((c * q->K + ki) * q->K + kj) * P;
+                for (int oh = 0; oh < q->OH; oh++) {
+                    const int ih = oh * q->S - q->P + ki;
+                    float *restrict r = row + oh * q->OW;
+                    if (ih < 0 || ih >= q->H) {
+                        memset(r, 0, (size_t)q->OW * sizeof(float));
+                        continue;
+                    }
+                    const float *restrict xr = x + ((size_t)c * q->H + ih) * q->W;
+                    for (int ow = 0; ow < q->OW; ow++) {
+                        const int iw = ow * q->S - q->P + kj;
+                        r[ow] = (iw >= 0 && iw < q->W) ? xr[iw] : 0.0f;
+                    }
+                }
+            }
+}
+
+/* the adjoint of im2col: dx (zeroed here) += scattered columns */
+static void col2im(const conv_geom_t *q, const float *restrict col, float *restrict dx) {
+    const int P = q->OH * q->OW;
+    memset(dx, 0, (size_t)q->C * q->H * q->W * sizeof(float));
+    for (int c = 0; c < q->C; c++)
+        for (int ki = 0; ki < q->K; ki++)
+            for (int kj = 0; kj < q->K; kj++) {
+                const float *restrict row = col + (size_t)((c * q->K + ki) * q->K + kj) * P;
+                for (int oh = 0; oh < q->OH; oh++) {
+                    const int ih = oh * q->S - q->P + ki;
+                    if (ih < 0 || ih >= q->H) continue;
+                    float *restrict xr = dx + ((size_t)c * q->H + ih) * q->W;
+                    const float *restrict r = row + oh * q->OW;
+                    for (int ow = 0; ow < q->OW; ow++) {
+                        const int iw = ow * q->S - q->P + kj;
+                        if (iw >= 0 && iw < q->W) xr[iw] += r[ow];
+                    }
+                }
+            }
+}
+
+static void conv_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const conv_geom_t q = conv_geom(nd, in);
+    const int P = q.OH * q.OW, CKK = q.C * q.K * q.K;
+    const size_t in_s = tensor_sample_size(in), out_s = tensor_sample_size(&nd->out);
+    const float *b = B_OF(g, nd);
+    for (int s = 0; s < g->n; s++) {
+        float *y = nd->out.data + s * out_s;
+        im2col(&q, in->data + s * in_s, nd->scratch);
+        for (int oc = 0; oc < q.OC; oc++)
+            for (int p = 0; p < P; p++) y[(size_t)oc * P + p] = b[oc];
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q.OC, P, CKK, 1.0f, W_OF(g, nd), CKK,
+                    nd->scratch, P, 1.0f, y, P);
+    }
+}
+
+static void conv_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const conv_geom_t q = conv_geom(nd, in);
+    const int P = q.OH * q.OW, CKK = q.C * q.K * q.K;
+    const size_t in_s = tensor_sample_size(in), out_s = tensor_sample_size(&nd->out);
+    float *col = nd->scratch, *dW = DW_OF(g, nd), *db = DB_OF(g, nd);
+    for (int s = 0; s < g->n; s++) {
+        const float *dy = nd->dout.data + s * out_s;
+        const int add = s > 0 || g->accumulate;
+        im2col(&q, in->data + s * in_s, col);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q.OC, CKK, P, 1.0f, dy, P, col, P,
+                    add ? 1.0f : 0.0f, dW, CKK);
+        for (int oc = 0; oc < q.OC; oc++) {
+            float acc = 0.0f;
+            for (int p = 0; p < P; p++) acc += dy[(size_t)oc * P + p];
+            db[oc] = add ? db[oc] + acc : acc;
+        }
+    }
+    graph_grad_ready(g, nd->param[0]);
+    graph_grad_ready(g, nd->param[1]);
+    if (!nd->needs_dinput) return;
+    for (int s = 0; s < g->n; s++) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, P, q.OC, 1.0f, W_OF(g, nd), CKK,
+                    nd->dout.data + s * out_s, P, 0.0f, col, P);
+        col2im(&q, col, din->data + s * in_s);
+    }
+}
+
+/* ---- max-pool, no padding; the arg-max is kept for backward ---- */
+
+static void maxpool_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const int C = in->dim[1], H = in->dim[2], W = in->dim[3];
+    const int OH = nd->out.dim[2], OW = nd->out.dim[3], K = nd->spec.k, S = nd->spec.stride;
+    for (int pl = 0; pl < g->n * C; pl++) {
+        const float *x = in->data + (size_t)pl * H * W;
+        float *y = nd->out.data + (size_t)pl * OH * OW;
+        int32_t *idx = nd->index + (size_t)pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                int best = (oh * S) * W + ow * S;
+                for (int ki = 0; ki < K; ki++)
+                    for (int kj = 0; kj < K; kj++) {
+                        int at = (oh * S + ki) * W + ow * S + kj;
+                        if (x[at] > x[best]) best = at;
+                    }
+                y[oh * OW + ow] = x[best];
+                idx[oh * OW + ow] = best;
+            }
+    }
+}
+
+static void maxpool_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const int C = in->dim[1], HW = in->dim[2] * in->dim[3], OHW = nd->out.dim[2] * nd->out.dim[3];
+    memset(din->data, 0, (size_t)g->n * C * HW * sizeof(float));
+    for (int pl = 0; pl < g->n * C; pl++) {
+        float *dx = din->data + (size_t)pl * HW;
+        const float *dy = nd->dout.data + (size_t)pl * OHW;
+        const int32_t *idx = nd->index + (size_t)pl * OHW;
+        for (int o = 0; o < OHW; o++) dx[idx[o]] += dy[o];
+    }
+}
+
+/* ---- flatten: a view (graph.c aliases the buffers); nothing to compute ---- */
+
+static void nop_forward(graph_t *g, node_t *nd, const tensor_t *in) { (void)g, (void)nd, (void)in; }
+static void nop_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    (void)g, (void)nd, (void)in, (void)din;
+}
+
+/* ---- fused softmax cross-entropy: out holds the probabilities ---- */
+
+static void softmax_ce_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const int n = g->n, C = g->classes;
+    double loss = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float *z = in->data + (size_t)i * C;
+        float *p = nd->out.data + (size_t)i * C;
+        float mx = -FLT_MAX;
+        for (int c = 0; c < C; c++) mx = z[c] > mx ? z[c] : mx;
+        float sum = 0.0f;
+        for (int c = 0; c < C; c++) sum += (p[c] = expf(z[c] - mx));
+        const float inv = 1.0f / sum;
+        for (int c = 0; c < C; c++) p[c] *= inv;
+        /* log-sum-exp form: exact even where p[label] underflows */
+        loss += (double)(logf(sum) + mx - z[g->labels[i]]);
+    }
+    g->loss = n ? (float)(loss / n) : 0.0f;
+}
+
+static void softmax_ce_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const int n = g->n, C = g->classes;
+    (void)in;
+    const float s = n ? g->loss_scale / (float)n : 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float *p = nd->out.data + (size_t)i * C;
+        float *dz = din->data + (size_t)i * C;
+        for (int c = 0; c < C; c++) dz[c] = p[c] * s;
+        dz[g->labels[i]] -= s;
+    }
+}
+
+const op_impl_t ops_cpu[OP_COUNT] = {
+    [OP_LINEAR] = {linear_forward, linear_backward},
+    [OP_RELU] = {relu_forward, relu_backward},
+    [OP_GELU] = {gelu_forward, gelu_backward},
+    [OP_TANH] = {tanh_forward, tanh_backward},
+    [OP_DROPOUT] = {dropout_forward, dropout_backward},
+    [OP_CONV2D] = {conv_forward, conv_backward},
+    [OP_MAXPOOL] = {maxpool_forward, maxpool_backward},
+    [OP_FLATTEN] = {nop_forward, nop_backward},
+    [OP_SOFTMAX_CE] = {softmax_ce_forward, softmax_ce_backward},
+};

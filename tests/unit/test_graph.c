@@ -1,0 +1,357 @@
+/* The graph and every op against finite differences, the flat buffer layout,
+ * the gradient-ready callback, gradient accumulation, and "a training step
+ * allocates nothing".
+ *
+ * Gradient checks: the analytic float32 gradients of forward/backward are
+ * compared with central differences of an independent double-precision
+ * reference forward (naive loops below, h = 1e-6), at odd shapes with a
+ * partial batch. Bound: |analytic - numeric| <= GRAD_TOL x max(|analytic|,
+ * |numeric|, 1e-3 x the largest numeric entry of that tensor), GRAD_TOL = 1e-3.
+ * A wrong index, transpose or missing term gives errors of order 1. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "graph.h"
+#include "optim.h"
+#include "rng.h"
+
+#define GRAD_TOL 1e-3
+#define FD_H 1e-6
+
+/* ---- allocation counting (the binary links with --wrap for these) ---- */
+static long allocs;
+static int counting;
+void *__real_malloc(size_t);
+void *__real_calloc(size_t, size_t);
+void *__real_realloc(void *, size_t);
+int __real_posix_memalign(void **, size_t, size_t);
+void *__wrap_malloc(size_t s) { allocs += counting; return __real_malloc(s); }
+void *__wrap_calloc(size_t n, size_t s) { allocs += counting; return __real_calloc(n, s); }
+void *__wrap_realloc(void *p, size_t s) { allocs += counting; return __real_realloc(p, s); }
+int __wrap_posix_memalign(void **p, size_t a, size_t s) { allocs += counting; return __real_posix_memalign(p, a, s); }
+
+/* ---- the double-precision reference forward ---- */
+
+static const tensor_t *in_of(const graph_t *g, const node_t *nd) {
+    return nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+}
+
+static double ref_loss(const graph_t *g, const double *P, const double *X, int n) {
+    double **act = calloc((size_t)g->nnodes, sizeof *act);
+    double loss = 0.0;
+    for (int k = 0; k < g->nnodes; k++) {
+        const int id = g->order[k];
+        const node_t *nd = &g->nodes[id];
+        const tensor_t *it = in_of(g, nd);
+        const double *x = nd->input < 0 ? X : act[nd->input];
+        const size_t is = tensor_sample_size(it), os = tensor_sample_size(&nd->out);
+        double *y = act[id] = calloc((size_t)n * os + 1, sizeof *y);
+        const double *W = nd->nparam ? P + g->param[nd->param[0]].offset : NULL;
+        const double *b = nd->nparam ? P + g->param[nd->param[1]].offset : NULL;
+        switch (nd->spec.kind) {
+        case OP_LINEAR:
+            for (int i = 0; i < n; i++)
+                for (size_t j = 0; j < os; j++) {
+                    double a = b[j];
+                    for (size_t f = 0; f < is; f++) a += x[i * is + f] * W[j * is + f];
+                    y[i * os + j] = a;
+                }
+            break;
+        case OP_RELU:
+            for (size_t i = 0; i < n * is; i++) y[i] = x[i] > 0 ? x[i] : 0;
+            break;
+        case OP_TANH:
+            for (size_t i = 0; i < n * is; i++) y[i] = tanh(x[i]);
+            break;
+        case OP_GELU:
+            for (size_t i = 0; i < n * is; i++)
+                y[i] = 0.5 * x[i] * (1 + tanh(sqrt(2 / M_PI) * (x[i] + 0.044715 * x[i] * x[i] * x[i])));
+            break;
+        case OP_DROPOUT:
+            for (size_t i = 0; i < n * is; i++) y[i] = x[i] * nd->scratch[i];
+            break;
+        case OP_FLATTEN:
+            memcpy(y, x, n * is * sizeof *y);
+            break;
+        case OP_CONV2D: {
+            const int C = it->dim[1], H = it->dim[2], Wd = it->dim[3], OC = nd->out.dim[1];
+            const int OH = nd->out.dim[2], OW = nd->out.dim[3], K = nd->spec.k, S = nd->spec.stride, pd = nd->spec.pad;
+            for (int i = 0; i < n; i++)
+                for (int o = 0; o < OC; o++)
+                    for (int oh = 0; oh < OH; oh++)
+                        for (int ow = 0; ow < OW; ow++) {
+                            double a = b[o];
+                            for (int c = 0; c < C; c++)
+                                for (int ki = 0; ki < K; ki++)
+                                    for (int kj = 0; kj < K; kj++) {
+                                        const int ih = oh * S - pd + ki, iw = ow * S - pd + kj;
+                                        if (ih >= 0 && ih < H && iw >= 0 && iw < Wd)
+                                            a += W[((o * C + c) * K + ki) * K + kj] * x[i * is + (c * H + ih) * Wd + iw];
+                                    }
+                            y[i * os + (o * OH + oh) * OW + ow] = a;
+                        }
+            break;
+        }
+        case OP_MAXPOOL: {
+            const int C = it->dim[1], H = it->dim[2], Wd = it->dim[3];
+            const int OH = nd->out.dim[2], OW = nd->out.dim[3], K = nd->spec.k, S = nd->spec.stride;
+            for (int i = 0; i < n; i++)
+                for (int c = 0; c < C; c++)
+                    for (int oh = 0; oh < OH; oh++)
+                        for (int ow = 0; ow < OW; ow++) {
+                            double m = -INFINITY;
+                            for (int ki = 0; ki < K; ki++)
+                                for (int kj = 0; kj < K; kj++) {
+                                    const double v = x[i * is + (c * H + oh * S + ki) * Wd + ow * S + kj];
+                                    m = v > m ? v : m;
+                                }
+                            y[i * os + (c * OH + oh) * OW + ow] = m;
+                        }
+            break;
+        }
+        case OP_SOFTMAX_CE:
+            for (int i = 0; i < n; i++) {
+                double mx = -INFINITY, s = 0;
+                for (size_t c = 0; c < is; c++) mx = fmax(mx, x[i * is + c]);
+                for (size_t c = 0; c < is; c++) s += exp(x[i * is + c] - mx);
+                loss += log(s) + mx - x[i * is + g->labels[i]];
+            }
+            loss /= n;
+            break;
+        default:
+            fail_msg("no reference for op %d", nd->spec.kind);
+        }
+    }
+    for (int k = 0; k < g->nnodes; k++) free(act[k]);
+    free(act);
+    return loss;
+}
+
+/* ---- the check ---- */
+
+static double worst; /* largest error seen in the current test, for the log */
+
+/* compares analytic[idx] with central differences of the reference in v[idx] */
+static void check_entries(const char *what, const graph_t *g, double *P, double *X, double *v, const float *analytic,
+                          size_t count, int n, rng_t *r) {
+    const size_t samples = count < 40 ? count : 40;
+    size_t idx[40];
+    double num[40], nmax = 0;
+    for (size_t s = 0; s < samples; s++) {
+        idx[s] = count <= 40 ? s : (size_t)rng_below(r, count);
+        const double keep = v[idx[s]];
+        v[idx[s]] = keep + FD_H;
+        const double lp = ref_loss(g, P, X, n);
+        v[idx[s]] = keep - FD_H;
+        const double lm = ref_loss(g, P, X, n);
+        v[idx[s]] = keep;
+        num[s] = (lp - lm) / (2 * FD_H);
+        nmax = fmax(nmax, fabs(num[s]));
+    }
+    for (size_t s = 0; s < samples; s++) {
+        const double a = analytic[idx[s]];
+        const double den = fmax(fmax(fabs(a), fabs(num[s])), 1e-3 * nmax);
+        const double err = den > 0 ? fabs(a - num[s]) / den : 0;
+        worst = fmax(worst, err);
+        if (err > GRAD_TOL)
+            fail_msg("%s[%zu]: analytic %.8g, numeric %.8g, relative error %.3g > %g", what, idx[s], a, num[s], err, GRAD_TOL);
+    }
+}
+
+/* Builds the graph, runs forward+backward on random data with n of batch
+ * rows, and checks the loss, every parameter and the input gradient. */
+static void gradcheck(const char *layers, int C, int H, int W, int classes, int batch, int n) {
+    layer_spec_t specs[LAYERS_MAX];
+    char err[256];
+    const int ns = layers_parse(layers, specs, LAYERS_MAX, err, sizeof err);
+    if (ns < 0) fail_msg("%s: %s", layers, err);
+    graph_t *g;
+    if (graph_create(&g, specs, ns, (int[]){C, H, W}, classes, batch, DEV_CPU, err, sizeof err))
+        fail_msg("%s: %s", layers, err);
+    assert_int_equal(graph_enable_input_grad(g), 0);
+    graph_init_params(g, 7);
+    rng_t r;
+    rng_seed(&r, 42, (uint64_t)n, (uint64_t)C * H * W);
+    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = rng_normal(&r);
+    for (int i = 0; i < batch; i++) g->labels[i] = (int32_t)rng_below(&r, (uint64_t)classes);
+    g->training = 1;
+    g->seed = 3;
+    const float loss = graph_forward(g, n);
+    graph_backward(g);
+
+    double *P = malloc((g->nweights + 1) * sizeof *P), *X = malloc(g->input.size * sizeof *X);
+    for (size_t i = 0; i < g->nweights; i++) P[i] = g->params[i];
+    for (size_t i = 0; i < g->input.size; i++) X[i] = g->input.data[i];
+    const double lref = ref_loss(g, P, X, n);
+    if (fabs(loss - lref) > 1e-5 * fmax(1.0, fabs(lref))) fail_msg("%s: loss %.8g, reference %.8g", layers, loss, lref);
+    worst = 0;
+    for (int p = 0; p < g->nparam; p++)
+        check_entries(g->param[p].name, g, P, X, P + g->param[p].offset, g->grads + g->param[p].offset,
+                      g->param[p].count, n, &r);
+    check_entries("input", g, P, X, X, g->dinput, (size_t)n * tensor_sample_size(&g->input), n, &r);
+    print_message("%-60s n=%d/%d  max relative error %.2e\n", layers, n, batch, worst);
+    free(P);
+    free(X);
+    graph_destroy(g);
+}
+
+static void grad_linear(void **s) { (void)s; gradcheck("linear(5)", 1, 1, 7, 5, 4, 3); }
+static void grad_relu(void **s) { (void)s; gradcheck("relu", 1, 1, 6, 6, 3, 3); }
+static void grad_gelu(void **s) { (void)s; gradcheck("gelu", 1, 1, 6, 6, 3, 2); }
+static void grad_tanh(void **s) { (void)s; gradcheck("tanh", 3, 1, 3, 9, 5, 5); }
+static void grad_dropout(void **s) { (void)s; gradcheck("dropout(0.3)", 1, 1, 11, 11, 5, 5); }
+static void grad_conv_strided(void **s) { (void)s; gradcheck("conv(2,3,2,1) flatten", 3, 7, 7, 32, 3, 2); }
+static void grad_conv_same(void **s) { (void)s; gradcheck("conv(3,5)", 2, 5, 6, 90, 2, 2); }
+static void grad_maxpool(void **s) { (void)s; gradcheck("maxpool(2) flatten", 2, 5, 5, 8, 3, 3); }
+static void grad_maxpool_overlap(void **s) { (void)s; gradcheck("maxpool(3,2)", 1, 7, 7, 9, 4, 3); }
+static void grad_softmax_ce(void **s) { (void)s; gradcheck("flatten", 1, 1, 5, 5, 7, 7); }
+static void grad_whole_cnn(void **s) {
+    (void)s;
+    gradcheck("conv(3,3) relu maxpool(2) conv(4,3,2,1) gelu flatten linear(7) tanh dropout(0.3) linear(5)", 2, 9, 9, 5, 4, 3);
+}
+static void grad_whole_mlp(void **s) { (void)s; gradcheck("linear(13) relu linear(11) tanh linear(3)", 1, 1, 17, 3, 5, 5); }
+
+/* ---- layout and callback ---- */
+
+typedef struct seen { int n; int param[16]; size_t off[16], cnt[16]; float *snap[16]; const graph_t *g; } seen_t;
+
+static void on_grad(void *user, int param, size_t off, size_t cnt) {
+    seen_t *s = user;
+    assert_true(s->n < 16);
+    s->param[s->n] = param;
+    s->off[s->n] = off;
+    s->cnt[s->n] = cnt;
+    s->snap[s->n] = malloc(cnt * sizeof(float));
+    memcpy(s->snap[s->n], s->g->grads + off, cnt * sizeof(float));
+    s->n++;
+}
+
+static void layout_and_callback(void **st) {
+    (void)st;
+    layer_spec_t specs[LAYERS_MAX];
+    char err[256];
+    const int ns = layers_parse("linear(7) relu linear(3) relu linear(4)", specs, LAYERS_MAX, err, sizeof err);
+    graph_t *g;
+    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 1, 5}, 4, 6, DEV_CPU, err, sizeof err), 0);
+    /* last layer first, weight then bias, packed */
+    const size_t want_cnt[6] = {4 * 3, 4, 3 * 7, 3, 7 * 5, 7};
+    const char *want_name[6] = {"linear4.weight", "linear4.bias", "linear2.weight", "linear2.bias", "linear0.weight", "linear0.bias"};
+    assert_int_equal(g->nparam, 6);
+    size_t off = 0;
+    for (int p = 0; p < 6; p++) {
+        assert_string_equal(g->param[p].name, want_name[p]);
+        assert_int_equal(g->param[p].offset, off);
+        assert_int_equal(g->param[p].count, want_cnt[p]);
+        off += want_cnt[p];
+    }
+    assert_int_equal(g->nweights, off);
+    graph_init_params(g, 1);
+    rng_t r;
+    rng_seed(&r, 5, 0, 0);
+    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = rng_normal(&r);
+    for (int i = 0; i < 6; i++) g->labels[i] = i % 4;
+    seen_t s = {.g = g};
+    g->on_grad = on_grad;
+    g->on_grad_user = &s;
+    graph_forward(g, 6);
+    graph_backward(g);
+    /* once each, in layout order, and already final when announced */
+    assert_int_equal(s.n, 6);
+    for (int p = 0; p < 6; p++) {
+        assert_int_equal(s.param[p], p);
+        assert_int_equal(s.off[p], g->param[p].offset);
+        assert_int_equal(s.cnt[p], g->param[p].count);
+        assert_memory_equal(s.snap[p], g->grads + s.off[p], s.cnt[p] * sizeof(float));
+        free(s.snap[p]);
+    }
+    graph_destroy(g);
+}
+
+/* accumulate = 1 adds into the gradients; loss_scale scales them */
+static void accumulation(void **st) {
+    (void)st;
+    layer_spec_t specs[LAYERS_MAX];
+    char err[256];
+    const int ns = layers_parse("conv(2,3) relu flatten linear(3)", specs, LAYERS_MAX, err, sizeof err);
+    graph_t *g;
+    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 4, 4}, 3, 3, DEV_CPU, err, sizeof err), 0);
+    graph_init_params(g, 2);
+    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = (float)((i * 7) % 11) - 5.0f;
+    for (int i = 0; i < 3; i++) g->labels[i] = i;
+    graph_forward(g, 3);
+    graph_backward(g);
+    float *once = malloc(g->nweights * sizeof *once);
+    memcpy(once, g->grads, g->nweights * sizeof *once);
+    g->loss_scale = 0.5f;
+    graph_backward(g); /* overwrites: half */
+    for (size_t i = 0; i < g->nweights; i++) assert_float_equal(g->grads[i], 0.5f * once[i], 1e-6f * (1 + fabsf(once[i])));
+    g->accumulate = 1;
+    graph_backward(g); /* adds another half */
+    for (size_t i = 0; i < g->nweights; i++) assert_float_equal(g->grads[i], once[i], 1e-5f * (1 + fabsf(once[i])));
+    free(once);
+    graph_destroy(g);
+}
+
+/* forward + backward + optimiser step: no heap allocation after the first */
+static void step_allocates_nothing(void **st) {
+    (void)st;
+    layer_spec_t specs[LAYERS_MAX];
+    char err[256];
+    const int ns = layers_parse("conv(4,3) relu maxpool(2) flatten linear(16) gelu dropout(0.2) linear(10)", specs, LAYERS_MAX, err, sizeof err);
+    graph_t *g;
+    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 8, 8}, 10, 8, DEV_CPU, err, sizeof err), 0);
+    graph_init_params(g, 2);
+    optim_t o;
+    const optim_cfg_t oc = {.kind = OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    assert_int_equal(optim_init(&o, &oc, 0, g->nweights), 0);
+    g->training = 1;
+    for (int step = 0; step < 3; step++) {
+        counting = step > 0;
+        graph_forward(g, 8);
+        graph_backward(g);
+        optim_step(&o, g->params, g->grads, optim_lr(&oc, step, 3));
+        counting = 0;
+    }
+    assert_int_equal(allocs, 0);
+    optim_free(&o);
+    graph_destroy(g);
+}
+
+/* shape errors name the layer */
+static void shape_errors(void **st) {
+    (void)st;
+    layer_spec_t specs[LAYERS_MAX];
+    char err[256];
+    graph_t *g;
+    int ns = layers_parse("linear(10) conv(3,3)", specs, LAYERS_MAX, err, sizeof err);
+    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 28, 28}, 10, 4, DEV_CPU, err, sizeof err), -1);
+    assert_non_null(strstr(err, "layer 2 (conv) needs an image input"));
+    ns = layers_parse("maxpool(5)", specs, LAYERS_MAX, err, sizeof err);
+    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 3, 3}, 10, 4, DEV_CPU, err, sizeof err), -1);
+    assert_non_null(strstr(err, "kernel 5 is larger than its 3x3 input"));
+    ns = layers_parse("linear(7)", specs, LAYERS_MAX, err, sizeof err);
+    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 1, 4}, 10, 4, DEV_CPU, err, sizeof err), -1);
+    assert_non_null(strstr(err, "produces 7 outputs but the data has 10 classes"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(grad_linear),         cmocka_unit_test(grad_relu),
+        cmocka_unit_test(grad_gelu),           cmocka_unit_test(grad_tanh),
+        cmocka_unit_test(grad_dropout),        cmocka_unit_test(grad_conv_strided),
+        cmocka_unit_test(grad_conv_same),      cmocka_unit_test(grad_maxpool),
+        cmocka_unit_test(grad_maxpool_overlap), cmocka_unit_test(grad_softmax_ce),
+        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_whole_mlp),
+        cmocka_unit_test(layout_and_callback), cmocka_unit_test(accumulation),
+        cmocka_unit_test(step_allocates_nothing), cmocka_unit_test(shape_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
