@@ -88,14 +88,16 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tests/run-tests
 
-# Until the training runtime lands: a short collectives demo on 2 ranks.
+# The default job. One process until the data-parallel engine lands (issue 4),
+# then 2 ranks through launch/ddprun.
 run: deps
 	@$(MAKE) --no-print-directory all
-	launch/ddprun-demo $(BUILD)
+	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 $(TRAIN) configs/fmnist-mlp.ini
 
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tests/bench/compare-native
+	@BUILD=$(BUILD) tests/bench/train-vs-pytorch
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

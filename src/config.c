@@ -122,7 +122,7 @@ static int set_key(config_t *c, const key_def_t *k, const char *v, char *err, si
             return -1;
         }
         if (d < k->lo || d > k->hi) {
-            snprintf(err, errlen, "[%s] %s: %s is out of range [%g, %g]", k->section, k->key, v, k->lo, k->hi);
+            snprintf(err, errlen, "[%s] %s: %s is out of range [%.15g, %.15g]", k->section, k->key, v, k->lo, k->hi);
             return -1;
         }
         if (k->type == T_INT) *(int *)(base + k->off) = (int)d;
@@ -161,7 +161,7 @@ static int set_key(config_t *c, const key_def_t *k, const char *v, char *err, si
             errno = 0;
             const long x = strtol(p, &end, 10);
             if (end == p || errno || n == CFG_LIST_MAX || x < k->lo || x > k->hi) {
-                snprintf(err, errlen, "[%s] %s: expected up to %d comma-separated integers in [%g, %g], got '%s'",
+                snprintf(err, errlen, "[%s] %s: expected up to %d comma-separated integers in [%.15g, %.15g], got '%s'",
                          k->section, k->key, CFG_LIST_MAX, k->lo, k->hi, v);
                 return -1;
             }
