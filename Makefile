@@ -28,7 +28,7 @@ TRAIN := $(BUILD)/bin/ddp-train
 
 BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor
 TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
-	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config
+	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean
 all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS)
@@ -60,6 +60,10 @@ $(TRAIN): $(BUILD)/obj/src/main.o $(RT_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 
+$(BUILD)/tests/cmp-params: $(BUILD)/obj/tests/e2e/cmp_params.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
 # test_graph counts heap allocations during training steps
 $(BUILD)/tests/test_graph: LDFLAGS_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
 
@@ -88,11 +92,10 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tests/run-tests
 
-# The default job. One process until the data-parallel engine lands (issue 4),
-# then 2 ranks through launch/ddprun.
+# The default job: the Fashion-MNIST MLP on 2 ranks.
 run: deps
 	@$(MAKE) --no-print-directory all
-	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 $(TRAIN) configs/fmnist-mlp.ini
+	DDP_TRAIN=$(TRAIN) launch/ddprun -np 2 -- configs/fmnist-mlp.ini
 
 bench: deps
 	@$(MAKE) --no-print-directory all

@@ -191,6 +191,7 @@ struct coll_request {
     coll_result_t local; /* validation result, for COLL_CHECK's agreement */
     coll_result_t result;
     int ghost; /* runs only for the agreement; freed by the progress thread */
+    double t_start, t_end; /* CLOCK_MONOTONIC seconds around its execution */
     atomic_int done;
     struct coll_request *next;
     struct coll_request *all_next;

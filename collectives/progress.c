@@ -15,8 +15,15 @@
  * Without MPI_THREAD_MULTIPLE two threads may not call MPI at once, so the
  * operation then runs to completion inside the call that starts it. */
 #include <stdlib.h>
+#include <time.h>
 
 #include "coll_internal.h"
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 #define REQ_MAGIC 0xC0117E57u
 
@@ -30,9 +37,13 @@ static void *progress_main(void *arg) {
         c->q_head = r->next;
         if (!c->q_head) c->q_tail = NULL;
         pthread_mutex_unlock(&c->q_lock);
+        const double t0 = mono_s();
         coll_result_t rc = coll_execute(&c->async, &r->args, r->local);
+        const double t1 = mono_s();
         pthread_mutex_lock(&c->q_lock);
         r->result = rc;
+        r->t_start = t0;
+        r->t_end = t1;
         c->outstanding--;
         if (r->ghost) {
             r->magic = 0;
@@ -72,13 +83,17 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
                                    coll_request_t *out) {
     *out = NULL;
     if (!c->thread_multiple) {
+        const double t0 = mono_s();
         coll_result_t rc = coll_execute(&c->sync, a, local);
+        const double t1 = mono_s();
         if (rc != COLL_SUCCESS) return rc;
         pthread_mutex_lock(&c->q_lock);
         struct coll_request *r = req_get(c);
         pthread_mutex_unlock(&c->q_lock);
         if (!r) return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
         req_init(r, c, a, COLL_SUCCESS, 0);
+        r->t_start = t0;
+        r->t_end = t1;
         atomic_store(&r->done, 1);
         *out = r;
         return COLL_SUCCESS;
@@ -131,16 +146,20 @@ static coll_result_t req_release(coll_request_t r) {
     return rc;
 }
 
-coll_result_t coll_wait(coll_request_t r) {
+coll_result_t coll_wait_timed(coll_request_t r, double *start_s, double *end_s) {
     coll_result_t rc = req_check(r, "coll_wait");
     if (rc != COLL_SUCCESS) return rc;
     coll_comm_t c = r->comm;
     pthread_mutex_lock(&c->q_lock);
     while (!atomic_load(&r->done)) pthread_cond_wait(&c->done_cond, &c->q_lock);
+    if (start_s) *start_s = r->t_start;
+    if (end_s) *end_s = r->t_end;
     rc = req_release(r);
     pthread_mutex_unlock(&c->q_lock);
     return rc;
 }
+
+coll_result_t coll_wait(coll_request_t r) { return coll_wait_timed(r, NULL, NULL); }
 
 coll_result_t coll_test(coll_request_t r, int *done) {
     if (!done) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_test: done is NULL");

@@ -153,6 +153,10 @@ coll_result_t coll_ireduce(const void *sendbuf, void *recvbuf, size_t count,
 
 /* Blocks until req is complete, frees it and returns the operation's result. */
 coll_result_t coll_wait(coll_request_t req);
+/* As coll_wait, and reports when the operation started and finished
+ * executing (CLOCK_MONOTONIC seconds; either pointer may be NULL): the time
+ * it really occupied, as opposed to the time the caller waited for it. */
+coll_result_t coll_wait_timed(coll_request_t req, double *start_s, double *end_s);
 /* Sets *done; when it is 1, req has been freed and the return value is the
  * operation's result. */
 coll_result_t coll_test(coll_request_t req, int *done);

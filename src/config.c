@@ -55,6 +55,16 @@ static const key_def_t keys[] = {
     {"log", "metrics", T_STR, F(metrics), 0, 0, 0, NULL, "", 0},
     {"log", "every_steps", T_LONG, F(every_steps), 0, 1, BIG, NULL, "100", 0},
     {"log", "progress", T_ENUM, F(progress), 0, 0, 0, "auto|on|off", "auto", 0},
+    {"log", "params", T_STR, F(params_out), 0, 0, 0, NULL, "", 0},
+    {"ddp", "bucket_mb", T_DOUBLE, F(bucket_mb), 0, 1e-6, 1e6, NULL, "1", 0},
+    {"ddp", "overlap", T_BOOL, F(overlap), 0, 0, 1, NULL, "true", 0},
+    {"ddp", "accumulate", T_INT, F(accumulate), 0, 1, 1 << 20, NULL, "1", 0},
+    {"ddp", "zero", T_INT, F(zero), 0, 0, 1, NULL, "0", 0},
+    {"ddp", "algorithm", T_ENUM, F(algorithm), 0, 0, 0, "auto|ring|rd|native", "auto", 0},
+    {"ddp", "timeout_s", T_DOUBLE, F(timeout_s), 0, 0, 1e9, NULL, "30", 0},
+    {"checkpoint", "dir", T_STR, F(ckpt_dir), 0, 0, 0, NULL, "", 0},
+    {"checkpoint", "every_steps", T_LONG, F(ckpt_every), 0, 0, BIG, NULL, "0", 0},
+    {"checkpoint", "resume", T_ENUM, F(resume), 0, 0, 0, "auto|never", "auto", 0},
 };
 #define NKEYS (int)(sizeof keys / sizeof keys[0])
 _Static_assert(sizeof keys / sizeof keys[0] <= CFG_KEYS_MAX, "raise CFG_KEYS_MAX");
@@ -314,6 +324,10 @@ int config_validate(const config_t *c, char *err, size_t errlen) {
     }
     if (c->dataset == CFG_DATA_SYNTHETIC && c->nshape > 3) {
         snprintf(err, errlen, "%s: [data] shape: at most 3 dimensions (C,H,W)", origin_of(c, "data", "shape"));
+        return -1;
+    }
+    if (c->ckpt_every > 0 && !c->ckpt_dir[0]) {
+        snprintf(err, errlen, "%s: [checkpoint] every_steps needs [checkpoint] dir", origin_of(c, "checkpoint", "every_steps"));
         return -1;
     }
     if (c->optim == CFG_OPTIM_SGD && c->nesterov && c->momentum == 0.0) {

@@ -42,6 +42,18 @@ typedef struct config {
     char metrics[CFG_STR_MAX];
     long every_steps;
     int progress;               /* CFG_PROGRESS_* */
+    char params_out[CFG_STR_MAX]; /* final parameters, raw float32 */
+    /* [ddp] */
+    double bucket_mb;
+    int overlap;
+    int accumulate;
+    int zero;
+    int algorithm;              /* coll_algo_t order: auto|ring|rd|native */
+    double timeout_s;
+    /* [checkpoint] */
+    char ckpt_dir[CFG_STR_MAX];
+    long ckpt_every;
+    int resume;                 /* CFG_RESUME_* */
     /* where each key was last set ("file:line", "override '...'"), for
      * messages about combinations of keys; "" for defaults */
     char origin[CFG_KEYS_MAX][128];
@@ -53,6 +65,7 @@ enum { CFG_DATA_FMNIST, CFG_DATA_SYNTHETIC };
 enum { CFG_OPTIM_SGD, CFG_OPTIM_ADAMW };
 enum { CFG_SCHED_CONSTANT, CFG_SCHED_STEP, CFG_SCHED_COSINE };
 enum { CFG_PROGRESS_AUTO, CFG_PROGRESS_ON, CFG_PROGRESS_OFF };
+enum { CFG_RESUME_AUTO, CFG_RESUME_NEVER };
 
 /* Defaults for every key. */
 void config_defaults(config_t *c);

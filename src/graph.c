@@ -189,12 +189,23 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
     memcpy(g->param, placed, (size_t)np * sizeof *placed);
     free(placed);
     g->nweights = off;
-    if (!(g->params = tensor_alloc(off)) || !(g->grads = tensor_alloc(off))) OOM("parameters");
+    if (graph_pad_params(g, 1)) OOM("parameters");
     *out = g;
     return 0;
 fail:
     graph_destroy(g);
     return -1;
+}
+
+int graph_pad_params(graph_t *g, size_t multiple) {
+    const size_t n = (g->nweights + multiple - 1) / multiple * multiple;
+    tensor_free(g->params);
+    tensor_free(g->grads);
+    g->grads = NULL;
+    g->nalloc = n;
+    g->params = tensor_alloc_huge(n);
+    if (g->params) g->grads = tensor_alloc_huge(n);
+    return g->params && g->grads ? 0 : -1;
 }
 
 int graph_enable_input_grad(graph_t *g) {

@@ -53,7 +53,8 @@ typedef struct graph {
     int *order; /* topological order of nodes */
     int nparam;
     param_info_t *param;
-    size_t nweights; /* floats in params (and grads) */
+    size_t nweights; /* floats of parameters in params (and grads) */
+    size_t nalloc;   /* floats allocated: nweights rounded up by graph_pad_params; the tail stays 0 */
     float *params, *grads;
     float loss;       /* mean loss of the last forward */
     float loss_scale; /* multiplies the loss gradient (1/K for K accumulation steps) */
@@ -84,6 +85,11 @@ void graph_backward(graph_t *g);
 int graph_correct(const graph_t *g);
 /* The model's output probabilities, [n, classes]. */
 const float *graph_probs(const graph_t *g);
+
+/* Reallocates params and grads (zeroed, before graph_init_params) so their
+ * length is a multiple of `multiple` (ZeRO shards and reduce-scatter need
+ * equal pieces). 0, or -1 when out of memory. */
+int graph_pad_params(graph_t *g, size_t multiple);
 
 /* Makes backward also produce the gradient of the input (g->dinput), for
  * gradient checks and input attributions. 0, or -1 when out of memory. */

@@ -1,11 +1,20 @@
 /* ddp-train CONFIG.ini [section.key=value ...]
  *
  * Runs one training job. Directly it is one process (an MPI singleton);
- * under mpirun every rank runs this same program. */
+ * under mpirun (launch/ddprun) every rank runs this same program and the
+ * ranks train one model data-parallel.
+ *
+ * Failure policy: problems found at start-up (config, data, a rank with a
+ * different config) are agreed on by all ranks, so every rank exits with a
+ * message and status 2 (1 for a failed start after the ranks connected). A
+ * failure during training (a lost or silent rank, a write error) aborts the
+ * whole job (MPI_Abort) so no rank is left waiting. */
 #include <mpi.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "train.h"
@@ -15,6 +24,7 @@ static void usage(FILE *f) {
             "usage: ddp-train CONFIG.ini [section.key=value ...]\n"
             "       ddp-train --print-config CONFIG.ini [section.key=value ...]\n"
             "Trains the model CONFIG describes; overrides replace keys of the file.\n"
+            "Several ranks: launch/ddprun -np P -- CONFIG.ini [section.key=value ...]\n"
             "Keys and their meaning: configs/README.md\n");
 }
 
@@ -23,30 +33,95 @@ static int finish(int rc) {
     return rc;
 }
 
+static uint64_t fnv1a(const char *s, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Every rank must train the same job: compare a hash of the effective
+ * configuration. Returns 0, or -1 after every rank printed why. */
+static int same_config_everywhere(const config_t *cfg, int rank, int ranks) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (f) {
+        config_write(cfg, f, 0);
+        fclose(f);
+    }
+    unsigned long long mine = text ? fnv1a(text, len) : 0;
+    free(text);
+    unsigned long long *all = malloc((size_t)ranks * sizeof *all);
+    if (!all) return -1;
+    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
+    int bad = -1;
+    for (int r = 1; r < ranks && bad < 0; r++)
+        if (all[r] != all[0]) bad = r;
+    if (bad >= 0)
+        fprintf(stderr,
+                "ddp-train: rank %d: the configuration differs between ranks (rank %d's hash %016llx, rank 0's %016llx); "
+                "every rank must get the same CONFIG and overrides\n",
+                rank, bad, all[bad], all[0]);
+    free(all);
+    return bad >= 0 ? -1 : 0;
+}
+
+/* After training: every replica must hold the same parameters. */
+static int replicas_identical(const trainer_t *t) {
+    unsigned long long mine = trainer_params_hash(t), *all = malloc((size_t)t->ranks * sizeof *all);
+    if (!all) return -1;
+    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
+    int rc = 0;
+    for (int r = 1; r < t->ranks; r++)
+        if (all[r] != all[0]) {
+            if (t->rank == 0)
+                fprintf(stderr, "ddp-train: replicas diverged: rank %d's parameters hash %016llx, rank 0's %016llx\n", r,
+                        all[r], all[0]);
+            rc = -1;
+        }
+    if (!rc && t->rank == 0 && t->ranks > 1)
+        printf("ddp-train: replicas identical on %d ranks (parameter hash %016llx)\n", t->ranks, all[0]);
+    free(all);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     int provided, rank = 0, ranks = 1;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+    /* DDP_PID_DIR: each rank writes rank-R.pid there (for fault tests and
+     * tools that signal one rank) */
+    const char *pid_dir = getenv("DDP_PID_DIR");
+    if (pid_dir) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/rank-%d.pid", pid_dir, rank);
+        FILE *f = fopen(p, "w");
+        if (f) fprintf(f, "%d\n", (int)getpid()), fclose(f);
+    }
     int a = 1, print_only = 0;
     if (a < argc && (!strcmp(argv[a], "-h") || !strcmp(argv[a], "--help"))) {
         if (rank == 0) usage(stdout);
         return finish(0);
     }
     if (a < argc && !strcmp(argv[a], "--print-config")) print_only = 1, a++;
-    if (a >= argc) {
-        if (rank == 0) usage(stderr);
-        return finish(2);
-    }
+    char err[1024] = "";
     config_t *cfg = malloc(sizeof *cfg);
-    char err[1024];
-    if (!cfg) return finish(1);
-    config_defaults(cfg);
-    int rc = config_load(cfg, argv[a], err, sizeof err);
+    int rc = cfg ? 0 : -1;
+    if (a >= argc) {
+        snprintf(err, sizeof err, "no CONFIG given");
+        rc = -1;
+    }
+    if (!rc) {
+        config_defaults(cfg);
+        rc = config_load(cfg, argv[a], err, sizeof err);
+    }
     for (int i = a + 1; !rc && i < argc; i++) rc = config_override(cfg, argv[i], err, sizeof err);
     if (!rc) rc = config_validate(cfg, err, sizeof err);
-    if (rc) {
-        fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+    if (rc && a >= argc && rank == 0) usage(stderr);
+    /* all ranks learn whether any rank could not read its configuration */
+    if (trainer_agree(MPI_COMM_WORLD, rc != 0, err, sizeof err) || same_config_everywhere(cfg, rank, ranks)) {
+        if (err[0]) fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
         free(cfg);
         return finish(2);
     }
@@ -55,24 +130,24 @@ int main(int argc, char **argv) {
         free(cfg);
         return finish(0);
     }
-    if (ranks > 1) {
-        /* the data-parallel engine is issue 4; independent replicas would
-         * silently train P different models */
-        if (rank == 0) fprintf(stderr, "ddp-train: %d ranks: data-parallel training is not built yet; run one process\n", ranks);
+    trainer_t t;
+    if (trainer_init(&t, cfg, MPI_COMM_WORLD, err, sizeof err)) {
+        fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+        trainer_free(&t);
         free(cfg);
         return finish(2);
     }
-    trainer_t t;
-    rc = trainer_init(&t, cfg, rank, ranks, err, sizeof err);
-    if (!rc) {
-        if (rank == 0) {
-            printf("ddp-train: %s: %zu parameters, %d training samples, batch %d x %d ranks, %ld steps\n", argv[a],
-                   t.g->nweights, t.train.n, cfg->batch_size, ranks, t.total_steps);
-            fflush(stdout);
-        }
-        rc = trainer_run(&t, err, sizeof err);
+    if (rank == 0) {
+        printf("ddp-train: %s: %zu parameters, %d training samples, batch %d x %d ranks x %d accumulation, %ld steps\n",
+               argv[a], t.g->nweights, t.train.n, cfg->batch_size, ranks, cfg->accumulate, t.total_steps);
+        fflush(stdout);
     }
-    if (rc) fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+    if (trainer_run(&t, err, sizeof err)) {
+        fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1); /* the other ranks may be blocked in a collective */
+    }
+    rc = replicas_identical(&t);
     trainer_free(&t);
     free(cfg);
     return finish(rc ? 1 : 0);

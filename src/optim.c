@@ -11,13 +11,15 @@ int optim_state_arrays(const optim_t *o) {
     return o->cfg.momentum != 0.0f ? 1 : 0;
 }
 
-int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t lo, size_t hi) {
-    *o = (optim_t){.cfg = *cfg, .lo = lo, .hi = hi};
+int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t n) {
+    *o = (optim_t){.cfg = *cfg, .n = n};
     const int k = optim_state_arrays(o);
-    if (k >= 1 && !(o->m = tensor_alloc(hi - lo))) return -1;
-    if (k >= 2 && !(o->v = tensor_alloc(hi - lo))) return optim_free(o), -1;
+    if (k >= 1 && !(o->m = tensor_alloc(n))) return -1;
+    if (k >= 2 && !(o->v = tensor_alloc(n))) return optim_free(o), -1;
     return 0;
 }
+
+float *optim_state(const optim_t *o, int k) { return k == 0 ? o->m : k == 1 ? o->v : NULL; }
 
 void optim_free(optim_t *o) {
     tensor_free(o->m);
@@ -57,11 +59,19 @@ HOT_LOOP static void adamw(const optim_cfg_t *c, long t, float *restrict p, cons
     }
 }
 
+void optim_begin(optim_t *o) { o->t++; }
+
+void optim_update(optim_t *o, float *params, const float *grads, size_t lo, size_t hi, size_t state_at, float lr) {
+    const size_t n = hi - lo;
+    if (o->cfg.kind == OPTIM_ADAMW)
+        adamw(&o->cfg, o->t, params + lo, grads + lo, o->m + state_at, o->v + state_at, n, lr);
+    else
+        sgd(&o->cfg, params + lo, grads + lo, o->m ? o->m + state_at : NULL, n, lr);
+}
+
 void optim_step(optim_t *o, float *params, const float *grads, float lr) {
-    const size_t n = o->hi - o->lo;
-    o->t++;
-    if (o->cfg.kind == OPTIM_ADAMW) adamw(&o->cfg, o->t, params + o->lo, grads + o->lo, o->m, o->v, n, lr);
-    else sgd(&o->cfg, params + o->lo, grads + o->lo, o->m, n, lr);
+    optim_begin(o);
+    optim_update(o, params, grads, 0, o->n, 0, lr);
 }
 
 float optim_lr(const optim_cfg_t *c, long step, long total) {

@@ -1,6 +1,7 @@
-/* Optimisers and learning-rate schedules on the flat buffers. An update
- * covers a range [lo, hi) of the parameters, so ZeRO shards and full
- * replicas run the same loop; optimiser state is sized for that range. */
+/* Optimisers and learning-rate schedules on the flat buffers. State (momentum,
+ * Adam moments) is one array per kind, sized for the parameters this rank
+ * updates: all of them, or under ZeRO-1 only its shard, which may be several
+ * slices of the flat buffer laid end to end in the state arrays. */
 #ifndef DDP_OPTIM_H
 #define DDP_OPTIM_H
 
@@ -24,18 +25,25 @@ typedef struct optim_cfg {
 
 typedef struct optim {
     optim_cfg_t cfg;
-    size_t lo, hi;   /* the range of parameters this optimiser updates */
-    float *m, *v;    /* state for [lo, hi): momentum / Adam moments */
-    long t;          /* updates done (Adam's bias correction) */
+    size_t n;        /* parameters covered by the state */
+    float *m, *v;    /* momentum / Adam moments, n each (or NULL) */
+    long t;          /* optimiser steps done (Adam's bias correction) */
 } optim_t;
 
-/* Allocates zeroed state for [lo, hi); returns 0 or -1 (out of memory). */
-int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t lo, size_t hi);
+/* Allocates zeroed state for n parameters; returns 0 or -1 (out of memory). */
+int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t n);
 void optim_free(optim_t *o);
-/* Floats of state per parameter (checkpoints save 0, 1 or 2 arrays). */
+/* State arrays per parameter: 0 (plain SGD), 1 (momentum) or 2 (Adam). */
 int optim_state_arrays(const optim_t *o);
+/* The k-th state array (k < optim_state_arrays), n floats. */
+float *optim_state(const optim_t *o, int k);
 
-/* One update of params[lo, hi) from grads[lo, hi) (full-buffer pointers). */
+/* Starts an optimiser step (advances t); then optim_update for each slice. */
+void optim_begin(optim_t *o);
+/* Updates params[lo, hi) from grads[lo, hi) (full-buffer pointers) with
+ * state entries [state_at, state_at + hi - lo). */
+void optim_update(optim_t *o, float *params, const float *grads, size_t lo, size_t hi, size_t state_at, float lr);
+/* optim_begin + optim_update over all n parameters. */
 void optim_step(optim_t *o, float *params, const float *grads, float lr);
 
 /* Learning rate for update number `step` (0-based) of `total`. */

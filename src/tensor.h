@@ -30,5 +30,8 @@ void tensor_shape(tensor_t *t, int ndim, const int *dim);
 /* 64-byte aligned, zeroed allocation for n floats; NULL on failure. */
 float *tensor_alloc(size_t n);
 void tensor_free(float *p);
+/* As tensor_alloc, but 2 MiB aligned and backed by transparent huge pages
+ * when large: cross-process copies (CMA) of such buffers run ~35% faster. */
+float *tensor_alloc_huge(size_t n);
 
 #endif

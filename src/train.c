@@ -1,10 +1,13 @@
 #include "train.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "checkpoint.h"
 #include "model.h"
 
 static int load_data(trainer_t *t, char *err, size_t errlen) {
@@ -25,75 +28,198 @@ static optim_cfg_t optim_config(const config_t *c) {
     };
 }
 
-int trainer_init(trainer_t *t, const config_t *cfg, int rank, int ranks, char *err, size_t errlen) {
+/* DDP_FAULT=exit@STEP | kill-in-checkpoint@STEP: test hooks that end the
+ * process abruptly after step STEP, or half-way through writing its
+ * checkpoint, to test resuming. */
+static void parse_faults(trainer_t *t) {
+    const char *f = getenv("DDP_FAULT");
+    long s;
+    if (!f) return;
+    if (sscanf(f, "exit@%ld", &s) == 1) t->fault_exit_at = s;
+    if (sscanf(f, "kill-in-checkpoint@%ld", &s) == 1) t->fault_ckpt_at = s;
+}
+
+static int bcast(trainer_t *t, void *buf, size_t n, coll_dtype_t type, char *err, size_t errlen) {
+    if (!t->ddp || ddp_broadcast(t->ddp, buf, n, type) == 0) return 0;
+    snprintf(err, errlen, "%s", ddp_error(t->ddp));
+    return -1;
+}
+
+static float *state_array(trainer_t *t, int k) { return optim_state(&t->opt, k); }
+
+/* Rank 0 reads the newest checkpoint; everyone gets its parameters, optimiser
+ * state and position. Returns 0 (resumed or nothing to resume) or -1. */
+static int resume(trainer_t *t, char *err, size_t errlen) {
+    const int ns = optim_state_arrays(&t->opt);
+    const int zero = t->cfg.zero && t->ddp;
+    const size_t N = t->g->nalloc;
+    float *full[2] = {NULL, NULL};
+    for (int k = 0; k < ns; k++) full[k] = zero ? t->ckpt_state + (size_t)k * N : state_array(t, k);
+    double meta[5] = {0}; /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t */
+    char path[4300] = "";
+    if (t->rank == 0) {
+        const int found = ckpt_find(t->cfg.ckpt_dir, path, sizeof path, err, errlen);
+        ckpt_meta_t m = {.nweights = t->g->nweights, .state_arrays = ns};
+        if (found < 0) meta[0] = -1;
+        else if (found == 1 && ckpt_load(path, &m, t->model_text, t->g->params, full, err, errlen)) meta[0] = -1;
+        else if (found == 1) {
+            meta[0] = 1, meta[1] = (double)m.step, meta[4] = (double)m.optim_t;
+            meta[2] = (double)(m.seed >> 32), meta[3] = (double)(m.seed & 0xffffffffu);
+        }
+    }
+    if (bcast(t, meta, 5, COLL_FLOAT64, err, errlen)) return -1;
+    if (meta[0] < 0) {
+        if (t->rank != 0) snprintf(err, errlen, "rank 0 could not resume from its checkpoint (see its message)");
+        return -1;
+    }
+    if (meta[0] == 0) return 0;
+    if (bcast(t, t->g->params, N, COLL_FLOAT32, err, errlen)) return -1;
+    for (int k = 0; k < ns; k++) {
+        if (bcast(t, full[k], N, COLL_FLOAT32, err, errlen)) return -1;
+        if (!zero) continue;
+        const size_t *lo, *hi;
+        const int nsl = ddp_shard(t->ddp, &lo, &hi);
+        float *st = state_array(t, k);
+        for (int i = 0; i < nsl; st += hi[i] - lo[i], i++) memcpy(st, full[k] + lo[i], (hi[i] - lo[i]) * sizeof(float));
+    }
+    t->step = (long)meta[1];
+    t->opt.t = (long)meta[4];
+    t->seed = (uint64_t)meta[2] << 32 | (uint64_t)meta[3];
+    t->g->seed = t->seed;
+    if (t->rank == 0) {
+        printf("ddp-train: resumed from %s at step %ld\n", path, t->step);
+        if (t->seed != (uint64_t)t->cfg.seed)
+            printf("ddp-train: note: the checkpoint's seed %llu is used for data order and dropout, not [train] seed %ld\n",
+                   (unsigned long long)t->seed, t->cfg.seed);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen) {
+    int me, first;
+    MPI_Comm_rank(comm, &me);
+    int mine = failed ? me : INT_MAX;
+    MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (first == INT_MAX) return 0;
+    if (!failed) snprintf(err, errlen, "rank %d could not start (see its message); stopping", first);
+    return -1;
+}
+
+/* the local set-up failed on this rank: tell the others, then fail */
+#define SETUP_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto setup_failed; } while (0)
+
+int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen) {
     memset(t, 0, sizeof *t);
     t->t_begin = now_s();
     t->cfg = *cfg;
-    t->rank = rank;
-    t->ranks = ranks;
+    MPI_Comm_rank(comm, &t->rank);
+    MPI_Comm_size(comm, &t->ranks);
     t->last_acc = -1;
-    if (load_data(t, err, errlen)) return -1;
+    t->seed = (uint64_t)cfg->seed;
+    parse_faults(t);
+
+    /* local set-up: data, model, buffers */
+    if (load_data(t, err, errlen)) goto setup_failed;
     const int B = cfg->batch_size;
-    if (t->train.n < B) {
-        snprintf(err, errlen, "[data] batch_size: %d is larger than the training set (%d samples)", B, t->train.n);
-        return -1;
-    }
+    t->global_batch = (long)t->ranks * B * cfg->accumulate;
+    if (t->train.n < t->global_batch)
+        SETUP_FAIL("[data] batch_size: %d x %d ranks x %d accumulation steps is larger than the training set (%d samples)",
+                   B, t->ranks, cfg->accumulate, t->train.n);
     layer_spec_t specs[LAYERS_MAX];
     const int n = model_layers(cfg, t->train.classes, specs, LAYERS_MAX, err, errlen);
-    if (n < 0) return -1;
+    if (n < 0) goto setup_failed;
     char e[512];
-    if (graph_create(&t->g, specs, n, t->train.shape, t->train.classes, B, DEV_CPU, e, sizeof e)) {
-        snprintf(err, errlen, "[model]: %s", e);
-        return -1;
+    if (graph_create(&t->g, specs, n, t->train.shape, t->train.classes, B, DEV_CPU, e, sizeof e))
+        SETUP_FAIL("[model]: %s", e);
+    if (graph_pad_params(t->g, (size_t)t->ranks)) SETUP_FAIL("out of memory for parameters");
+    graph_init_params(t->g, t->seed);
+    t->g->seed = t->seed;
+    t->g->rank = t->rank;
+    FILE *mt = fmemopen(t->model_text, sizeof t->model_text - 1, "w");
+    if (mt) {
+        config_write(cfg, mt, 1);
+        fclose(mt);
     }
-    graph_init_params(t->g, (uint64_t)cfg->seed);
-    t->g->seed = (uint64_t)cfg->seed;
-    t->g->rank = rank;
-    t->ocfg = optim_config(cfg);
-    t->steps_per_epoch = t->train.n / B;
+    t->steps_per_epoch = t->train.n / t->global_batch;
     t->total_steps = t->steps_per_epoch * cfg->epochs;
     if (cfg->max_steps > 0 && cfg->max_steps < t->total_steps) t->total_steps = cfg->max_steps;
     t->perm = malloc((size_t)t->train.n * sizeof *t->perm);
     t->step_ms = calloc((size_t)t->total_steps + 1, sizeof *t->step_ms);
-    if (!t->perm || !t->step_ms || optim_init(&t->opt, &t->ocfg, 0, t->g->nweights)) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
+    t->exposed_ms = calloc((size_t)t->total_steps + 1, sizeof *t->exposed_ms);
+    t->comm_ms = calloc((size_t)t->total_steps + 1, sizeof *t->comm_ms);
+    if (!t->perm || !t->step_ms || !t->exposed_ms || !t->comm_ms) SETUP_FAIL("out of memory");
+    if (metrics_open(&t->m, t->rank == 0 ? cfg->metrics : "", t->rank == 0 ? cfg->progress : CFG_PROGRESS_OFF, err, errlen))
+        goto setup_failed;
+
+    /* every rank must get here before the first collective, or the others
+     * would wait for it forever */
+    if (trainer_agree(comm, 0, err, errlen)) return -1;
+    if (t->ranks > 1) {
+        const ddp_options_t o = {.bucket_mb = cfg->bucket_mb, .overlap = cfg->overlap, .zero = cfg->zero,
+                                 .algorithm = (coll_algo_t)cfg->algorithm, .timeout_s = cfg->timeout_s};
+        if (ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen)) return -1;
+        t->g->on_grad = ddp_grad_ready;
+        t->g->on_grad_user = t->ddp;
+        /* every replica starts from rank 0's parameters, whatever its seed */
+        if (bcast(t, t->g->params, t->g->nalloc, COLL_FLOAT32, err, errlen)) return -1;
     }
-    return metrics_open(&t->m, rank == 0 ? cfg->metrics : "", rank == 0 ? cfg->progress : CFG_PROGRESS_OFF, err, errlen);
+    t->ocfg = optim_config(cfg);
+    if (optim_init(&t->opt, &t->ocfg, t->ddp ? ddp_shard_size(t->ddp) : t->g->nalloc))
+        return snprintf(err, errlen, "out of memory for the optimiser state"), -1;
+    if (t->ddp && cfg->zero && cfg->ckpt_dir[0] &&
+        !(t->ckpt_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc + 1)))
+        return snprintf(err, errlen, "out of memory for checkpoint staging"), -1;
+    if (cfg->ckpt_dir[0] && cfg->resume == CFG_RESUME_AUTO && resume(t, err, errlen)) return -1;
+    return 0;
+setup_failed:
+    trainer_agree(comm, 1, err, errlen);
+    return -1;
 }
 
 void trainer_free(trainer_t *t) {
     metrics_close(&t->m);
+    ddp_destroy(t->ddp);
     graph_destroy(t->g);
     optim_free(&t->opt);
     dataset_free(&t->train);
     dataset_free(&t->test);
     free(t->perm);
     free(t->step_ms);
-    t->g = NULL;
-    t->perm = NULL;
-    t->step_ms = NULL;
+    free(t->exposed_ms);
+    free(t->comm_ms);
+    tensor_free(t->ckpt_state);
+    memset(t, 0, sizeof *t);
 }
 
-void trainer_evaluate(trainer_t *t, double *acc, double *loss) {
+uint64_t trainer_params_hash(const trainer_t *t) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    const unsigned char *p = (const unsigned char *)t->g->params;
+    for (size_t i = 0; i < t->g->nweights * sizeof(float); i++) h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     graph_t *g = t->g;
     const int B = g->batch;
-    long correct = 0;
-    double lsum = 0.0;
-    uint32_t idx[4096];
+    const int lo = (int)((long)t->test.n * t->rank / t->ranks), hi = (int)((long)t->test.n * (t->rank + 1) / t->ranks);
+    double sums[2] = {0, 0}; /* correct, loss x samples */
+    uint32_t idx[1024];
     g->training = 0;
-    for (int i = 0; i < t->test.n; i += B) {
-        const int n = t->test.n - i < B ? t->test.n - i : B;
-        for (int k = 0; k < n; k += 4096) {
-            const int m = n - k < 4096 ? n - k : 4096;
+    for (int i = lo; i < hi; i += B) {
+        const int n = hi - i < B ? hi - i : B;
+        for (int k = 0; k < n; k += 1024) {
+            const int m = n - k < 1024 ? n - k : 1024;
             for (int j = 0; j < m; j++) idx[j] = (uint32_t)(i + k + j);
             data_gather(&t->test, idx, m, g->input.data + (size_t)k * tensor_sample_size(&g->input), g->labels + k);
         }
-        lsum += (double)graph_forward(g, n) * n;
-        correct += graph_correct(g);
+        sums[1] += (double)graph_forward(g, n) * n;
+        sums[0] += graph_correct(g);
     }
-    *acc = t->test.n ? (double)correct / t->test.n : 0.0;
-    *loss = t->test.n ? lsum / t->test.n : 0.0;
+    if (t->ddp && ddp_allreduce_double(t->ddp, sums, 2, COLL_SUM)) return -1;
+    *acc = t->test.n ? sums[0] / t->test.n : 0.0;
+    *loss = t->test.n ? sums[1] / t->test.n : 0.0;
+    return 0;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -115,55 +241,125 @@ static double median_after(const double *v, long n, long from) {
     return r;
 }
 
+static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
+    const int ns = optim_state_arrays(&t->opt);
+    float *state[2] = {NULL, NULL};
+    for (int k = 0; k < ns; k++) {
+        state[k] = state_array(t, k);
+        if (t->ckpt_state) { /* ZeRO: assemble the full state from the shards */
+            state[k] = t->ckpt_state + (size_t)k * t->g->nalloc;
+            if (ddp_gather_shards(t->ddp, state_array(t, k), state[k]))
+                return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+        }
+    }
+    if (t->rank != 0) return 0;
+    const ckpt_meta_t m = {.step = t->step, .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns,
+                           .nweights = t->g->nweights};
+    return ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, t->g->params, state, t->fault_ckpt_at == t->step, err, errlen);
+}
+
+/* One optimiser step: K micro-batches, gradient sync, update, gather.
+ * *loss = the mean loss of this rank's samples. 0, or -1 with err. */
+static int train_step(trainer_t *t, long b, float *loss_out, char *err, size_t errlen) {
+    graph_t *g = t->g;
+    const int B = t->cfg.batch_size, K = t->cfg.accumulate;
+    double loss = 0;
+    for (int k = 0; k < K; k++) {
+        const long base = b * t->global_batch + ((long)k * t->ranks + t->rank) * B;
+        data_gather(&t->train, t->perm + base, B, g->input.data, g->labels);
+        g->training = 1;
+        g->step = (uint64_t)(t->step * K + k);
+        g->accumulate = k > 0;
+        g->loss_scale = 1.0f / (float)K;
+        loss += graph_forward(g, B);
+        if (t->ddp && ddp_backward_begin(t->ddp, k == K - 1)) goto fail;
+        graph_backward(g);
+    }
+    if (t->ddp && ddp_sync(t->ddp)) goto fail;
+    const float lr = optim_lr(&t->ocfg, t->step, t->total_steps);
+    optim_begin(&t->opt);
+    if (t->ddp) {
+        const size_t *lo, *hi;
+        const int n = ddp_shard(t->ddp, &lo, &hi);
+        for (size_t i = 0, at = 0; i < (size_t)n; at += hi[i] - lo[i], i++)
+            optim_update(&t->opt, g->params, g->grads, lo[i], hi[i], at, lr);
+        if (ddp_gather(t->ddp)) goto fail;
+    } else {
+        optim_update(&t->opt, g->params, g->grads, 0, g->nalloc, 0, lr);
+    }
+    *loss_out = (float)(loss / K);
+    return 0;
+fail:
+    snprintf(err, errlen, "%s", ddp_error(t->ddp));
+    return -1;
+}
+
 #define WARMUP_STEPS 20
 
 int trainer_run(trainer_t *t, char *err, size_t errlen) {
-    (void)err, (void)errlen;
     const config_t *c = &t->cfg;
-    graph_t *g = t->g;
-    const int B = c->batch_size;
-    long step = 0;
-    int epoch = 0;
-    double loss = NAN;
+    const long first = t->step, spe = t->steps_per_epoch;
+    const int epochs = (int)((t->total_steps + spe - 1) / spe);
+    long perm_epoch = -1;
+    double logged_loss = NAN;
     t->m.t_start = now_s();
-    while (step < t->total_steps) {
-        epoch++;
-        data_permutation(t->perm, t->train.n, (uint64_t)c->seed, epoch - 1);
-        for (long b = 0; b < t->steps_per_epoch && step < t->total_steps; b++) {
-            const double s0 = now_s();
-            const uint32_t *idx = t->perm + b * B;
-            data_gather(&t->train, idx, B, g->input.data, g->labels);
-            g->training = 1;
-            g->step = (uint64_t)step;
-            loss = graph_forward(g, B);
-            graph_backward(g);
-            const float lr = optim_lr(&t->ocfg, step, t->total_steps);
-            optim_step(&t->opt, g->params, g->grads, lr);
-            const double ms = 1e3 * (now_s() - s0);
-            t->step_ms[step++] = ms;
-            if (step % c->every_steps == 0 || step == t->total_steps) {
-                const step_record_t r = {.step = step, .epoch = epoch, .loss = loss, .step_ms = ms, .lr = lr,
-                                         .compute_ms = -1};
-                metrics_step(&t->m, &r);
-            }
-            metrics_progress(&t->m, epoch, c->epochs, step, t->total_steps, loss, 1e3 * B * t->ranks / ms);
+    while (t->step < t->total_steps) {
+        const long epoch = t->step / spe, b = t->step % spe;
+        if (epoch != perm_epoch) data_permutation(t->perm, t->train.n, t->seed, epoch), perm_epoch = epoch;
+        const double s0 = now_s();
+        float loss;
+        if (train_step(t, b, &loss, err, errlen)) return -1;
+        const double ms = 1e3 * (now_s() - s0);
+        const long i = t->step - first;
+        const ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0};
+        t->step_ms[i] = ms;
+        t->exposed_ms[i] = st.exposed_ms;
+        t->comm_ms[i] = st.comm_ms;
+        const float lr = optim_lr(&t->ocfg, t->step, t->total_steps);
+        t->step++;
+        if (t->step % c->every_steps == 0 || t->step == t->total_steps) {
+            double v = loss; /* the global batch's mean: every rank's mean averaged */
+            if (t->ddp && ddp_allreduce_double(t->ddp, &v, 1, COLL_AVG)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+            logged_loss = v;
+            const step_record_t r = {.step = t->step, .epoch = (int)epoch + 1, .loss = v, .step_ms = ms, .lr = lr,
+                                     .compute_ms = ms - st.exposed_ms, .comm_ms = st.comm_ms,
+                                     .exposed_comm_ms = st.exposed_ms};
+            metrics_step(&t->m, &r);
         }
-        const int last = step >= t->total_steps;
-        if (c->eval_every > 0 && (epoch % c->eval_every == 0 || last)) {
+        metrics_progress(&t->m, (int)epoch + 1, epochs, t->step, t->total_steps, isnan(logged_loss) ? loss : logged_loss,
+                         1e3 * (double)t->global_batch / ms);
+        if (c->ckpt_dir[0] && ((c->ckpt_every > 0 && t->step % c->ckpt_every == 0) || t->step == t->total_steps) &&
+            save_checkpoint(t, err, errlen))
+            return -1;
+        if (t->fault_exit_at == t->step) _exit(3);
+        const int last = t->step >= t->total_steps, epoch_end = b == spe - 1;
+        if (c->eval_every > 0 && ((epoch_end && (epoch + 1) % c->eval_every == 0) || last)) {
             double acc, tl;
-            trainer_evaluate(t, &acc, &tl);
+            if (trainer_evaluate(t, &acc, &tl)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
             t->last_acc = acc;
-            metrics_eval(&t->m, epoch, acc, tl);
+            metrics_eval(&t->m, (int)epoch + 1, acc, tl);
         }
     }
-    const double med = median_after(t->step_ms, step, WARMUP_STEPS);
-    const done_record_t d = {.ranks = t->ranks, .steps = step, .median_step_ms = med,
-                             .samples_per_s = 1e3 * B * t->ranks / med, .test_acc = t->last_acc,
-                             .wall_s = now_s() - t->t_begin, .compute_ms = -1};
+    const long ran = t->step - first;
+    const double med = median_after(t->step_ms, ran, WARMUP_STEPS);
+    const double exp_med = median_after(t->exposed_ms, ran, WARMUP_STEPS);
+    const done_record_t d = {.ranks = t->ranks, .steps = t->step, .median_step_ms = med,
+                             .samples_per_s = 1e3 * (double)t->global_batch / med, .test_acc = t->last_acc,
+                             .wall_s = now_s() - t->t_begin, .compute_ms = med - exp_med,
+                             .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med};
     metrics_done(&t->m, &d);
-    if (t->rank == 0)
-        printf("ddp-train: %ld steps, median step %.3f ms, %.0f samples/s%s", step, med, d.samples_per_s,
-               t->last_acc >= 0 ? "" : "\n");
-    if (t->rank == 0 && t->last_acc >= 0) printf(", test accuracy %.4f\n", t->last_acc);
+    if (t->rank == 0) {
+        printf("ddp-train: %ld steps, median step %.3f ms (exposed communication %.3f ms), %.0f samples/s", t->step, med,
+               exp_med, d.samples_per_s);
+        if (t->last_acc >= 0) printf(", test accuracy %.4f", t->last_acc);
+        printf("\n");
+    }
+    if (t->rank == 0 && c->params_out[0]) {
+        FILE *f = fopen(c->params_out, "wb");
+        if (!f || fwrite(t->g->params, sizeof(float), t->g->nweights, f) != t->g->nweights || fclose(f)) {
+            snprintf(err, errlen, "[log] params: cannot write %s", c->params_out);
+            return -1;
+        }
+    }
     return 0;
 }

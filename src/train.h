@@ -1,12 +1,22 @@
-/* One worker's training job: data, graph, optimiser, loop, evaluation and
- * metrics, driven by a config. */
+/* One worker's training job: data, graph, optimiser, the data-parallel
+ * engine, checkpoints, the loop, evaluation and metrics, driven by a config.
+ *
+ * Sampling: each epoch has one permutation of the training set, the same on
+ * every rank (seeded by (seed, epoch)). Optimiser step s of an epoch uses
+ * the global batch perm[s*G, (s+1)*G), G = ranks x batch_size x accumulate;
+ * micro-batch k of rank r is its [(k*ranks + r)*batch_size, +batch_size)
+ * part. So a run at P ranks sees exactly the samples, in the same groups, as
+ * one rank with P times the batch. The remainder of an epoch (fewer than G
+ * samples) is dropped; the next epoch's permutation covers them again. */
 #ifndef DDP_TRAIN_H
 #define DDP_TRAIN_H
 
+#include <mpi.h>
 #include <stdint.h>
 
 #include "config.h"
 #include "data.h"
+#include "ddp.h"
 #include "graph.h"
 #include "metrics.h"
 #include "optim.h"
@@ -16,23 +26,38 @@ typedef struct trainer {
     int rank, ranks;
     dataset_t train, test;
     graph_t *g;
+    ddp_t *ddp;            /* NULL at one rank */
     optim_cfg_t ocfg;
     optim_t opt;
+    uint64_t seed;         /* data order and dropout (from the checkpoint when resumed) */
     uint32_t *perm;        /* this epoch's sample order */
-    long steps_per_epoch;  /* full batches per epoch; the remainder is dropped */
+    long global_batch;     /* samples per optimiser step, all ranks */
+    long steps_per_epoch;  /* full global batches per epoch */
     long total_steps;
-    double *step_ms;       /* per-step wall time, preallocated */
+    long step;             /* optimiser steps done (> 0 after a resume) */
+    double *step_ms, *exposed_ms, *comm_ms; /* per step, preallocated */
+    float *ckpt_state;     /* ZeRO: full-size staging for checkpoint state */
+    char model_text[4096]; /* the model part of the config, for checkpoints */
     metrics_t m;
     double last_acc;       /* -1 until an evaluation ran */
     double t_begin;        /* wall clock at trainer_init (done.wall_s counts from here) */
+    long fault_exit_at, fault_ckpt_at; /* test hooks, DDP_FAULT */
 } trainer_t;
 
-/* Loads data, builds the model and optimiser. 0, or -1 with err. */
-int trainer_init(trainer_t *t, const config_t *cfg, int rank, int ranks, char *err, size_t errlen);
-/* Trains to the end, writing metrics; returns 0 or -1 with err. */
+/* Loads data, builds the model, optimiser and (at several ranks) the
+ * data-parallel engine; makes every replica equal to rank 0's; resumes from
+ * a checkpoint when configured. 0, or -1 with err. Collective over comm. */
+int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen);
+/* Start-up agreement, collective over comm: returns 0 when no rank failed;
+ * otherwise -1, with err naming the first failed rank on the others (a
+ * failed rank keeps its own message). */
+int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen);
+/* Trains to the end, writing metrics; 0, or -1 with err. */
 int trainer_run(trainer_t *t, char *err, size_t errlen);
-/* Mean loss and accuracy over the whole test set. */
-void trainer_evaluate(trainer_t *t, double *acc, double *loss);
+/* Mean loss and accuracy over the whole test set (split across ranks). */
+int trainer_evaluate(trainer_t *t, double *acc, double *loss);
+/* FNV-1a hash of the parameters, to compare replicas. */
+uint64_t trainer_params_hash(const trainer_t *t);
 void trainer_free(trainer_t *t);
 
 #endif

@@ -170,10 +170,12 @@ static void optimisers(void **st) {
     optim_t o;
     /* momentum SGD with weight decay, two steps, only [1, 3) */
     optim_cfg_t c = {.kind = OPTIM_SGD, .lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.01f};
-    assert_int_equal(optim_init(&o, &c, 1, 3), 0);
+    assert_int_equal(optim_init(&o, &c, 2), 0);
     double v1 = 0, q1 = -2, v2 = 0, q2 = 3;
     for (int s = 0; s < 2; s++) {
-        optim_step(&o, p, g, 0.1f);
+        optim_begin(&o); /* as a ZeRO shard: [2, 3) with state 1, then [1, 2) with state 0 */
+        optim_update(&o, p, g, 2, 3, 1, 0.1f);
+        optim_update(&o, p, g, 1, 2, 0, 0.1f);
         v1 = 0.9 * v1 + 0.25 + 0.01 * q1, q1 -= 0.1 * v1;
         v2 = 0.9 * v2 - 1 + 0.01 * q2, q2 -= 0.1 * v2;
     }
@@ -183,7 +185,7 @@ static void optimisers(void **st) {
     /* Nesterov */
     float pn[1] = {2}, gn[1] = {1};
     c = (optim_cfg_t){.kind = OPTIM_SGD, .lr = 0.5f, .momentum = 0.5f, .nesterov = 1};
-    assert_int_equal(optim_init(&o, &c, 0, 1), 0);
+    assert_int_equal(optim_init(&o, &c, 1), 0);
     optim_step(&o, pn, gn, 0.5f); /* v = 1, step 1 + 0.5 * 1 */
     assert_float_equal(pn[0], 2 - 0.5 * 1.5, 1e-6);
     optim_step(&o, pn, gn, 0.5f); /* v = 1.5, step 1 + 0.75 */
@@ -192,7 +194,7 @@ static void optimisers(void **st) {
     /* AdamW, two steps */
     float pa[1] = {1}, ga[1] = {0.3f};
     c = (optim_cfg_t){.kind = OPTIM_ADAMW, .lr = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f};
-    assert_int_equal(optim_init(&o, &c, 0, 1), 0);
+    assert_int_equal(optim_init(&o, &c, 1), 0);
     double m = 0, v = 0, q = 1;
     for (int t = 1; t <= 2; t++) {
         optim_step(&o, pa, ga, 0.01f);
@@ -235,11 +237,11 @@ static void training_reduces_loss(void **st) {
     for (size_t i = 0; i < sizeof ov / sizeof ov[0]; i++) assert_int_equal(config_override(&c, ov[i], err, sizeof err), 0);
     snprintf(c.metrics, sizeof c.metrics, "%s", metrics);
     trainer_t t;
-    if (trainer_init(&t, &c, 0, 1, err, sizeof err)) fail_msg("%s", err);
+    if (trainer_init(&t, &c, MPI_COMM_WORLD, err, sizeof err)) fail_msg("%s", err);
     double acc0, loss0, acc, loss;
-    trainer_evaluate(&t, &acc0, &loss0);
+    assert_int_equal(trainer_evaluate(&t, &acc0, &loss0), 0);
     assert_int_equal(trainer_run(&t, err, sizeof err), 0);
-    trainer_evaluate(&t, &acc, &loss);
+    assert_int_equal(trainer_evaluate(&t, &acc, &loss), 0);
     print_message("synthetic: test loss %.4f -> %.4f, accuracy %.4f -> %.4f\n", loss0, loss, acc0, acc);
     assert_true(loss0 > 1.2);
     assert_true(loss < 0.35);
@@ -295,5 +297,8 @@ int main(void) {
         cmocka_unit_test(layer_syntax),  cmocka_unit_test(optimisers), cmocka_unit_test(schedules),
         cmocka_unit_test(training_reduces_loss),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    MPI_Init(NULL, NULL); /* the trainer takes a communicator (a singleton here) */
+    const int rc = cmocka_run_group_tests(tests, setup, teardown);
+    MPI_Finalize();
+    return rc;
 }

@@ -311,7 +311,7 @@ static void step_allocates_nothing(void **st) {
     graph_init_params(g, 2);
     optim_t o;
     const optim_cfg_t oc = {.kind = OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
-    assert_int_equal(optim_init(&o, &oc, 0, g->nweights), 0);
+    assert_int_equal(optim_init(&o, &oc, g->nweights), 0);
     g->training = 1;
     for (int step = 0; step < 3; step++) {
         counting = step > 0;

@@ -1,0 +1,95 @@
+/*
+ * ddp.h - data-parallel gradient synchronisation over libcoll.
+ *
+ * A model's parameters and gradients live in two flat float32 buffers of the
+ * same layout, ordered as backward produces the gradients. The engine cuts
+ * the gradient buffer into buckets (contiguous ranges of bucket_mb each) and
+ * averages each across ranks with a non-blocking all-reduce that starts the
+ * moment backward has finished the bucket's last gradient, while backward
+ * goes on with earlier layers. Every rank issues the buckets in the same
+ * order, so the collectives match without any coordination.
+ *
+ * With zero = 1 (ZeRO stage 1) the buckets are reduce-scattered instead:
+ * each rank receives the average of its 1/P slice of every bucket, updates
+ * only those parameters (keeping optimiser state only for them), and
+ * ddp_gather all-gathers the updated parameters.
+ *
+ * One step:
+ *   ddp_backward_begin(d, sync)   sync = 0 for micro-batches that only accumulate
+ *   backward, calling ddp_grad_ready(d, ...) as each parameter's gradient is final
+ *   ddp_sync(d)                   waits until the gradients are averaged
+ *   optimiser over the slices ddp_shard() names
+ *   ddp_gather(d)                 ZeRO-1: every rank gets the new parameters
+ *
+ * Errors: functions return 0, or -1 with ddp_error(d) naming what failed
+ * (and the rank, for a peer that died or stopped answering within
+ * timeout_s). After an error the engine is unusable; the program should
+ * exit (MPI_Abort), which is what ddp-train does.
+ */
+#ifndef DDP_H
+#define DDP_H
+
+#include <mpi.h>
+#include <stddef.h>
+
+#include "coll.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ddp ddp_t; /* opaque */
+
+typedef struct ddp_options {
+    double bucket_mb;      /* bucket size in MiB (> 0) */
+    int overlap;           /* 1: reduce buckets during backward; 0: one reduction after it */
+    int zero;              /* 0: all-reduce; 1: ZeRO-1 */
+    coll_algo_t algorithm; /* passed to libcoll */
+    double timeout_s;      /* a wait longer than this fails naming the silent rank; 0 = never */
+} ddp_options_t;
+
+/* Collective over comm. params and grads hold `padded` floats, a multiple of
+ * the number of ranks, of which the first `count` are the model's (the tail
+ * is zero). The buffers stay the caller's and must outlive the engine. */
+int ddp_create(ddp_t **d, MPI_Comm comm, float *params, float *grads, size_t count, size_t padded,
+               const ddp_options_t *opt, char *err, size_t errlen);
+void ddp_destroy(ddp_t *d); /* NULL-safe; before MPI_Finalize */
+int ddp_rank(const ddp_t *d);
+int ddp_size(const ddp_t *d);
+const char *ddp_error(const ddp_t *d);
+
+/* Rank 0's buffer to every rank (start-up: identical replicas). */
+int ddp_broadcast(ddp_t *d, void *buf, size_t count, coll_dtype_t dtype);
+/* v[0..n) reduced over ranks with op, in place, on every rank. */
+int ddp_allreduce_double(ddp_t *d, double *v, int n, coll_op_t op);
+
+int ddp_backward_begin(ddp_t *d, int sync);
+/* The backward callback (user = the ddp_t): parameter `param` occupies
+ * [offset, offset + count) and its gradient is final. Announcements must come
+ * in increasing offset order, as the graph makes them. */
+void ddp_grad_ready(void *d, int param, size_t offset, size_t count);
+int ddp_sync(ddp_t *d);
+int ddp_gather(ddp_t *d);
+
+/* Slices [lo[i], hi[i]) of the flat buffers whose update is this rank's:
+ * all of [0, padded) normally, its shard under ZeRO-1. Returns the count. */
+int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi);
+/* ZeRO-1: assembles a full-length array (padded floats, flat layout) on
+ * every rank from each rank's shard array (its slices end to end), e.g. the
+ * optimiser state for a checkpoint. Without ZeRO it copies. */
+int ddp_gather_shards(ddp_t *d, const float *shard, float *full);
+/* Floats in this rank's slices together (the optimiser state it needs). */
+size_t ddp_shard_size(const ddp_t *d);
+int ddp_buckets(const ddp_t *d);
+
+/* The last step's communication, in ms: comm = time a gradient or parameter
+ * collective was executing; exposed = time the caller was blocked on one. */
+typedef struct ddp_stats {
+    double comm_ms, exposed_ms;
+} ddp_stats_t;
+ddp_stats_t ddp_last_stats(const ddp_t *d);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

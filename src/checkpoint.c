@@ -1,0 +1,250 @@
+#include "checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define CKPT_MAGIC "DDPCKPT1"
+#define CKPT_VERSION 1
+#define CKPT_KEEP 2
+
+typedef struct ckpt_header {
+    char magic[8];
+    uint32_t version, state_arrays;
+    uint64_t nweights, step, seed, optim_t, text_len;
+    uint32_t crc; /* zlib crc32 of the header (crc = 0) and everything after it */
+    uint32_t reserved;
+} ckpt_header_t;
+
+typedef struct wfile {
+    FILE *f;
+    uLong crc;
+    int ok;
+} wfile_t;
+
+static void put(wfile_t *w, const void *p, size_t n) {
+    const unsigned char *b = p;
+    while (n && w->ok) { /* crc32 takes uInt lengths */
+        const size_t k = n > (1u << 30) ? (1u << 30) : n;
+        w->crc = crc32(w->crc, b, (uInt)k);
+        if (fwrite(b, 1, k, w->f) != k) w->ok = 0;
+        b += k;
+        n -= k;
+    }
+}
+
+static int fsync_dir(const char *dir) {
+    const int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    const int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* steps of dir's checkpoints, newest first; returns the count (<= max) */
+static int list_steps(const char *dir, long *steps, int max) {
+    DIR *dd = opendir(dir);
+    if (!dd) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        long s;
+        char tail[8];
+        if (sscanf(e->d_name, "ckpt-%ld.%7s", &s, tail) == 2 && !strcmp(tail, "bin") && n < max) steps[n++] = s;
+    }
+    closedir(dd);
+    for (int i = 1; i < n; i++) /* insertion sort, descending */
+        for (int j = i; j > 0 && steps[j] > steps[j - 1]; j--) {
+            const long t = steps[j];
+            steps[j] = steps[j - 1];
+            steps[j - 1] = t;
+        }
+    return n;
+}
+
+int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, const float *params,
+              float *const *state, int fault_half_way, char *err, size_t errlen) {
+    char tmp[4200], final[4200];
+    if (mkdir(dir, 0755) && errno != EEXIST) {
+        snprintf(err, errlen, "[checkpoint] dir: cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    snprintf(tmp, sizeof tmp, "%s/.ckpt-%08ld.tmp", dir, m->step);
+    snprintf(final, sizeof final, "%s/ckpt-%08ld.bin", dir, m->step);
+    wfile_t w = {.f = fopen(tmp, "wb"), .crc = crc32(0L, Z_NULL, 0), .ok = 1};
+    if (!w.f) {
+        snprintf(err, errlen, "checkpoint: cannot write %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    ckpt_header_t h = {.version = CKPT_VERSION, .state_arrays = (uint32_t)m->state_arrays, .nweights = m->nweights,
+                       .step = (uint64_t)m->step, .seed = m->seed, .optim_t = (uint64_t)m->optim_t,
+                       .text_len = strlen(model_text)};
+    memcpy(h.magic, CKPT_MAGIC, 8);
+    /* the crc is stored in the header, so it is computed over the header with
+     * crc = 0 and written last, in place */
+    put(&w, &h, sizeof h);
+    put(&w, model_text, h.text_len);
+    const size_t half = m->nweights / 2 * sizeof(float);
+    put(&w, params, half);
+    if (fault_half_way) {
+        fflush(w.f);
+        raise(SIGKILL);
+    }
+    put(&w, (const char *)params + half, m->nweights * sizeof(float) - half);
+    for (int k = 0; k < m->state_arrays; k++) put(&w, state[k], m->nweights * sizeof(float));
+    h.crc = (uint32_t)w.crc;
+    if (w.ok && (fseek(w.f, offsetof(ckpt_header_t, crc), SEEK_SET) || fwrite(&h.crc, sizeof h.crc, 1, w.f) != 1))
+        w.ok = 0;
+    if (w.ok && (fflush(w.f) || fsync(fileno(w.f)))) w.ok = 0;
+    const int saved_errno = errno;
+    if (fclose(w.f)) w.ok = 0;
+    if (!w.ok) {
+        snprintf(err, errlen, "checkpoint: writing %s failed: %s", tmp, strerror(saved_errno ? saved_errno : errno));
+        unlink(tmp);
+        return -1;
+    }
+    if (rename(tmp, final) || fsync_dir(dir)) {
+        snprintf(err, errlen, "checkpoint: cannot rename %s to %s: %s", tmp, final, strerror(errno));
+        return -1;
+    }
+    long steps[4096];
+    const int n = list_steps(dir, steps, 4096);
+    for (int i = CKPT_KEEP; i < n; i++) {
+        char old[4200];
+        snprintf(old, sizeof old, "%s/ckpt-%08ld.bin", dir, steps[i]);
+        unlink(old);
+    }
+    return 0;
+}
+
+/* Reads and checks a whole checkpoint. With params == NULL only verifies. */
+static int read_ckpt(const char *path, ckpt_header_t *h, char **text, float *params, float *const *state, char *err,
+                     size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    *text = NULL;
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    float *scratch = NULL;
+    if (fread(h, sizeof *h, 1, f) != 1 || memcmp(h->magic, CKPT_MAGIC, 8)) {
+        snprintf(err, errlen, "%s: not a checkpoint (bad header)", path);
+        goto out;
+    }
+    if (h->version != CKPT_VERSION || h->state_arrays > 2 || h->text_len > (1u << 20) || h->nweights > ((uint64_t)1 << 34)) {
+        snprintf(err, errlen, "%s: unsupported checkpoint (version %u)", path, h->version);
+        goto out;
+    }
+    ckpt_header_t z = *h;
+    z.crc = 0;
+    uLong crc = crc32(crc32(0L, Z_NULL, 0), (const Bytef *)&z, sizeof z);
+    *text = calloc(h->text_len + 1, 1);
+    if (!*text || fread(*text, 1, h->text_len, f) != h->text_len) {
+        snprintf(err, errlen, "%s: truncated", path);
+        goto out;
+    }
+    crc = crc32(crc, (const Bytef *)*text, (uInt)h->text_len);
+    const size_t bytes = h->nweights * sizeof(float);
+    if (!params && !(scratch = malloc(bytes ? bytes : 1))) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        goto out;
+    }
+    for (uint32_t k = 0; k <= h->state_arrays; k++) {
+        float *dst = params ? (k == 0 ? params : state[k - 1]) : scratch;
+        if (fread(dst, 1, bytes, f) != bytes) {
+            snprintf(err, errlen, "%s: truncated", path);
+            goto out;
+        }
+        for (size_t o = 0; o < bytes; o += 1u << 30)
+            crc = crc32(crc, (const Bytef *)dst + o, (uInt)(bytes - o < (1u << 30) ? bytes - o : (1u << 30)));
+    }
+    if (fgetc(f) != EOF) {
+        snprintf(err, errlen, "%s: unexpected bytes at the end", path);
+        goto out;
+    }
+    if ((uint32_t)crc != h->crc) {
+        snprintf(err, errlen, "%s: checksum mismatch (corrupt file)", path);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(scratch);
+    fclose(f);
+    if (rc) {
+        free(*text);
+        *text = NULL;
+    }
+    return rc;
+}
+
+int ckpt_find(const char *dir, char *path, size_t len, char *err, size_t errlen) {
+    long steps[4096];
+    const int n = list_steps(dir, steps, 4096);
+    if (n < 0) {
+        if (errno == ENOENT) return 0;
+        snprintf(err, errlen, "[checkpoint] dir: cannot read %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        ckpt_header_t h;
+        char *text, e[512];
+        snprintf(path, len, "%s/ckpt-%08ld.bin", dir, steps[i]);
+        if (read_ckpt(path, &h, &text, NULL, NULL, e, sizeof e) == 0) {
+            free(text);
+            return 1;
+        }
+        fprintf(stderr, "ddp-train: skipping checkpoint: %s\n", e);
+    }
+    return 0;
+}
+
+/* The first line where a and b differ, for the refusal message. */
+static void first_difference(const char *a, const char *b, char *out, size_t len) {
+    const char *la = a, *lb = b;
+    while (*la || *lb) {
+        const size_t na = strcspn(la, "\n"), nb = strcspn(lb, "\n");
+        if (na != nb || strncmp(la, lb, na)) {
+            snprintf(out, len, "it has '%.*s', this run has '%.*s'", (int)na, la, (int)nb, lb);
+            return;
+        }
+        la += na + (la[na] ? 1 : 0);
+        lb += nb + (lb[nb] ? 1 : 0);
+    }
+    snprintf(out, len, "the model configurations differ");
+}
+
+int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *params, float *const *state,
+              char *err, size_t errlen) {
+    ckpt_header_t h;
+    char *text;
+    /* verify first (reading into scratch) so a refused file leaves params alone */
+    if (read_ckpt(path, &h, &text, NULL, NULL, err, errlen)) return -1;
+    if (strcmp(text, model_text)) {
+        char d[600];
+        first_difference(text, model_text, d, sizeof d);
+        snprintf(err, errlen, "%s was written for a different model: %s (use another [checkpoint] dir, or resume = never)",
+                 path, d);
+        free(text);
+        return -1;
+    }
+    free(text);
+    if (h.nweights != m->nweights || (int)h.state_arrays != m->state_arrays) {
+        snprintf(err, errlen, "%s holds %llu parameters and %u optimiser state arrays; this run has %zu and %d (another optimiser?)",
+                 path, (unsigned long long)h.nweights, h.state_arrays, m->nweights, m->state_arrays);
+        return -1;
+    }
+    if (read_ckpt(path, &h, &text, params, state, err, errlen)) return -1;
+    free(text);
+    m->step = (long)h.step;
+    m->seed = h.seed;
+    m->optim_t = (long)h.optim_t;
+    return 0;
+}

@@ -1,0 +1,68 @@
+#!/bin/bash
+# Data-parallel equivalence: after K steps, the parameters trained on P ranks
+# with per-rank batch B/P equal those of 1 rank with batch B (same global
+# batch, same data order), for overlap on and off, several bucket sizes,
+# gradient accumulation and ZeRO-1, with SGD and AdamW.
+#
+# Tolerance: max |difference| <= 2e-5 x max |parameter| after 15 steps. The
+# runs differ only in float32 rounding (a mean of per-rank means is not
+# bitwise the global mean); a wrong shard, bucket or scale gives errors of
+# order 1e-2 or more. ZeRO-1 against the same rank count without it must be
+# bitwise equal at 2 ranks (a sum of two terms does not depend on order).
+# Ends with "N passed, N failed".
+set -u
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/../.."
+export OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIRUN="mpirun --oversubscribe --bind-to none"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+TOL=2e-5
+P=0 F=0
+# a small MLP on synthetic data: 64 inputs, 5 classes, 15 steps of 12 samples
+BASE=(configs/bench-mlp1024.ini data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
+      model.hidden=32,16 optim.lr=0.05 train.max_steps=15 train.eval_every=0 log.progress=off log.metrics=)
+
+train() { # OUT NP ARGS...: trains, writes final parameters to OUT
+    local out=$1 np=$2
+    shift 2
+    timeout 120 $MPIRUN -np "$np" "$BUILD/bin/ddp-train" "${BASE[@]}" log.params="$out" "$@" >"$TMP/log" 2>&1 ||
+        { echo "run failed: np=$np $*"; tail -5 "$TMP/log"; return 1; }
+}
+
+# check NAME REF TOL NP ARGS...
+check() {
+    local name=$1 ref=$2 tol=$3 np=$4
+    shift 4
+    if train "$TMP/p.bin" "$np" "$@" && "$BUILD/tests/cmp-params" "$TMP/p.bin" "$ref" "$tol" >"$TMP/cmp"; then
+        P=$((P + 1)); echo "ok: $name: $(cat "$TMP/cmp")"
+    else
+        F=$((F + 1)); echo "FAIL: $name: $(cat "$TMP/cmp" 2>/dev/null)"
+    fi
+}
+
+for opt in sgd adamw; do
+    o=(optim.name=$opt)
+    [ $opt = adamw ] && o+=(optim.lr=0.003 optim.weight_decay=0.01)
+    train "$TMP/ref-$opt.bin" 1 data.batch_size=12 "${o[@]}" || { echo "FAIL: reference run"; F=$((F + 1)); continue; }
+    ref="$TMP/ref-$opt.bin"
+    for np in 2 3 4; do
+        b=$((12 / np))
+        check "$opt np=$np overlap, 1 MiB buckets" "$ref" $TOL $np data.batch_size=$b "${o[@]}"
+        check "$opt np=$np overlap, 1 KiB buckets" "$ref" $TOL $np data.batch_size=$b ddp.bucket_mb=0.001 "${o[@]}"
+        check "$opt np=$np no overlap" "$ref" $TOL $np data.batch_size=$b ddp.overlap=false "${o[@]}"
+        check "$opt np=$np zero=1, 4 KiB buckets" "$ref" $TOL $np data.batch_size=$b ddp.zero=1 ddp.bucket_mb=0.004 "${o[@]}"
+    done
+    check "$opt np=2 accumulate=2" "$ref" $TOL 2 data.batch_size=3 ddp.accumulate=2 "${o[@]}"
+    check "$opt np=3 accumulate=2 zero=1" "$ref" $TOL 3 data.batch_size=2 ddp.accumulate=2 ddp.zero=1 "${o[@]}"
+    check "$opt np=1 accumulate=3" "$ref" $TOL 1 data.batch_size=4 ddp.accumulate=3 "${o[@]}"
+    # ZeRO-1 against plain all-reduce at 2 ranks: bitwise
+    train "$TMP/np2-$opt.bin" 2 data.batch_size=6 "${o[@]}" &&
+        check "$opt np=2 zero=1 bitwise equals zero=0" "$TMP/np2-$opt.bin" 0 2 data.batch_size=6 ddp.zero=1 "${o[@]}"
+done
+# every algorithm gives the same model (ring, recursive doubling, MPI's own)
+for a in ring rd native; do
+    check "sgd np=3 algorithm=$a" "$TMP/ref-sgd.bin" $TOL 3 data.batch_size=4 ddp.algorithm=$a
+done
+echo "ddp-equivalence: $P passed, $F failed"
+[ "$F" -eq 0 ]

@@ -1,0 +1,110 @@
+#!/bin/bash
+# The data-parallel job under failure: bad input at several ranks, ranks with
+# different configs, a rank killed (-9) or stopped mid-training, checkpoint
+# resume (bitwise identical to an uninterrupted run, also with ZeRO-1), a
+# kill while a checkpoint is being written, and a checkpoint of another
+# model. Every failure must end the whole job non-zero, with a message
+# naming the problem, within 60 seconds. Ends with "N passed, N failed".
+set -u
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/../.."
+export OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIRUN="mpirun --oversubscribe --bind-to none"
+BIN=$BUILD/bin/ddp-train
+TMP=$(mktemp -d)
+cleanup() { pkill -KILL -f "$TMP" 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+P=0 F=0
+ok() { P=$((P + 1)); echo "ok: $1"; }
+no() { F=$((F + 1)); echo "FAIL: $1"; tail -15 "$TMP/out" | sed 's/^/    /'; }
+SMALL=(configs/bench-mlp1024.ini data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
+       model.hidden=32,16 train.eval_every=0 log.progress=off log.metrics=)
+
+# expect_fail NAME NEEDLE NP ARGS... : the job exits non-zero within 60 s and
+# its output names the problem
+expect_fail() {
+    local name=$1 needle=$2 np=$3
+    shift 3
+    local t0=$SECONDS
+    timeout 90 $MPIRUN -np "$np" "$@" >"$TMP/out" 2>&1
+    local rc=$? dt=$((SECONDS - t0))
+    if [ $rc -ne 0 ] && [ $dt -le 60 ] && grep -qF -- "$needle" "$TMP/out"; then ok "$name (exit $rc after ${dt}s)"
+    else no "$name (exit $rc after ${dt}s, wanted '$needle')"; fi
+}
+
+# --- bad input: every rank exits with a message, none hangs
+printf '[data]\nbatch_size = -4\n' >"$TMP/bad.ini"
+expect_fail "config error at 3 ranks" "$TMP/bad.ini:2: [data] batch_size: -4 is out of range" 3 "$BIN" "$TMP/bad.ini"
+n=$(grep -c "batch_size: -4 is out of range" "$TMP/out")
+[ "$n" -eq 3 ] && ok "every rank reports the config error" || no "every rank reports the config error ($n of 3)"
+expect_fail "missing dataset at 2 ranks" "apt-get install dataset-fashion-mnist" 2 "$BIN" configs/fmnist-mlp.ini data.dir="$TMP/none"
+expect_fail "configs differ across ranks" "the configuration differs between ranks (rank 1's hash" \
+    1 "$BIN" "${SMALL[@]}" : -np 1 "$BIN" "${SMALL[@]}" optim.lr=0.5
+expect_fail "one rank's override is bad" "rank 1 could not start" \
+    1 "$BIN" "${SMALL[@]}" : -np 1 "$BIN" "${SMALL[@]}" optim.lr=oops
+
+# --- a rank dies (kill -9) or stops answering (SIGSTOP) mid-training
+lose_rank() { # SIGNAL NEEDLE EXTRA...: starts a long 3-rank job, signals rank 1
+    local sig=$1 needle=$2
+    shift 2
+    rm -rf "$TMP/pids" && mkdir -p "$TMP/pids"
+    local t0=$SECONDS
+    DDP_PID_DIR="$TMP/pids" $MPIRUN -x DDP_PID_DIR -np 3 "$BIN" "${SMALL[@]}" train.max_steps=0 train.epochs=100000 \
+        data.batch_size=4 "$@" >"$TMP/out" 2>&1 &
+    local job=$!
+    for _ in $(seq 100); do [ -s "$TMP/pids/rank-1.pid" ] && break; sleep 0.2; done
+    sleep 2
+    kill "-$sig" "$(cat "$TMP/pids/rank-1.pid")"
+    local t1=$SECONDS
+    ( sleep 75; kill -KILL $job 2>/dev/null ) &
+    local guard=$!
+    wait $job
+    local rc=$? dt=$((SECONDS - t1))
+    kill $guard 2>/dev/null
+    kill -KILL "$(cat "$TMP/pids/rank-1.pid")" 2>/dev/null # a stopped rank
+    if [ $rc -ne 0 ] && [ $dt -le 60 ] && grep -qE -- "$needle" "$TMP/out"; then ok "rank 1 $sig: job ended (exit $rc) ${dt}s later"
+    else no "rank 1 $sig: exit $rc after ${dt}s, wanted /$needle/ (started $((t1 - t0))s in)"; fi
+}
+lose_rank KILL "rank 1"
+lose_rank STOP "rank 1" ddp.timeout_s=5
+
+# --- checkpoints
+CK=("${SMALL[@]}" data.batch_size=6 train.max_steps=40 checkpoint.every_steps=10)
+run2() { # a 2-rank run; DDP_FAULT, when set, goes to the ranks
+    local x=()
+    [ -n "${DDP_FAULT:-}" ] && x=(-x DDP_FAULT)
+    timeout 120 $MPIRUN "${x[@]}" -np 2 "$BIN" "$@" >"$TMP/out" 2>&1
+}
+for variant in "sgd" "adamw-zero"; do
+    v=()
+    [ $variant = adamw-zero ] && v=(optim.name=adamw optim.lr=0.003 ddp.zero=1 optim.schedule=cosine optim.warmup_steps=5)
+    if run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/a-$variant" log.params="$TMP/a-$variant.bin"; then
+        # interrupted after step 25 (last checkpoint 20), then resumed
+        DDP_FAULT=exit@25 run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/b-$variant"
+        if run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/b-$variant" log.params="$TMP/b-$variant.bin" &&
+            grep -q "resumed from .*ckpt-00000020.bin at step 20" "$TMP/out" &&
+            "$BUILD/tests/cmp-params" "$TMP/b-$variant.bin" "$TMP/a-$variant.bin" 0 >"$TMP/cmp"; then
+            ok "$variant: resumed at step 20, bitwise equal to the uninterrupted run at step 40"
+        else no "$variant: resume: $(cat "$TMP/cmp" 2>/dev/null)"; fi
+        n=$(ls "$TMP/b-$variant"/ckpt-*.bin | wc -l)
+        [ "$n" -eq 2 ] && ok "$variant: the last two checkpoints are kept" || no "$variant: $n checkpoints kept"
+    else no "$variant: uninterrupted run"; fi
+done
+# killed half-way through writing the step-20 checkpoint: step 10's loads
+DDP_FAULT=kill-in-checkpoint@20 run2 "${CK[@]}" checkpoint.dir="$TMP/c"
+if ls "$TMP/c"/.ckpt-00000020.tmp >/dev/null 2>&1 && run2 "${CK[@]}" checkpoint.dir="$TMP/c" log.params="$TMP/c.bin" &&
+    grep -q "resumed from .*ckpt-00000010.bin at step 10" "$TMP/out" &&
+    "$BUILD/tests/cmp-params" "$TMP/c.bin" "$TMP/a-sgd.bin" 0 >"$TMP/cmp"; then
+    ok "killed while writing a checkpoint: the previous one loads, result bitwise equal"
+else no "killed while writing a checkpoint: $(ls -a "$TMP/c" | tr '\n' ' ') $(cat "$TMP/cmp" 2>/dev/null)"; fi
+# a corrupt newest checkpoint is skipped with a message
+cp -r "$TMP/a-sgd" "$TMP/d"
+printf 'garbage' | dd of="$TMP/d/ckpt-00000040.bin" bs=1 seek=200 conv=notrunc 2>/dev/null
+if run2 "${CK[@]}" checkpoint.dir="$TMP/d" && grep -q "skipping checkpoint: .*ckpt-00000040.bin: checksum mismatch" "$TMP/out" &&
+    grep -q "resumed from .*ckpt-00000030.bin at step 30" "$TMP/out"; then ok "a corrupt checkpoint is skipped"
+else no "a corrupt checkpoint is skipped"; fi
+expect_fail "checkpoint of another model is refused" "was written for a different model: it has 'hidden = 32,16', this run has 'hidden = 32,8'" \
+    2 "$BIN" "${CK[@]}" checkpoint.dir="$TMP/a-sgd" model.hidden=32,8
+
+echo "ddp-faults: $P passed, $F failed"
+[ "$F" -eq 0 ]
