@@ -101,6 +101,7 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tests/bench/compare-native
 	@BUILD=$(BUILD) tests/bench/train-vs-pytorch
+	@BUILD=$(BUILD) tests/bench/ddp-scaling
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
@@ -296,6 +297,12 @@ fail:
 
 #define WARMUP_STEPS 20
 
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 int trainer_run(trainer_t *t, char *err, size_t errlen) {
     const config_t *c = &t->cfg;
     const long first = t->step, spe = t->steps_per_epoch;
@@ -306,12 +313,17 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
     while (t->step < t->total_steps) {
         const long epoch = t->step / spe, b = t->step % spe;
         if (epoch != perm_epoch) data_permutation(t->perm, t->train.n, t->seed, epoch), perm_epoch = epoch;
-        const double s0 = now_s();
+        const double s0 = now_s(), c0 = thread_cpu_s();
         float loss;
         if (train_step(t, b, &loss, err, errlen)) return -1;
-        const double ms = 1e3 * (now_s() - s0);
+        const double ms = 1e3 * (now_s() - s0), cpu_ms = 1e3 * (thread_cpu_s() - c0);
         const long i = t->step - first;
-        const ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0};
+        ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0};
+        /* Exposed communication is the part of the step this thread did not
+         * compute: blocked in a wait, or pre-empted by the progress thread
+         * when both share a core (then it never appears as waiting). It is
+         * at most the time communication ran. */
+        if (t->ddp) st.exposed_ms = fmin(st.comm_ms, fmax(st.exposed_ms, ms - cpu_ms));
         t->step_ms[i] = ms;
         t->exposed_ms[i] = st.exposed_ms;
         t->comm_ms[i] = st.comm_ms;
