@@ -79,9 +79,29 @@ expect_fail "bad override is named" "override 'optim.lr=x': [optim] lr: expected
 expect_fail "missing dataset names the package" "apt-get install dataset-fashion-mnist" configs/fmnist-mlp.ini data.dir="$TMP/none"
 expect_fail "missing config file" "$TMP/nope.ini: No such file or directory" "$TMP/nope.ini"
 expect_fail "bad layer list" "[model] layers: unknown layer 'lstm'" configs/bench-mlp1024.ini model.arch=layers "model.layers=lstm(3)"
-expect_fail "batch larger than the data" "[data] batch_size: 100000 is larger than the training set" configs/bench-mlp1024.ini data.batch_size=100000
+expect_fail "batch larger than the data" "[data] batch_size: 100000 x 1 ranks x 1 accumulation steps is larger than the training set" configs/bench-mlp1024.ini data.batch_size=100000
 expect_fail "metrics path not writable" "[log] metrics: cannot write $TMP/no/dir/m.jsonl" configs/bench-mlp1024.ini log.metrics="$TMP/no/dir/m.jsonl"
 expect_fail "no arguments prints usage" "usage: ddp-train" 
+
+# launch/ddprun: the printed mpirun command, a real 2-rank run, bad usage
+cores=$(getconf _NPROCESSORS_ONLN)
+np=$((cores + 1))
+if DDPRUN_DRY_RUN=1 launch/ddprun -np $np --tag-output -- cfg.ini a.b=c 2>"$TMP/err" &&
+    grep -qE -- "^ddprun: mpirun -np $np .*--oversubscribe --bind-to none -x OPENBLAS_NUM_THREADS=1 --tag-output .*ddp-train cfg.ini a.b=c$" "$TMP/err"; then
+    ok "ddprun oversubscribes beyond $cores cores and passes options through"
+else no "ddprun dry run: $(cat "$TMP/err")"; fi
+if env -u OPENBLAS_NUM_THREADS DDPRUN_DRY_RUN=1 launch/ddprun -np 1 -- cfg.ini 2>"$TMP/err" &&
+    grep -qE -- "--map-by slot:PE=$cores --bind-to core -x OPENBLAS_NUM_THREADS=$cores " "$TMP/err"; then
+    ok "ddprun gives one rank all $cores cores"
+else no "ddprun one rank: $(cat "$TMP/err")"; fi
+if DDP_TRAIN="$BIN" launch/ddprun -np 2 -- configs/bench-mlp1024.ini train.max_steps=30 log.metrics="$TMP/d.jsonl" \
+    log.progress=off >"$TMP/out" 2>&1 && grep -q "replicas identical on 2 ranks" "$TMP/out" &&
+    python3 -c "import json; d=json.loads(open('$TMP/d.jsonl').readlines()[-1]); assert d['ranks']==2 and d['comm_ms']>0, d"; then
+    ok "ddprun trains on 2 ranks"
+else no "ddprun trains on 2 ranks: $(tail -5 "$TMP/out")"; fi
+if launch/ddprun -- cfg.ini 2>"$TMP/err"; then no "ddprun without -np"
+elif grep -q "needs a positive rank count" "$TMP/err"; then ok "ddprun without -np is a usage error"
+else no "ddprun without -np: $(cat "$TMP/err")"; fi
 
 echo "train-cli: $P passed, $F failed"
 [ "$F" -eq 0 ]
