@@ -12,13 +12,15 @@
 #include <zlib.h>
 
 #define CKPT_MAGIC "DDPCKPT1"
-#define CKPT_VERSION 1
+#define CKPT_VERSION 2
 #define CKPT_KEEP 2
 
 typedef struct ckpt_header {
     char magic[8];
     uint32_t version, state_arrays;
     uint64_t nweights, step, seed, optim_t, text_len;
+    uint64_t epoch, batch_in_epoch, global_batch;
+    uint64_t model_hash; /* FNV-1a of the model text (which follows the header) */
     uint32_t crc; /* zlib crc32 of the header (crc = 0) and everything after it */
     uint32_t reserved;
 } ckpt_header_t;
@@ -38,6 +40,12 @@ static void put(wfile_t *w, const void *p, size_t n) {
         b += k;
         n -= k;
     }
+}
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
 }
 
 static int fsync_dir(const char *dir) {
@@ -85,7 +93,9 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
     }
     ckpt_header_t h = {.version = CKPT_VERSION, .state_arrays = (uint32_t)m->state_arrays, .nweights = m->nweights,
                        .step = (uint64_t)m->step, .seed = m->seed, .optim_t = (uint64_t)m->optim_t,
-                       .text_len = strlen(model_text)};
+                       .text_len = strlen(model_text), .epoch = (uint64_t)m->epoch,
+                       .batch_in_epoch = (uint64_t)m->batch_in_epoch, .global_batch = (uint64_t)m->global_batch,
+                       .model_hash = fnv1a(model_text)};
     memcpy(h.magic, CKPT_MAGIC, 8);
     /* the crc is stored in the header, so it is computed over the header with
      * crc = 0 and written last, in place */
@@ -227,7 +237,7 @@ int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *p
     char *text;
     /* verify first (reading into scratch) so a refused file leaves params alone */
     if (read_ckpt(path, &h, &text, NULL, NULL, err, errlen)) return -1;
-    if (strcmp(text, model_text)) {
+    if (h.model_hash != fnv1a(model_text) || strcmp(text, model_text)) {
         char d[600];
         first_difference(text, model_text, d, sizeof d);
         snprintf(err, errlen, "%s was written for a different model: %s (use another [checkpoint] dir, or resume = never)",
@@ -244,6 +254,9 @@ int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *p
     if (read_ckpt(path, &h, &text, params, state, err, errlen)) return -1;
     free(text);
     m->step = (long)h.step;
+    m->epoch = (long)h.epoch;
+    m->batch_in_epoch = (long)h.batch_in_epoch;
+    m->global_batch = (long)h.global_batch;
     m->seed = h.seed;
     m->optim_t = (long)h.optim_t;
     return 0;

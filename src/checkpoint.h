@@ -11,6 +11,9 @@
 
 typedef struct ckpt_meta {
     long step;          /* optimiser steps done */
+    long epoch;         /* sampler position: epoch (0-based) and global batch within it */
+    long batch_in_epoch;
+    long global_batch;  /* samples per step when written (ranks x batch x accumulate) */
     uint64_t seed;      /* the run's seed: data order and dropout streams derive from (seed, step) */
     long optim_t;       /* optimiser's own step counter */
     int state_arrays;   /* optimiser state arrays saved (0, 1, 2) */

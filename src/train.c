@@ -56,7 +56,7 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
     const size_t N = t->g->nalloc;
     float *full[2] = {NULL, NULL};
     for (int k = 0; k < ns; k++) full[k] = zero ? t->ckpt_state + (size_t)k * N : state_array(t, k);
-    double meta[5] = {0}; /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t */
+    double meta[6] = {0}; /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t, global batch */
     char path[4300] = "";
     if (t->rank == 0) {
         const int found = ckpt_find(t->cfg.ckpt_dir, path, sizeof path, err, errlen);
@@ -64,11 +64,11 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
         if (found < 0) meta[0] = -1;
         else if (found == 1 && ckpt_load(path, &m, t->model_text, t->g->params, full, err, errlen)) meta[0] = -1;
         else if (found == 1) {
-            meta[0] = 1, meta[1] = (double)m.step, meta[4] = (double)m.optim_t;
+            meta[0] = 1, meta[1] = (double)m.step, meta[4] = (double)m.optim_t, meta[5] = (double)m.global_batch;
             meta[2] = (double)(m.seed >> 32), meta[3] = (double)(m.seed & 0xffffffffu);
         }
     }
-    if (bcast(t, meta, 5, COLL_FLOAT64, err, errlen)) return -1;
+    if (bcast(t, meta, 6, COLL_FLOAT64, err, errlen)) return -1;
     if (meta[0] < 0) {
         if (t->rank != 0) snprintf(err, errlen, "rank 0 could not resume from its checkpoint (see its message)");
         return -1;
@@ -89,6 +89,10 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
     t->g->seed = t->seed;
     if (t->rank == 0) {
         printf("ddp-train: resumed from %s at step %ld\n", path, t->step);
+        if ((long)meta[5] != t->global_batch)
+            printf("ddp-train: note: the checkpoint was written with a global batch of %ld samples, this run has %ld: "
+                   "the step count is kept, so data order and schedule differ from the original run\n",
+                   (long)meta[5], t->global_batch);
         if (t->seed != (uint64_t)t->cfg.seed)
             printf("ddp-train: note: the checkpoint's seed %llu is used for data order and dropout, not [train] seed %ld\n",
                    (unsigned long long)t->seed, t->cfg.seed);
@@ -254,8 +258,9 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
         }
     }
     if (t->rank != 0) return 0;
-    const ckpt_meta_t m = {.step = t->step, .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns,
-                           .nweights = t->g->nweights};
+    const ckpt_meta_t m = {.step = t->step, .epoch = t->step / t->steps_per_epoch,
+                           .batch_in_epoch = t->step % t->steps_per_epoch, .global_batch = t->global_batch,
+                           .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights};
     return ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, t->g->params, state, t->fault_ckpt_at == t->step, err, errlen);
 }
 
