@@ -26,7 +26,7 @@ RT_OBJ := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
 RT_LIBS := -lopenblas -lz -linih
 TRAIN := $(BUILD)/bin/ddp-train
 
-BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor
+BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
 TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
@@ -55,6 +55,10 @@ $(BUILD)/bin/coll-bench: $(BUILD)/obj/tests/bench/coll_bench.o $(LIB_A)
 $(BUILD)/bin/gemm-floor: $(BUILD)/obj/tests/bench/gemm_floor.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lopenblas $(LDLIBS)
+
+$(BUILD)/bin/tcp-rtt: $(BUILD)/obj/tests/bench/tcp_rtt.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
 $(TRAIN): $(BUILD)/obj/src/main.o $(RT_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
