@@ -106,6 +106,8 @@ bench: deps
 	@BUILD=$(BUILD) tests/bench/compare-native
 	@BUILD=$(BUILD) tests/bench/train-vs-pytorch
 	@BUILD=$(BUILD) tests/bench/ddp-scaling
+	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/vcluster-bench 1gbit 2; \
+	else echo "vcluster-bench: skipped (network namespaces need root)"; fi
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
