@@ -14,9 +14,9 @@ double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int metrics_open(metrics_t *m, const char *path, int progress, char *err, size_t errlen) {
+int metrics_open(metrics_t *m, const char *path, int progress, int append, char *err, size_t errlen) {
     memset(m, 0, sizeof *m);
-    if (path && *path && !(m->f = fopen(path, "w"))) {
+    if (path && *path && !(m->f = fopen(path, append ? "a" : "w"))) {
         snprintf(err, errlen, "[log] metrics: cannot write %s: %s", path, strerror(errno));
         return -1;
     }

@@ -14,8 +14,9 @@ typedef struct metrics {
     double t_start;   /* wall clock at start of training */
 } metrics_t;
 
-/* path may be "" (no file); progress is CFG_PROGRESS_*. -1 if path cannot be opened. */
-int metrics_open(metrics_t *m, const char *path, int progress, char *err, size_t errlen);
+/* path may be "" (no file); progress is CFG_PROGRESS_*; append continues an
+ * existing file (a resumed run). -1 if path cannot be opened. */
+int metrics_open(metrics_t *m, const char *path, int progress, int append, char *err, size_t errlen);
 void metrics_close(metrics_t *m);
 
 typedef struct step_record {

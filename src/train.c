@@ -1,5 +1,6 @@
 #include "train.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -154,8 +155,13 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     t->exposed_ms = calloc((size_t)t->total_steps + 1, sizeof *t->exposed_ms);
     t->comm_ms = calloc((size_t)t->total_steps + 1, sizeof *t->comm_ms);
     if (!t->perm || !t->step_ms || !t->exposed_ms || !t->comm_ms) SETUP_FAIL("out of memory");
-    if (metrics_open(&t->m, t->rank == 0 ? cfg->metrics : "", t->rank == 0 ? cfg->progress : CFG_PROGRESS_OFF, err, errlen))
-        goto setup_failed;
+    /* the metrics file is opened after a possible resume (to append then);
+     * check now, while a failure can still be agreed on, that it can be written */
+    if (t->rank == 0 && cfg->metrics[0]) {
+        FILE *probe = fopen(cfg->metrics, "a");
+        if (!probe) SETUP_FAIL("[log] metrics: cannot write %s: %s", cfg->metrics, strerror(errno));
+        fclose(probe);
+    }
 
     /* every rank must get here before the first collective, or the others
      * would wait for it forever */
@@ -176,7 +182,8 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
         !(t->ckpt_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc + 1)))
         return snprintf(err, errlen, "out of memory for checkpoint staging"), -1;
     if (cfg->ckpt_dir[0] && cfg->resume == CFG_RESUME_AUTO && resume(t, err, errlen)) return -1;
-    return 0;
+    return metrics_open(&t->m, t->rank == 0 ? cfg->metrics : "", t->rank == 0 ? cfg->progress : CFG_PROGRESS_OFF,
+                        t->step > 0, err, errlen);
 setup_failed:
     trainer_agree(comm, 1, err, errlen);
     return -1;

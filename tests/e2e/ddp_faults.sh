@@ -80,12 +80,16 @@ for variant in "sgd" "adamw-zero"; do
     [ $variant = adamw-zero ] && v=(optim.name=adamw optim.lr=0.003 ddp.zero=1 optim.schedule=cosine optim.warmup_steps=5)
     if run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/a-$variant" log.params="$TMP/a-$variant.bin"; then
         # interrupted after step 25 (last checkpoint 20), then resumed
-        DDP_FAULT=exit@25 run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/b-$variant"
-        if run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/b-$variant" log.params="$TMP/b-$variant.bin" &&
+        DDP_FAULT=exit@25 run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/b-$variant" log.every_steps=5 log.metrics="$TMP/b.jsonl"
+        if run2 "${CK[@]}" "${v[@]}" checkpoint.dir="$TMP/b-$variant" log.params="$TMP/b-$variant.bin" log.every_steps=5 \
+            log.metrics="$TMP/b.jsonl" &&
             grep -q "resumed from .*ckpt-00000020.bin at step 20" "$TMP/out" &&
             "$BUILD/tests/cmp-params" "$TMP/b-$variant.bin" "$TMP/a-$variant.bin" 0 >"$TMP/cmp"; then
             ok "$variant: resumed at step 20, bitwise equal to the uninterrupted run at step 40"
         else no "$variant: resume: $(cat "$TMP/cmp" 2>/dev/null)"; fi
+        grep -q '"step":5,' "$TMP/b.jsonl" && grep -q '"event":"done","ranks":2,"steps":40' "$TMP/b.jsonl" &&
+            ok "$variant: the resumed run appends to the metrics file" || no "$variant: metrics after resume: $(cat "$TMP/b.jsonl")"
+        rm -f "$TMP/b.jsonl"
         n=$(ls "$TMP/b-$variant"/ckpt-*.bin | wc -l)
         [ "$n" -eq 2 ] && ok "$variant: the last two checkpoints are kept" || no "$variant: $n checkpoints kept"
     else no "$variant: uninterrupted run"; fi
