@@ -373,8 +373,9 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
                              .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med};
     metrics_done(&t->m, &d);
     if (t->rank == 0) {
-        printf("ddp-train: %ld steps, median step %.3f ms (exposed communication %.3f ms), %.0f samples/s", t->step, med,
-               exp_med, d.samples_per_s);
+        printf("ddp-train: %ld steps, median step %.3f ms", t->step, med);
+        if (t->ddp) printf(" (exposed communication %.3f ms)", exp_med);
+        printf(", %.0f samples/s", d.samples_per_s);
         if (t->last_acc >= 0) printf(", test accuracy %.4f", t->last_acc);
         printf("\n");
     }

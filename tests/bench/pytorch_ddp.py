@@ -17,17 +17,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from torch_mlp import build_mlp
+
 
 def worker(rank, a, store):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=a.ranks)
     torch.manual_seed(1)
-    layers = []
-    for i in range(len(a.dims) - 1):
-        layers.append(torch.nn.Linear(a.dims[i], a.dims[i + 1]))
-        if i < len(a.dims) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Sequential(*layers))
+    model = torch.nn.parallel.DistributedDataParallel(build_mlp(a.dims))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     n = a.batch * a.steps

@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from torch_mlp import build_mlp
+
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=300)
 p.add_argument("--batch", type=int, default=64)
@@ -22,12 +24,7 @@ a = p.parse_args()
 
 torch.set_num_threads(1)
 torch.manual_seed(1)
-layers = []
-for i in range(len(a.dims) - 1):
-    layers.append(torch.nn.Linear(a.dims[i], a.dims[i + 1]))
-    if i < len(a.dims) - 2:
-        layers.append(torch.nn.ReLU())
-model = torch.nn.Sequential(*layers)
+model = build_mlp(a.dims)
 opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 loss_fn = torch.nn.CrossEntropyLoss()
 n = a.batch * a.steps
