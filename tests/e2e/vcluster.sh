@@ -14,11 +14,15 @@ BUILD=${BUILD:-build}
 cd "$(dirname "$0")/../.."
 export VCLUSTER_NAME=ddpvct OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export DDP_TRAIN=$BUILD/bin/ddp-train
-if [ "${1:-}" = --probe ]; then
+if [ "${1:-}" = --probe ]; then # everything the cluster needs, tried once
     ip netns add ddpvct-probe 2>/dev/null || exit 1
+    ip -n ddpvct-probe link add vprobe0 type veth peer name vprobe1 2>/dev/null &&
+        ip -n ddpvct-probe link set vprobe0 up 2>/dev/null &&
+        ip netns exec ddpvct-probe tc qdisc add dev vprobe0 root tbf rate 1gbit burst 65536 latency 20ms 2>/dev/null &&
+        ip netns exec ddpvct-probe unshare --uts /bin/sh -c 'hostname probe' 2>/dev/null
+    rc=$?
     ip netns delete ddpvct-probe
-    command -v unshare >/dev/null && command -v tc >/dev/null
-    exit
+    exit $rc
 fi
 TMP=$(mktemp -d)
 trap 'launch/vcluster down >/dev/null 2>&1; rm -rf "$TMP"' EXIT
