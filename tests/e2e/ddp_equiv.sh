@@ -20,7 +20,7 @@ trap 'rm -rf "$TMP"' EXIT
 TOL=2e-5
 P=0 F=0
 # a small MLP on synthetic data: 64 inputs, 5 classes, 15 steps of 12 samples
-BASE=(configs/bench-mlp1024.ini data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
+BASE=(configs/bench-mlp1024.ini ddp.zero=0 data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
       model.hidden=32,16 optim.lr=0.05 train.max_steps=15 train.eval_every=0 log.progress=off log.metrics=)
 
 train() { # OUT NP ARGS...: trains, writes final parameters to OUT

@@ -17,7 +17,7 @@ trap cleanup EXIT
 P=0 F=0
 ok() { P=$((P + 1)); echo "ok: $1"; }
 no() { F=$((F + 1)); echo "FAIL: $1"; tail -15 "$TMP/out" | sed 's/^/    /'; }
-SMALL=(configs/bench-mlp1024.ini data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
+SMALL=(configs/bench-mlp1024.ini ddp.zero=0 data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
        model.hidden=32,16 train.eval_every=0 log.progress=off log.metrics=)
 
 # expect_fail NAME NEEDLE NP ARGS... : the job exits non-zero within 60 s and
