@@ -103,5 +103,7 @@ if launch/ddprun -- cfg.ini 2>"$TMP/err"; then no "ddprun without -np"
 elif grep -q "needs a positive rank count" "$TMP/err"; then ok "ddprun without -np is a usage error"
 else no "ddprun without -np: $(cat "$TMP/err")"; fi
 
+bash -n launch/slurm.sbatch && grep -q "build/bin/ddp-train" launch/slurm.sbatch && ok "slurm.sbatch parses" || no "slurm.sbatch"
+
 echo "train-cli: $P passed, $F failed"
 [ "$F" -eq 0 ]
