@@ -60,6 +60,9 @@ const char *ddp_error(const ddp_t *d);
 
 /* Rank 0's buffer to every rank (start-up: identical replicas). */
 int ddp_broadcast(ddp_t *d, void *buf, size_t count, coll_dtype_t dtype);
+/* Waits for every rank, allowing `timeout_s` (instead of the engine's) for
+ * the slowest, e.g. while rank 0 writes a checkpoint; 0 = forever. */
+int ddp_barrier(ddp_t *d, double timeout_s);
 /* v[0..n) reduced over ranks with op, in place, on every rank. */
 int ddp_allreduce_double(ddp_t *d, double *v, int n, coll_op_t op);
 

@@ -130,6 +130,14 @@ int ddp_broadcast(ddp_t *d, void *buf, size_t count, coll_dtype_t dtype) {
     return rc == COLL_SUCCESS ? 0 : fail(d, "broadcast from rank 0", rc);
 }
 
+int ddp_barrier(ddp_t *d, double timeout_s) {
+    /* no collective is in flight here, so the progress thread reads no timeout */
+    coll_comm_set_timeout(d->comm, timeout_s);
+    coll_result_t rc = coll_barrier(d->comm);
+    coll_comm_set_timeout(d->comm, d->opt.timeout_s);
+    return rc == COLL_SUCCESS ? 0 : fail(d, "barrier after the checkpoint", rc);
+}
+
 int ddp_allreduce_double(ddp_t *d, double *v, int n, coll_op_t op) {
     coll_result_t rc = coll_allreduce(v, v, (size_t)n, COLL_FLOAT64, op, d->comm);
     return rc == COLL_SUCCESS ? 0 : fail(d, "all-reduce of step statistics", rc);

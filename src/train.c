@@ -30,15 +30,16 @@ static optim_cfg_t optim_config(const config_t *c) {
     };
 }
 
-/* DDP_FAULT=exit@STEP | kill-in-checkpoint@STEP: test hooks that end the
- * process abruptly after step STEP, or half-way through writing its
- * checkpoint, to test resuming. */
+/* DDP_FAULT=exit@STEP | kill-in-checkpoint@STEP | slow-checkpoint=SECONDS:
+ * test hooks that end the process abruptly after step STEP, or half-way
+ * through writing its checkpoint, or make rank 0's checkpoint writes slow. */
 static void parse_faults(trainer_t *t) {
     const char *f = getenv("DDP_FAULT");
     long s;
     if (!f) return;
     if (sscanf(f, "exit@%ld", &s) == 1) t->fault_exit_at = s;
     if (sscanf(f, "kill-in-checkpoint@%ld", &s) == 1) t->fault_ckpt_at = s;
+    if (sscanf(f, "slow-checkpoint=%ld", &s) == 1) t->fault_slow_ckpt_s = s;
 }
 
 static int bcast(trainer_t *t, void *buf, size_t n, coll_dtype_t type, char *err, size_t errlen) {
@@ -253,6 +254,8 @@ static double median_after(const double *v, long n, long from) {
     return r;
 }
 
+#define CKPT_WAIT_S 600.0
+
 static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
     const int ns = optim_state_arrays(&t->opt);
     float *state[2] = {NULL, NULL};
@@ -264,11 +267,19 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
                 return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
         }
     }
-    if (t->rank != 0) return 0;
-    const ckpt_meta_t m = {.step = t->step, .epoch = t->step / t->steps_per_epoch,
-                           .batch_in_epoch = t->step % t->steps_per_epoch, .global_batch = t->global_batch,
-                           .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights};
-    return ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, t->g->params, state, t->fault_ckpt_at == t->step, err, errlen);
+    if (t->rank == 0) {
+        const ckpt_meta_t m = {.step = t->step, .epoch = t->step / t->steps_per_epoch,
+                               .batch_in_epoch = t->step % t->steps_per_epoch, .global_batch = t->global_batch,
+                               .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights};
+        if (t->fault_slow_ckpt_s > 0) sleep((unsigned)t->fault_slow_ckpt_s);
+        if (ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, t->g->params, state, t->fault_ckpt_at == t->step, err, errlen))
+            return -1;
+    }
+    /* The others wait here for rank 0's write, which may take longer than the
+     * step watchdog allows (a slow file system): give it CKPT_WAIT_S. */
+    if (t->ddp && ddp_barrier(t->ddp, fmax(CKPT_WAIT_S, t->cfg.timeout_s)))
+        return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+    return 0;
 }
 
 /* One optimiser step: K micro-batches, gradient sync, update, gather.

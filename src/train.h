@@ -41,7 +41,7 @@ typedef struct trainer {
     metrics_t m;
     double last_acc;       /* -1 until an evaluation ran */
     double t_begin;        /* wall clock at trainer_init (done.wall_s counts from here) */
-    long fault_exit_at, fault_ckpt_at; /* test hooks, DDP_FAULT */
+    long fault_exit_at, fault_ckpt_at, fault_slow_ckpt_s; /* test hooks, DDP_FAULT */
 } trainer_t;
 
 /* Loads data, builds the model, optimiser and (at several ranks) the

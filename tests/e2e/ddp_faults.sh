@@ -101,6 +101,10 @@ if ls "$TMP/c"/.ckpt-00000020.tmp >/dev/null 2>&1 && run2 "${CK[@]}" checkpoint.
     "$BUILD/tests/cmp-params" "$TMP/c.bin" "$TMP/a-sgd.bin" 0 >"$TMP/cmp"; then
     ok "killed while writing a checkpoint: the previous one loads, result bitwise equal"
 else no "killed while writing a checkpoint: $(ls -a "$TMP/c" | tr '\n' ' ') $(cat "$TMP/cmp" 2>/dev/null)"; fi
+# a checkpoint write slower than the step watchdog does not trip it
+if DDP_FAULT=slow-checkpoint=4 run2 "${CK[@]}" checkpoint.dir="$TMP/slow" train.max_steps=20 ddp.timeout_s=2 log.params="$TMP/slow.bin"; then
+    ok "a checkpoint write longer than ddp.timeout_s is waited for"
+else no "slow checkpoint write"; fi
 # a corrupt newest checkpoint is skipped with a message
 cp -r "$TMP/a-sgd" "$TMP/d"
 printf 'garbage' | dd of="$TMP/d/ckpt-00000040.bin" bs=1 seek=200 conv=notrunc 2>/dev/null
