@@ -191,7 +191,7 @@ static int wait_all(ddp_t *d, const char *what) {
     int rc = d->failed ? -1 : 0;
     for (int i = 0; i < d->nb; i++) {
         if (!d->b[i].req) continue;
-        double s, e;
+        double s = 0, e = 0;
         coll_result_t r = coll_wait_timed(d->b[i].req, &s, &e);
         d->b[i].req = NULL;
         if (r != COLL_SUCCESS && !rc) {
