@@ -83,7 +83,6 @@ int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi);
 int ddp_gather_shards(ddp_t *d, const float *shard, float *full);
 /* Floats in this rank's slices together (the optimiser state it needs). */
 size_t ddp_shard_size(const ddp_t *d);
-int ddp_buckets(const ddp_t *d);
 
 /* The last step's communication, in ms: comm = time a gradient or parameter
  * collective was executing; exposed = time the caller was blocked on one. */

@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "hash.h"
+
 #define CKPT_MAGIC "DDPCKPT1"
 #define CKPT_VERSION 2
 #define CKPT_KEEP 2
@@ -40,12 +42,6 @@ static void put(wfile_t *w, const void *p, size_t n) {
         b += k;
         n -= k;
     }
-}
-
-static uint64_t fnv1a(const char *s) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
-    return h;
 }
 
 static int fsync_dir(const char *dir) {
@@ -95,7 +91,7 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
                        .step = (uint64_t)m->step, .seed = m->seed, .optim_t = (uint64_t)m->optim_t,
                        .text_len = strlen(model_text), .epoch = (uint64_t)m->epoch,
                        .batch_in_epoch = (uint64_t)m->batch_in_epoch, .global_batch = (uint64_t)m->global_batch,
-                       .model_hash = fnv1a(model_text)};
+                       .model_hash = fnv1a(model_text, strlen(model_text))};
     memcpy(h.magic, CKPT_MAGIC, 8);
     /* the crc is stored in the header, so it is computed over the header with
      * crc = 0 and written last, in place */
@@ -134,9 +130,13 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
     return 0;
 }
 
-/* Reads and checks a whole checkpoint. With params == NULL only verifies. */
-static int read_ckpt(const char *path, ckpt_header_t *h, char **text, float *params, float *const *state, char *err,
-                     size_t errlen) {
+enum { READ_HEADER, READ_VERIFY, READ_LOAD };
+
+/* Reads a checkpoint: its header and model text only (READ_HEADER), or the
+ * whole file with its checksum, into scratch (READ_VERIFY) or into params and
+ * state (READ_LOAD). */
+static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, float *params, float *const *state,
+                     char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     *text = NULL;
     if (!f) {
@@ -162,13 +162,17 @@ static int read_ckpt(const char *path, ckpt_header_t *h, char **text, float *par
         goto out;
     }
     crc = crc32(crc, (const Bytef *)*text, (uInt)h->text_len);
+    if (how == READ_HEADER) {
+        rc = 0;
+        goto out;
+    }
     const size_t bytes = h->nweights * sizeof(float);
-    if (!params && !(scratch = malloc(bytes ? bytes : 1))) {
+    if (how == READ_VERIFY && !(scratch = malloc(bytes ? bytes : 1))) {
         snprintf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     for (uint32_t k = 0; k <= h->state_arrays; k++) {
-        float *dst = params ? (k == 0 ? params : state[k - 1]) : scratch;
+        float *dst = how == READ_LOAD ? (k == 0 ? params : state[k - 1]) : scratch;
         if (fread(dst, 1, bytes, f) != bytes) {
             snprintf(err, errlen, "%s: truncated", path);
             goto out;
@@ -207,7 +211,7 @@ int ckpt_find(const char *dir, char *path, size_t len, char *err, size_t errlen)
         ckpt_header_t h;
         char *text, e[512];
         snprintf(path, len, "%s/ckpt-%08ld.bin", dir, steps[i]);
-        if (read_ckpt(path, &h, &text, NULL, NULL, e, sizeof e) == 0) {
+        if (read_ckpt(path, READ_VERIFY, &h, &text, NULL, NULL, e, sizeof e) == 0) {
             free(text);
             return 1;
         }
@@ -235,9 +239,10 @@ int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *p
               char *err, size_t errlen) {
     ckpt_header_t h;
     char *text;
-    /* verify first (reading into scratch) so a refused file leaves params alone */
-    if (read_ckpt(path, &h, &text, NULL, NULL, err, errlen)) return -1;
-    if (h.model_hash != fnv1a(model_text) || strcmp(text, model_text)) {
+    /* the header first, so a refused file leaves params alone (ckpt_find has
+     * verified the checksum; the load below checks it again as it reads) */
+    if (read_ckpt(path, READ_HEADER, &h, &text, NULL, NULL, err, errlen)) return -1;
+    if (h.model_hash != fnv1a(model_text, strlen(model_text)) || strcmp(text, model_text)) {
         char d[600];
         first_difference(text, model_text, d, sizeof d);
         snprintf(err, errlen, "%s was written for a different model: %s (use another [checkpoint] dir, or resume = never)",
@@ -251,7 +256,7 @@ int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *p
                  path, (unsigned long long)h.nweights, h.state_arrays, m->nweights, m->state_arrays);
         return -1;
     }
-    if (read_ckpt(path, &h, &text, params, state, err, errlen)) return -1;
+    if (read_ckpt(path, READ_LOAD, &h, &text, params, state, err, errlen)) return -1;
     free(text);
     m->step = (long)h.step;
     m->epoch = (long)h.epoch;

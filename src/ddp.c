@@ -114,7 +114,6 @@ void ddp_destroy(ddp_t *d) {
 int ddp_rank(const ddp_t *d) { return d->rank; }
 int ddp_size(const ddp_t *d) { return d->size; }
 const char *ddp_error(const ddp_t *d) { return d->err; }
-int ddp_buckets(const ddp_t *d) { return d->nb; }
 size_t ddp_shard_size(const ddp_t *d) { return d->shard_size; }
 
 int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi) {

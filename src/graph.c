@@ -73,11 +73,11 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
     }
 }
 
-static size_t scratch_floats(const graph_t *g, const node_t *nd, const tensor_t *in) {
+static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     switch (nd->spec.kind) {
     case OP_CONV2D: return (size_t)in->dim[1] * nd->spec.k * nd->spec.k * nd->out.dim[2] * nd->out.dim[3];
     case OP_DROPOUT: return nd->out.size;
-    default: (void)g; return 0;
+    default: return 0;
     }
 }
 
@@ -168,7 +168,7 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
             if (!(nd->out.data = tensor_alloc(nd->out.size))) OOM("activations");
             if (i != g->nnodes - 1 && !(nd->dout.data = tensor_alloc(nd->dout.size))) OOM("gradients");
         }
-        const size_t sc = scratch_floats(g, nd, x);
+        const size_t sc = scratch_floats(nd, x);
         if (sc && !(nd->scratch = tensor_alloc(sc))) OOM("scratch");
         if (nd->spec.kind == OP_MAXPOOL && !(nd->index = calloc(nd->out.size, sizeof(int32_t)))) OOM("max-pool indices");
     }

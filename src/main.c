@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hash.h"
 #include "train.h"
 
 static void usage(FILE *f) {
@@ -33,10 +34,22 @@ static int finish(int rc) {
     return rc;
 }
 
-static uint64_t fnv1a(const char *s, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
-    return h;
+/* Gathers every rank's fingerprint; returns the first rank whose value
+ * differs from rank 0's (filling theirs and rank 0's), or -1. */
+static int differs_from_rank0(unsigned long long mine, int ranks, unsigned long long *theirs, unsigned long long *zero) {
+    unsigned long long *all = malloc((size_t)ranks * sizeof *all);
+    if (!all) {
+        fprintf(stderr, "ddp-train: out of memory\n");
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
+    int bad = -1;
+    for (int r = 1; r < ranks && bad < 0; r++)
+        if (all[r] != all[0]) bad = r;
+    *zero = all[0];
+    *theirs = bad >= 0 ? all[bad] : all[0];
+    free(all);
+    return bad;
 }
 
 /* Every rank must train the same job: compare a hash of the effective
@@ -49,40 +62,28 @@ static int same_config_everywhere(const config_t *cfg, int rank, int ranks) {
         config_write(cfg, f, 0);
         fclose(f);
     }
-    unsigned long long mine = text ? fnv1a(text, len) : 0;
+    const unsigned long long mine = text ? fnv1a(text, len) : 0;
     free(text);
-    unsigned long long *all = malloc((size_t)ranks * sizeof *all);
-    if (!all) return -1;
-    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
-    int bad = -1;
-    for (int r = 1; r < ranks && bad < 0; r++)
-        if (all[r] != all[0]) bad = r;
+    unsigned long long theirs, zero;
+    const int bad = differs_from_rank0(mine, ranks, &theirs, &zero);
     if (bad >= 0)
         fprintf(stderr,
                 "ddp-train: rank %d: the configuration differs between ranks (rank %d's hash %016llx, rank 0's %016llx); "
                 "every rank must get the same CONFIG and overrides\n",
-                rank, bad, all[bad], all[0]);
-    free(all);
+                rank, bad, theirs, zero);
     return bad >= 0 ? -1 : 0;
 }
 
 /* After training: every replica must hold the same parameters. */
 static int replicas_identical(const trainer_t *t) {
-    unsigned long long mine = trainer_params_hash(t), *all = malloc((size_t)t->ranks * sizeof *all);
-    if (!all) return -1;
-    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
-    int rc = 0;
-    for (int r = 1; r < t->ranks; r++)
-        if (all[r] != all[0]) {
-            if (t->rank == 0)
-                fprintf(stderr, "ddp-train: replicas diverged: rank %d's parameters hash %016llx, rank 0's %016llx\n", r,
-                        all[r], all[0]);
-            rc = -1;
-        }
-    if (!rc && t->rank == 0 && t->ranks > 1)
-        printf("ddp-train: replicas identical on %d ranks (parameter hash %016llx)\n", t->ranks, all[0]);
-    free(all);
-    return rc;
+    unsigned long long theirs, zero;
+    const int bad = differs_from_rank0(fnv1a(t->g->params, t->g->nweights * sizeof(float)), t->ranks, &theirs, &zero);
+    if (bad >= 0 && t->rank == 0)
+        fprintf(stderr, "ddp-train: replicas diverged: rank %d's parameters hash %016llx, rank 0's %016llx\n", bad,
+                theirs, zero);
+    if (bad < 0 && t->rank == 0 && t->ranks > 1)
+        printf("ddp-train: replicas identical on %d ranks (parameter hash %016llx)\n", t->ranks, zero);
+    return bad >= 0 ? -1 : 0;
 }
 
 int main(int argc, char **argv) {

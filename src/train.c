@@ -205,27 +205,17 @@ void trainer_free(trainer_t *t) {
     memset(t, 0, sizeof *t);
 }
 
-uint64_t trainer_params_hash(const trainer_t *t) {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    const unsigned char *p = (const unsigned char *)t->g->params;
-    for (size_t i = 0; i < t->g->nweights * sizeof(float); i++) h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     graph_t *g = t->g;
     const int B = g->batch;
     const int lo = (int)((long)t->test.n * t->rank / t->ranks), hi = (int)((long)t->test.n * (t->rank + 1) / t->ranks);
+    const size_t S = dataset_sample_size(&t->test);
     double sums[2] = {0, 0}; /* correct, loss x samples */
-    uint32_t idx[1024];
     g->training = 0;
-    for (int i = lo; i < hi; i += B) {
+    for (int i = lo; i < hi; i += B) { /* this rank's test samples are contiguous */
         const int n = hi - i < B ? hi - i : B;
-        for (int k = 0; k < n; k += 1024) {
-            const int m = n - k < 1024 ? n - k : 1024;
-            for (int j = 0; j < m; j++) idx[j] = (uint32_t)(i + k + j);
-            data_gather(&t->test, idx, m, g->input.data + (size_t)k * tensor_sample_size(&g->input), g->labels + k);
-        }
+        memcpy(g->input.data, t->test.x + (size_t)i * S, (size_t)n * S * sizeof(float));
+        memcpy(g->labels, t->test.y + i, (size_t)n * sizeof *g->labels);
         sums[1] += (double)graph_forward(g, n) * n;
         sums[0] += graph_correct(g);
     }
@@ -284,7 +274,7 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
 
 /* One optimiser step: K micro-batches, gradient sync, update, gather.
  * *loss = the mean loss of this rank's samples. 0, or -1 with err. */
-static int train_step(trainer_t *t, long b, float *loss_out, char *err, size_t errlen) {
+static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char *err, size_t errlen) {
     graph_t *g = t->g;
     const int B = t->cfg.batch_size, K = t->cfg.accumulate;
     double loss = 0;
@@ -300,7 +290,7 @@ static int train_step(trainer_t *t, long b, float *loss_out, char *err, size_t e
         graph_backward(g);
     }
     if (t->ddp && ddp_sync(t->ddp)) goto fail;
-    const float lr = optim_lr(&t->ocfg, t->step, t->total_steps);
+    const float lr = *lr_out = optim_lr(&t->ocfg, t->step, t->total_steps);
     optim_begin(&t->opt);
     if (t->ddp) {
         const size_t *lo, *hi;
@@ -336,21 +326,20 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
     while (t->step < t->total_steps) {
         const long epoch = t->step / spe, b = t->step % spe;
         if (epoch != perm_epoch) data_permutation(t->perm, t->train.n, t->seed, epoch), perm_epoch = epoch;
-        const double s0 = now_s(), c0 = thread_cpu_s();
-        float loss;
-        if (train_step(t, b, &loss, err, errlen)) return -1;
-        const double ms = 1e3 * (now_s() - s0), cpu_ms = 1e3 * (thread_cpu_s() - c0);
+        const double s0 = now_s(), c0 = t->ddp ? thread_cpu_s() : 0;
+        float loss, lr;
+        if (train_step(t, b, &loss, &lr, err, errlen)) return -1;
+        const double ms = 1e3 * (now_s() - s0);
         const long i = t->step - first;
         ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0};
         /* Exposed communication is the part of the step this thread did not
          * compute: blocked in a wait, or pre-empted by the progress thread
          * when both share a core (then it never appears as waiting). It is
          * at most the time communication ran. */
-        if (t->ddp) st.exposed_ms = fmin(st.comm_ms, fmax(st.exposed_ms, ms - cpu_ms));
+        if (t->ddp) st.exposed_ms = fmin(st.comm_ms, fmax(st.exposed_ms, ms - 1e3 * (thread_cpu_s() - c0)));
         t->step_ms[i] = ms;
         t->exposed_ms[i] = st.exposed_ms;
         t->comm_ms[i] = st.comm_ms;
-        const float lr = optim_lr(&t->ocfg, t->step, t->total_steps);
         t->step++;
         if (t->step % c->every_steps == 0 || t->step == t->total_steps) {
             double v = loss; /* the global batch's mean: every rank's mean averaged */

@@ -56,8 +56,6 @@ int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen);
 int trainer_run(trainer_t *t, char *err, size_t errlen);
 /* Mean loss and accuracy over the whole test set (split across ranks). */
 int trainer_evaluate(trainer_t *t, double *acc, double *loss);
-/* FNV-1a hash of the parameters, to compare replicas. */
-uint64_t trainer_params_hash(const trainer_t *t);
 void trainer_free(trainer_t *t);
 
 #endif

@@ -137,6 +137,24 @@ static double ref_loss(const graph_t *g, const double *P, const double *X, int n
 
 /* ---- the check ---- */
 
+/* Parses `layers` and builds a graph for C x H x W inputs: NULL with the
+ * message in err when either step fails. */
+static graph_t *build(const char *layers, int C, int H, int W, int classes, int batch, char *err, size_t errlen) {
+    layer_spec_t specs[LAYERS_MAX];
+    graph_t *g;
+    const int ns = layers_parse(layers, specs, LAYERS_MAX, err, errlen);
+    if (ns < 0 || graph_create(&g, specs, ns, (int[]){C, H, W}, classes, batch, DEV_CPU, err, errlen)) return NULL;
+    return g;
+}
+
+/* build() that must succeed */
+static graph_t *must_build(const char *layers, int C, int H, int W, int classes, int batch) {
+    char err[256];
+    graph_t *g = build(layers, C, H, W, classes, batch, err, sizeof err);
+    if (!g) fail_msg("%s: %s", layers, err);
+    return g;
+}
+
 static double worst; /* largest error seen in the current test, for the log */
 
 /* compares analytic[idx] with central differences of the reference in v[idx] */
@@ -169,13 +187,7 @@ static void check_entries(const char *what, const graph_t *g, double *P, double 
 /* Builds the graph, runs forward+backward on random data with n of batch
  * rows, and checks the loss, every parameter and the input gradient. */
 static void gradcheck(const char *layers, int C, int H, int W, int classes, int batch, int n) {
-    layer_spec_t specs[LAYERS_MAX];
-    char err[256];
-    const int ns = layers_parse(layers, specs, LAYERS_MAX, err, sizeof err);
-    if (ns < 0) fail_msg("%s: %s", layers, err);
-    graph_t *g;
-    if (graph_create(&g, specs, ns, (int[]){C, H, W}, classes, batch, DEV_CPU, err, sizeof err))
-        fail_msg("%s: %s", layers, err);
+    graph_t *g = must_build(layers, C, H, W, classes, batch);
     assert_int_equal(graph_enable_input_grad(g), 0);
     graph_init_params(g, 7);
     rng_t r;
@@ -236,11 +248,7 @@ static void on_grad(void *user, int param, size_t off, size_t cnt) {
 
 static void layout_and_callback(void **st) {
     (void)st;
-    layer_spec_t specs[LAYERS_MAX];
-    char err[256];
-    const int ns = layers_parse("linear(7) relu linear(3) relu linear(4)", specs, LAYERS_MAX, err, sizeof err);
-    graph_t *g;
-    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 1, 5}, 4, 6, DEV_CPU, err, sizeof err), 0);
+    graph_t *g = must_build("linear(7) relu linear(3) relu linear(4)", 1, 1, 5, 4, 6);
     /* last layer first, weight then bias, packed */
     const size_t want_cnt[6] = {4 * 3, 4, 3 * 7, 3, 7 * 5, 7};
     const char *want_name[6] = {"linear4.weight", "linear4.bias", "linear2.weight", "linear2.bias", "linear0.weight", "linear0.bias"};
@@ -278,11 +286,7 @@ static void layout_and_callback(void **st) {
 /* accumulate = 1 adds into the gradients; loss_scale scales them */
 static void accumulation(void **st) {
     (void)st;
-    layer_spec_t specs[LAYERS_MAX];
-    char err[256];
-    const int ns = layers_parse("conv(2,3) relu flatten linear(3)", specs, LAYERS_MAX, err, sizeof err);
-    graph_t *g;
-    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 4, 4}, 3, 3, DEV_CPU, err, sizeof err), 0);
+    graph_t *g = must_build("conv(2,3) relu flatten linear(3)", 1, 4, 4, 3, 3);
     graph_init_params(g, 2);
     for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = (float)((i * 7) % 11) - 5.0f;
     for (int i = 0; i < 3; i++) g->labels[i] = i;
@@ -303,11 +307,7 @@ static void accumulation(void **st) {
 /* forward + backward + optimiser step: no heap allocation after the first */
 static void step_allocates_nothing(void **st) {
     (void)st;
-    layer_spec_t specs[LAYERS_MAX];
-    char err[256];
-    const int ns = layers_parse("conv(4,3) relu maxpool(2) flatten linear(16) gelu dropout(0.2) linear(10)", specs, LAYERS_MAX, err, sizeof err);
-    graph_t *g;
-    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 8, 8}, 10, 8, DEV_CPU, err, sizeof err), 0);
+    graph_t *g = must_build("conv(4,3) relu maxpool(2) flatten linear(16) gelu dropout(0.2) linear(10)", 1, 8, 8, 10, 8);
     graph_init_params(g, 2);
     optim_t o;
     const optim_cfg_t oc = {.kind = OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
@@ -328,17 +328,12 @@ static void step_allocates_nothing(void **st) {
 /* shape errors name the layer */
 static void shape_errors(void **st) {
     (void)st;
-    layer_spec_t specs[LAYERS_MAX];
     char err[256];
-    graph_t *g;
-    int ns = layers_parse("linear(10) conv(3,3)", specs, LAYERS_MAX, err, sizeof err);
-    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 28, 28}, 10, 4, DEV_CPU, err, sizeof err), -1);
+    assert_null(build("linear(10) conv(3,3)", 1, 28, 28, 10, 4, err, sizeof err));
     assert_non_null(strstr(err, "layer 2 (conv) needs an image input"));
-    ns = layers_parse("maxpool(5)", specs, LAYERS_MAX, err, sizeof err);
-    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 3, 3}, 10, 4, DEV_CPU, err, sizeof err), -1);
+    assert_null(build("maxpool(5)", 1, 3, 3, 10, 4, err, sizeof err));
     assert_non_null(strstr(err, "kernel 5 is larger than its 3x3 input"));
-    ns = layers_parse("linear(7)", specs, LAYERS_MAX, err, sizeof err);
-    assert_int_equal(graph_create(&g, specs, ns, (int[]){1, 1, 4}, 10, 4, DEV_CPU, err, sizeof err), -1);
+    assert_null(build("linear(7)", 1, 1, 4, 10, 4, err, sizeof err));
     assert_non_null(strstr(err, "produces 7 outputs but the data has 10 classes"));
 }
 
