@@ -85,6 +85,11 @@ check_out "$TMP/s1" "scaling weak, one node"
 timeout 300 launch/scaling --mode strong --ranks 1,2 --rate 1gbit --steps 20 --out "$TMP/s2" -- "${TINY[@]}" >"$TMP/s2.out" 2>&1
 check_out "$TMP/s2" "scaling strong, across 2 nodes"
 grep -q '^2,2,1gbit,auto,on,' "$TMP/s2/results.csv" && ok "the 2-rank point ran on 2 nodes" || no "no 2-node row: $(cat "$TMP/s2/results.csv")"
+# bad input to the driver: a message and status 2, before anything runs
+for bad in "--rate 1gbps" "--ranks 1,x" "--mode fast"; do
+    launch/scaling $bad -- "${TINY[@]}" >"$TMP/bad.out" 2>&1
+    [ $? -eq 2 ] && [ -s "$TMP/bad.out" ] && ok "scaling $bad is refused" || no "scaling $bad: $(cat "$TMP/bad.out")"
+done
 VCLUSTER_NAME=ddpsc
 [ -z "$(ip netns list | grep -E '^ddpsc-')" ] && ok "the driver took its cluster down" || no "the driver left namespaces"
 
