@@ -1,5 +1,7 @@
 # One entry point: make, make test, make run, make bench, make install.
 # make SAN=1 builds with AddressSanitizer and UBSan into build-san/.
+# make CUDA=1 / CUDA=0 forces the GPU parts on or off; by default they are
+# built when nvcc is found (docs/GPU.md). CUDA_GENCODE adds architectures.
 
 PREFIX ?= /usr/local
 CC := mpicc
@@ -13,7 +15,21 @@ LDFLAGS_SAN := -fsanitize=address,undefined
 endif
 CFLAGS ?=
 CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
-LDLIBS := -lpthread -lm
+LDLIBS := -lpthread -lm -ldl
+
+# ---- CUDA: sm_90 machine code plus PTX, so newer GPUs JIT-compile it ----
+NVCC ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA ?= $(if $(NVCC),1,0)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_GENCODE ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVCCFLAGS := -O3 -std=c++17 $(CUDA_GENCODE) -Iinclude -Isrc -Xcompiler -fPIC,-Wall,-Wextra,-Werror -MMD -MP
+ifeq ($(CUDA),1)
+CFLAGS += -DHAVE_CUDA=1 -I$(CUDA_HOME)/include
+# the runtime's CUDA column is a plugin loaded by device = cuda (src/device_cuda.h)
+CUDA_PLUGIN := $(BUILD)/lib/libddp_cuda.so
+CU_OBJ := $(patsubst %.cu,$(BUILD)/obj/%.o,$(wildcard src/*.cu))
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcudnn -lcublas -cudart shared
+endif
 
 LIB_SRC := $(wildcard collectives/*.c)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -31,14 +47,26 @@ TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/t
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean
-all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS)
+all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS) $(CUDA_PLUGIN)
 
 deps:
 	@launch/install-deps
 
-$(BUILD)/obj/%.o: %.c
+# objects depend on the flags they were built with (CUDA on or off, say)
+FLAGS_STAMP := $(BUILD)/.flags
+$(shell mkdir -p $(BUILD); echo '$(CFLAGS) $(NVCCFLAGS)' | cmp -s - $(FLAGS_STAMP) || echo '$(CFLAGS) $(NVCCFLAGS)' > $(FLAGS_STAMP))
+
+$(BUILD)/obj/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -fPIC -c $< -o $@
+
+$(BUILD)/obj/%.o: %.cu $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(CUDA_PLUGIN): $(CU_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) -shared $(CUDA_GENCODE) -o $@ $^ $(CUDA_LIBS)
 
 $(LIB_A): $(LIB_OBJ)
 	@mkdir -p $(dir $@)

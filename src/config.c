@@ -52,6 +52,9 @@ static const key_def_t keys[] = {
     {"train", "max_steps", T_LONG, F(max_steps), 0, 0, BIG, NULL, "0", 0},
     {"train", "seed", T_LONG, F(seed), 0, 0, BIG, NULL, "1", 0},
     {"train", "eval_every", T_INT, F(eval_every), 0, 0, 1 << 20, NULL, "1", 0},
+    {"train", "device", T_ENUM, F(device), 0, 0, 0, "cpu|cuda", "cpu", 0},
+    {"train", "gpu", T_STR, F(gpu), 0, 0, 0, NULL, "auto", 0},
+    {"train", "tf32", T_BOOL, F(tf32), 0, 0, 1, NULL, "false", 0},
     {"log", "metrics", T_STR, F(metrics), 0, 0, 0, NULL, "", 0},
     {"log", "every_steps", T_LONG, F(every_steps), 0, 1, BIG, NULL, "100", 0},
     {"log", "progress", T_ENUM, F(progress), 0, 0, 0, "auto|on|off", "auto", 0},
@@ -313,7 +316,17 @@ static const char *origin_of(const config_t *c, const char *section, const char 
     return k && c->origin[k - keys][0] ? c->origin[k - keys] : "default";
 }
 
-int config_validate(const config_t *c, char *err, size_t errlen) {
+int config_validate(config_t *c, char *err, size_t errlen) {
+    c->gpu_index = -1;
+    if (strcmp(c->gpu, "auto")) {
+        double d;
+        if (parse_number(c->gpu, &d, 1) || d < 0 || d > 1024) {
+            snprintf(err, errlen, "%s: [train] gpu: expected auto or a device index, got '%s'", origin_of(c, "train", "gpu"),
+                     c->gpu);
+            return -1;
+        }
+        c->gpu_index = (int)d;
+    }
     if (c->arch == CFG_ARCH_LAYERS && !c->layers[0]) {
         snprintf(err, errlen, "%s: [model] arch = layers needs [model] layers", origin_of(c, "model", "arch"));
         return -1;

@@ -38,6 +38,10 @@ typedef struct config {
     long max_steps;
     long seed;
     int eval_every;
+    int device;                 /* CFG_DEVICE_* */
+    char gpu[CFG_STR_MAX];      /* "auto" or an index; see gpu_index */
+    int gpu_index;              /* -1 for auto (set by config_validate) */
+    int tf32;
     /* [log] */
     char metrics[CFG_STR_MAX];
     long every_steps;
@@ -66,6 +70,7 @@ enum { CFG_OPTIM_SGD, CFG_OPTIM_ADAMW };
 enum { CFG_SCHED_CONSTANT, CFG_SCHED_STEP, CFG_SCHED_COSINE };
 enum { CFG_PROGRESS_AUTO, CFG_PROGRESS_ON, CFG_PROGRESS_OFF };
 enum { CFG_RESUME_AUTO, CFG_RESUME_NEVER };
+enum { CFG_DEVICE_CPU, CFG_DEVICE_CUDA };
 
 /* Defaults for every key. */
 void config_defaults(config_t *c);
@@ -76,8 +81,9 @@ int config_load(config_t *c, const char *path, char *err, size_t errlen);
 /* Applies "section.key=value". 0, or -1 with "override '...': ..." in err. */
 int config_override(config_t *c, const char *arg, char *err, size_t errlen);
 
-/* Checks that need several keys (run after all loads and overrides). */
-int config_validate(const config_t *c, char *err, size_t errlen);
+/* Checks that need several keys (run after all loads and overrides); also
+ * derives gpu_index. */
+int config_validate(config_t *c, char *err, size_t errlen);
 
 /* The effective configuration as INI text (every key, canonical form);
  * `model_only` restricts it to what shapes the parameters. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "ops.h"
 #include "rng.h"
 
@@ -77,6 +78,7 @@ static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     switch (nd->spec.kind) {
     case OP_CONV2D: return (size_t)in->dim[1] * nd->spec.k * nd->spec.k * nd->out.dim[2] * nd->out.dim[3];
     case OP_DROPOUT: return nd->out.size;
+    case OP_SOFTMAX_CE: return (size_t)nd->out.dim[0]; /* per-row losses (GPU) */
     default: return 0;
     }
 }
@@ -113,6 +115,10 @@ static int topo_order(graph_t *g, char *err, size_t errlen) {
     return rc;
 }
 
+static const tensor_t *input_of(const graph_t *g, const node_t *nd) {
+    return nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+}
+
 #define OOM(what) do { snprintf(err, errlen, "out of memory for %s", what); goto fail; } while (0)
 
 int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int in[3], int classes,
@@ -147,8 +153,27 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
 
     tensor_shape(&g->input, 4, (int[]){batch, in[0], in[1], in[2]});
     g->input.dev = dev;
-    if (!(g->input.data = tensor_alloc(g->input.size))) OOM("the input");
-    if (!(g->labels = calloc((size_t)batch, sizeof *g->labels))) OOM("labels");
+    if (!(g->input.data = device_alloc_floats(dev, g->input.size))) OOM("the input");
+    if (!(g->labels = device_alloc(dev, (size_t)batch * sizeof *g->labels))) OOM("labels");
+    if (!(g->loss_dev = device_alloc_floats(dev, 2))) OOM("the loss");
+    if (!(g->ones = device_alloc_floats(dev, (size_t)batch))) OOM("the ones vector");
+    {
+        float *one = malloc((size_t)batch * sizeof *one);
+        if (!one) OOM("the ones vector");
+        for (int i = 0; i < batch; i++) one[i] = 1.0f;
+        const int rc = device_from_host(dev, g->ones, one, (size_t)batch * sizeof *one);
+        free(one);
+        if (rc) OOM("the ones vector (copy)");
+    }
+    if (dev != DEV_CPU) {
+        for (int k = 0; k < 2; k++) {
+            g->stage_x[k] = device_host_alloc(g->input.size * sizeof(float));
+            g->stage_y[k] = device_host_alloc((size_t)batch * sizeof(int32_t));
+            g->staged[k] = device_event_new(dev);
+            if (!g->stage_x[k] || !g->stage_y[k] || !g->staged[k]) OOM("input staging");
+        }
+        if (!(g->probs_host = malloc((size_t)batch * classes * sizeof(float)))) OOM("probabilities");
+    }
 
     for (int k = 0; k < g->nnodes; k++) {
         const int i = g->order[k];
@@ -165,12 +190,13 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
             nd->out.data = x->data;
             nd->dout.data = src ? src->dout.data : NULL;
         } else {
-            if (!(nd->out.data = tensor_alloc(nd->out.size))) OOM("activations");
-            if (i != g->nnodes - 1 && !(nd->dout.data = tensor_alloc(nd->dout.size))) OOM("gradients");
+            if (!(nd->out.data = device_alloc_floats(dev, nd->out.size))) OOM("activations");
+            if (i != g->nnodes - 1 && !(nd->dout.data = device_alloc_floats(dev, nd->dout.size))) OOM("gradients");
         }
         const size_t sc = scratch_floats(nd, x);
-        if (sc && !(nd->scratch = tensor_alloc(sc))) OOM("scratch");
-        if (nd->spec.kind == OP_MAXPOOL && !(nd->index = calloc(nd->out.size, sizeof(int32_t)))) OOM("max-pool indices");
+        if (sc && !(nd->scratch = device_alloc_floats(dev, sc))) OOM("scratch");
+        if (nd->spec.kind == OP_MAXPOOL && !(nd->index = device_alloc(dev, nd->out.size * sizeof(int32_t))))
+            OOM("max-pool indices");
     }
     /* flat layout: reverse topological order, weight then bias */
     size_t off = 0;
@@ -190,6 +216,11 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
     free(placed);
     g->nweights = off;
     if (graph_pad_params(g, 1)) OOM("parameters");
+    for (int k = 0; k < g->nnodes; k++) {
+        node_t *nd = &g->nodes[g->order[k]];
+        const op_impl_t *op = ops_impl(dev, nd->spec.kind);
+        if (op->setup && op->setup(g, nd, input_of(g, nd), err, errlen)) goto fail;
+    }
     *out = g;
     return 0;
 fail:
@@ -197,19 +228,28 @@ fail:
     return -1;
 }
 
+static void free_flat(graph_t *g, float *p) {
+    if (g->dev == DEV_CPU) tensor_free(p);
+    else device_free(g->dev, p);
+}
+
+static float *alloc_flat(graph_t *g, size_t n) {
+    return g->dev == DEV_CPU ? tensor_alloc_huge(n) : device_alloc_floats(g->dev, n);
+}
+
 int graph_pad_params(graph_t *g, size_t multiple) {
     const size_t n = (g->nweights + multiple - 1) / multiple * multiple;
-    tensor_free(g->params);
-    tensor_free(g->grads);
+    free_flat(g, g->params);
+    free_flat(g, g->grads);
     g->grads = NULL;
     g->nalloc = n;
-    g->params = tensor_alloc_huge(n);
-    if (g->params) g->grads = tensor_alloc_huge(n);
+    g->params = alloc_flat(g, n);
+    if (g->params) g->grads = alloc_flat(g, n);
     return g->params && g->grads ? 0 : -1;
 }
 
 int graph_enable_input_grad(graph_t *g) {
-    if (!g->dinput && !(g->dinput = tensor_alloc(g->input.size))) return -1;
+    if (!g->dinput && !(g->dinput = device_alloc_floats(g->dev, g->input.size))) return -1;
     for (int k = 0; k < g->nnodes; k++) {
         node_t *nd = &g->nodes[g->order[k]];
         nd->needs_dinput = 1; /* every node is downstream of the input */
@@ -220,20 +260,32 @@ int graph_enable_input_grad(graph_t *g) {
 
 void graph_destroy(graph_t *g) {
     if (!g) return;
-    tensor_free(g->dinput);
+    const device_t dev = g->dev;
+    device_sync(dev);
+    device_free(dev, g->dinput);
     for (int i = 0; g->nodes && i < g->nnodes; i++) {
         node_t *nd = &g->nodes[i];
+        const op_impl_t *op = ops_impl(dev, nd->spec.kind);
+        if (op && op->release) op->release(g, nd);
         if (!nd->views_input) {
-            tensor_free(nd->out.data);
-            tensor_free(nd->dout.data);
+            device_free(dev, nd->out.data);
+            device_free(dev, nd->dout.data);
         }
-        tensor_free(nd->scratch);
-        free(nd->index);
+        device_free(dev, nd->scratch);
+        device_free(dev, nd->index);
     }
-    tensor_free(g->input.data);
-    tensor_free(g->params);
-    tensor_free(g->grads);
-    free(g->labels);
+    device_free(dev, g->input.data);
+    free_flat(g, g->params);
+    free_flat(g, g->grads);
+    device_free(dev, g->labels);
+    device_free(dev, g->loss_dev);
+    device_free(dev, g->ones);
+    for (int k = 0; k < 2; k++) {
+        if (g->stage_x[k]) device_host_free(g->stage_x[k]);
+        if (g->stage_y[k]) device_host_free(g->stage_y[k]);
+        device_event_free(g->staged[k]);
+    }
+    free(g->probs_host);
     free(g->nodes);
     free(g->order);
     free(g->param);
@@ -241,18 +293,66 @@ void graph_destroy(graph_t *g) {
 }
 
 void graph_init_params(graph_t *g, uint64_t seed) {
+    /* drawn on the host, so every device starts from the same numbers */
+    float *host = g->dev == DEV_CPU ? g->params : malloc(g->nweights * sizeof(float) + 1);
+    if (!host) abort();
     for (int p = 0; p < g->nparam; p++) {
         rng_t r;
         rng_seed(&r, seed ^ 0x696e6974ULL, (uint64_t)p, 0);
         const float bound = 1.0f / sqrtf((float)g->param[p].fan_in);
-        float *w = g->params + g->param[p].offset;
+        float *w = host + g->param[p].offset;
         for (size_t i = 0; i < g->param[p].count; i++) w[i] = (2.0f * rng_uniform(&r) - 1.0f) * bound;
+    }
+    if (host != g->params) {
+        if (graph_params_from_host(g, host)) abort();
+        free(host);
     }
 }
 
-static const tensor_t *input_of(const graph_t *g, const node_t *nd) {
-    return nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+int graph_params_to_host(graph_t *g, float *host) {
+    return device_to_host(g->dev, host, g->params, g->nweights * sizeof(float));
 }
+
+int graph_params_from_host(graph_t *g, const float *host) {
+    return device_from_host(g->dev, g->params, host, g->nweights * sizeof(float));
+}
+
+void graph_input_host(graph_t *g, float **x, int32_t **y) {
+    if (g->dev == DEV_CPU) {
+        *x = g->input.data;
+        *y = g->labels;
+        return;
+    }
+    /* the pair last used two batches ago: its copy must have finished */
+    const int k = g->stage ^ 1;
+    device_event_wait(g->staged[k]);
+    *x = g->stage_x[k];
+    *y = g->stage_y[k];
+}
+
+int graph_input_commit(graph_t *g, int n) {
+    if (g->dev == DEV_CPU) return 0;
+    const int k = g->stage ^= 1;
+    const size_t S = tensor_sample_size(&g->input);
+    if (device_from_host_async(g->dev, g->input.data, g->stage_x[k], (size_t)n * S * sizeof(float)) ||
+        device_from_host_async(g->dev, g->labels, g->stage_y[k], (size_t)n * sizeof(int32_t)))
+        return -1;
+    device_event_record(g->staged[k]);
+    return 0;
+}
+
+void graph_loss_reset(graph_t *g) {
+    g->loss_sum = 0;
+    if (g->dev != DEV_CPU) device_memset0(g->dev, g->loss_dev, 2 * sizeof(float));
+}
+
+double graph_loss_sum(graph_t *g) {
+    if (g->dev == DEV_CPU) return g->loss_sum;
+    float l[2] = {NAN, NAN};
+    device_to_host(g->dev, l, g->loss_dev, sizeof l);
+    return l[1];
+}
+
 
 float graph_forward(graph_t *g, int n) {
     g->n = n < 0 ? 0 : n > g->batch ? g->batch : n;
@@ -260,6 +360,8 @@ float graph_forward(graph_t *g, int n) {
         node_t *nd = &g->nodes[g->order[k]];
         ops_impl(g->dev, nd->spec.kind)->forward(g, nd, input_of(g, nd));
     }
+    if (g->dev != DEV_CPU) return NAN;
+    g->loss_sum += g->loss;
     return g->loss;
 }
 
@@ -273,20 +375,22 @@ void graph_backward(graph_t *g) {
     }
 }
 
-void graph_grad_ready(graph_t *g, int param) {
-    if (g->on_grad) g->on_grad(g->on_grad_user, param, g->param[param].offset, g->param[param].count);
+const float *graph_probs(graph_t *g) {
+    const float *p = g->nodes[g->nnodes - 1].out.data;
+    if (g->dev == DEV_CPU) return p;
+    device_to_host(g->dev, g->probs_host, p, (size_t)g->n * g->classes * sizeof(float));
+    return g->probs_host;
 }
 
-const float *graph_probs(const graph_t *g) { return g->nodes[g->nnodes - 1].out.data; }
-
-int graph_correct(const graph_t *g) {
+int graph_correct(graph_t *g) {
     const float *p = graph_probs(g);
+    const int32_t *labels = g->dev == DEV_CPU ? g->labels : g->stage_y[g->stage];
     int ok = 0;
     for (int i = 0; i < g->n; i++) {
         int best = 0;
         for (int c = 1; c < g->classes; c++)
             if (p[(size_t)i * g->classes + c] > p[(size_t)i * g->classes + best]) best = c;
-        ok += best == g->labels[i];
+        ok += best == labels[i];
     }
     return ok;
 }

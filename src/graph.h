@@ -32,6 +32,7 @@ typedef struct node {
     float *scratch; /* im2col columns, dropout scale mask, softmax probs */
     int32_t *index; /* max-pool argmax */
     int views_input; /* out/dout alias the input's (flatten) */
+    void *aux;       /* the op's own state on this device (ops.h setup) */
 } node_t;
 
 typedef struct param_info {
@@ -56,7 +57,10 @@ typedef struct graph {
     size_t nweights; /* floats of parameters in params (and grads) */
     size_t nalloc;   /* floats allocated: nweights rounded up by graph_pad_params; the tail stays 0 */
     float *params, *grads;
-    float loss;       /* mean loss of the last forward */
+    float loss;       /* mean loss of the last forward (CPU; on a GPU see graph_loss_sum) */
+    double loss_sum;  /* CPU: sum of forward losses since graph_loss_reset */
+    float *loss_dev;  /* device: [0] last forward's mean loss, [1] the sum since the reset */
+    float *ones;      /* batch ones on the device (bias gradients as products) */
     float loss_scale; /* multiplies the loss gradient (1/K for K accumulation steps) */
     int accumulate;   /* backward adds into grads instead of overwriting them */
     int training;     /* dropout active */
@@ -65,6 +69,13 @@ typedef struct graph {
     float *dinput; /* gradient of the input, when graph_enable_input_grad was called */
     grad_ready_fn on_grad;
     void *on_grad_user;
+    /* host side of the input on a GPU: two pinned staging pairs, so the
+     * next batch is gathered while the last one is still being copied */
+    float *stage_x[2];
+    int32_t *stage_y[2];
+    struct device_event *staged[2];
+    int stage;
+    float *probs_host; /* GPU: probabilities read back for graph_correct */
 } graph_t;
 
 /* Builds a graph for inputs of shape in[0..2] = C, H, W (an MLP sees C*H*W
@@ -77,14 +88,30 @@ void graph_destroy(graph_t *g);
 /* PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
 void graph_init_params(graph_t *g, uint64_t seed);
 
-/* Forward over the first n rows of input; returns the mean loss. */
+/* Where the caller writes the next batch (n rows of input, and labels):
+ * the graph's own input on the CPU, a free pinned staging buffer on a GPU.
+ * graph_input_commit(g, n) then moves it to the device (queued). */
+void graph_input_host(graph_t *g, float **x, int32_t **y);
+int graph_input_commit(graph_t *g, int n);
+
+/* Forward over the first n rows of input. Returns the mean loss on the
+ * CPU; on a GPU it returns NAN without waiting (read graph_loss_sum). */
 float graph_forward(graph_t *g, int n);
+/* The sum of the mean losses of the forwards since graph_loss_reset (on a
+ * GPU this waits for them: call it only when the loss is logged). */
+void graph_loss_reset(graph_t *g);
+double graph_loss_sum(graph_t *g);
 /* Gradients of loss_scale x the last forward's loss, into grads. */
 void graph_backward(graph_t *g);
-/* Rows of the last forward whose arg-max output equals the label. */
-int graph_correct(const graph_t *g);
-/* The model's output probabilities, [n, classes]. */
-const float *graph_probs(const graph_t *g);
+/* Rows of the last forward whose arg-max output equals the label (the
+ * labels as given to graph_input_host). */
+int graph_correct(graph_t *g);
+/* The model's output probabilities, [n, classes], in host memory. */
+const float *graph_probs(graph_t *g);
+
+/* Parameters (nweights floats) between the device and host memory. */
+int graph_params_to_host(graph_t *g, float *host);
+int graph_params_from_host(graph_t *g, const float *host);
 
 /* Reallocates params and grads (zeroed, before graph_init_params) so their
  * length is a multiple of `multiple` (ZeRO shards and reduce-scatter need
@@ -95,7 +122,10 @@ int graph_pad_params(graph_t *g, size_t multiple);
  * gradient checks and input attributions. 0, or -1 when out of memory. */
 int graph_enable_input_grad(graph_t *g);
 
-/* Used by ops: tells the callback that a parameter's gradient is final. */
-void graph_grad_ready(graph_t *g, int param);
+/* Used by ops: tells the callback that a parameter's gradient is final (on
+ * a GPU: that the kernel producing it has been queued). */
+static inline void graph_grad_ready(graph_t *g, int param) {
+    if (g->on_grad) g->on_grad(g->on_grad_user, param, g->param[param].offset, g->param[param].count);
+}
 
 #endif

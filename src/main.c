@@ -75,9 +75,11 @@ static int same_config_everywhere(const config_t *cfg, int rank, int ranks) {
 }
 
 /* After training: every replica must hold the same parameters. */
-static int replicas_identical(const trainer_t *t) {
+static int replicas_identical(trainer_t *t) {
     unsigned long long theirs, zero;
-    const int bad = differs_from_rank0(fnv1a(t->g->params, t->g->nweights * sizeof(float)), t->ranks, &theirs, &zero);
+    const float *p = trainer_params_host(t);
+    const unsigned long long mine = p ? fnv1a(p, t->g->nweights * sizeof(float)) : 0;
+    const int bad = differs_from_rank0(mine, t->ranks, &theirs, &zero);
     if (bad >= 0 && t->rank == 0)
         fprintf(stderr, "ddp-train: replicas diverged: rank %d's parameters hash %016llx, rank 0's %016llx\n", bad,
                 theirs, zero);

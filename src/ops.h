@@ -11,10 +11,17 @@ typedef struct op_impl {
     /* parameter gradients (calling graph_grad_ready for each), then din when
      * nd->needs_dinput; din is overwritten */
     void (*backward)(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+    /* optional: per-node state (nd->aux) made once by graph_create, for
+     * the full batch, so that steps allocate nothing (cuDNN descriptors,
+     * workspaces); 0, or -1 with err */
+    int (*setup)(graph_t *g, node_t *nd, const tensor_t *in, char *err, size_t errlen);
+    void (*release)(graph_t *g, node_t *nd);
 } op_impl_t;
 
 const op_impl_t *ops_impl(device_t dev, op_kind_t kind);
 
 extern const op_impl_t ops_cpu[OP_COUNT];
+/* The CUDA column, once device_open(DEV_CUDA) loaded it; else NULL. */
+const op_impl_t *device_cuda_ops(void);
 
 #endif

@@ -107,10 +107,9 @@ static void dropout_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     if (!g->training || p == 0.0f) {
         for (size_t i = 0; i < m; i++) mask[i] = 1.0f;
     } else {
-        rng_t r;
-        rng_seed(&r, g->seed ^ 0x64726f706f7574ULL, g->step, ((uint64_t)(nd - g->nodes) << 32) | (uint64_t)g->rank);
+        const uint64_t key = rng_dropout_key(g->seed, g->step, (uint64_t)(nd - g->nodes), (uint64_t)g->rank);
         const float keep = 1.0f / (1.0f - p);
-        for (size_t i = 0; i < m; i++) mask[i] = rng_uniform(&r) >= p ? keep : 0.0f;
+        for (size_t i = 0; i < m; i++) mask[i] = rng_hash_uniform(key, i) >= p ? keep : 0.0f;
     }
     for (size_t i = 0; i < m; i++) nd->out.data[i] = in->data[i] * mask[i];
 }

@@ -3,27 +3,31 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "device.h"
 #include "simd.h"
 #include "tensor.h"
+
 
 int optim_state_arrays(const optim_t *o) {
     if (o->cfg.kind == OPTIM_ADAMW) return 2;
     return o->cfg.momentum != 0.0f ? 1 : 0;
 }
 
-int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t n) {
-    *o = (optim_t){.cfg = *cfg, .n = n};
+int optim_init_on(optim_t *o, const optim_cfg_t *cfg, size_t n, int dev) {
+    *o = (optim_t){.cfg = *cfg, .n = n, .dev = dev};
     const int k = optim_state_arrays(o);
-    if (k >= 1 && !(o->m = tensor_alloc(n))) return -1;
-    if (k >= 2 && !(o->v = tensor_alloc(n))) return optim_free(o), -1;
+    if (k >= 1 && !(o->m = device_alloc_floats((device_t)dev, n))) return -1;
+    if (k >= 2 && !(o->v = device_alloc_floats((device_t)dev, n))) return optim_free(o), -1;
     return 0;
 }
+
+int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t n) { return optim_init_on(o, cfg, n, DEV_CPU); }
 
 float *optim_state(const optim_t *o, int k) { return k == 0 ? o->m : k == 1 ? o->v : NULL; }
 
 void optim_free(optim_t *o) {
-    tensor_free(o->m);
-    tensor_free(o->v);
+    device_free((device_t)o->dev, o->m);
+    device_free((device_t)o->dev, o->v);
     o->m = o->v = NULL;
 }
 
@@ -63,6 +67,10 @@ void optim_begin(optim_t *o) { o->t++; }
 
 void optim_update(optim_t *o, float *params, const float *grads, size_t lo, size_t hi, size_t state_at, float lr) {
     const size_t n = hi - lo;
+    if (o->dev == DEV_CUDA) {
+        device_optim_update(o, params + lo, grads + lo, o->m ? o->m + state_at : NULL, o->v ? o->v + state_at : NULL, n, lr);
+        return;
+    }
     if (o->cfg.kind == OPTIM_ADAMW)
         adamw(&o->cfg, o->t, params + lo, grads + lo, o->m + state_at, o->v + state_at, n, lr);
     else

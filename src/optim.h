@@ -25,13 +25,17 @@ typedef struct optim_cfg {
 
 typedef struct optim {
     optim_cfg_t cfg;
+    int dev;         /* device_t of the buffers and state */
     size_t n;        /* parameters covered by the state */
     float *m, *v;    /* momentum / Adam moments, n each (or NULL) */
     long t;          /* optimiser steps done (Adam's bias correction) */
 } optim_t;
 
-/* Allocates zeroed state for n parameters; returns 0 or -1 (out of memory). */
+/* Allocates zeroed state for n parameters; returns 0 or -1 (out of memory).
+ * optim_init_on keeps the state on a device (then params and grads passed
+ * to the updates live there too). */
 int optim_init(optim_t *o, const optim_cfg_t *cfg, size_t n);
+int optim_init_on(optim_t *o, const optim_cfg_t *cfg, size_t n, int dev);
 void optim_free(optim_t *o);
 /* State arrays per parameter: 0 (plain SGD), 1 (momentum) or 2 (Adam). */
 int optim_state_arrays(const optim_t *o);

@@ -8,7 +8,33 @@
 #include <math.h>
 #include <stdint.h>
 
+#ifdef __CUDACC__
+#define RNG_HD __host__ __device__
+#else
+#define RNG_HD
+#endif
+
 typedef struct rng { uint64_t s[4]; } rng_t;
+
+/* Counter-based: element i of the stream keyed by `key`, uniform in [0, 1)
+ * with 24 bits. Any element costs the same, in any order, so the CPU and a
+ * GPU kernel draw the same dropout masks (ops_cpu.c, ops_cuda.cu). */
+static inline RNG_HD float rng_hash_uniform(uint64_t key, uint64_t i) {
+    uint64_t z = key + (i + 1) * 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
+/* The key of a dropout node's mask at one step on one rank. */
+static inline RNG_HD uint64_t rng_dropout_key(uint64_t seed, uint64_t step, uint64_t node, uint64_t rank) {
+    uint64_t x = seed ^ 0x64726f706f7574ULL ^ (step * 0xd1342543de82ef95ULL) ^ (((node << 32) | rank) * 0x632be59bd9b4e019ULL);
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
 
 static inline uint64_t rng_splitmix(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-typedef enum { DEV_CPU = 0, DEV_COUNT } device_t;
+typedef enum { DEV_CPU = 0, DEV_CUDA, DEV_COUNT } device_t;
 
 #define TENSOR_MAX_DIMS 4
 

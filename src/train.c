@@ -50,6 +50,22 @@ static int bcast(trainer_t *t, void *buf, size_t n, coll_dtype_t type, char *err
 
 static float *state_array(trainer_t *t, int k) { return optim_state(&t->opt, k); }
 
+/* This rank's optimiser state array k in host memory (a copy on a GPU). */
+static const float *state_host(trainer_t *t, int k) {
+    if (t->dev == DEV_CPU) return state_array(t, k);
+    float *h = t->host_state + (size_t)k * t->opt.n;
+    return device_to_host(t->dev, h, state_array(t, k), t->opt.n * sizeof(float)) ? NULL : h;
+}
+
+const float *trainer_params_host(trainer_t *t) {
+    if (t->dev == DEV_CPU) return t->g->params;
+    return graph_params_to_host(t->g, t->host_params) ? NULL : t->host_params;
+}
+
+/* Rank 0's parameters to every rank, through host memory (start-up and
+ * resume: not worth a device path) */
+static int bcast_params(trainer_t *t, float *host, char *err, size_t errlen);
+
 /* Rank 0 reads the newest checkpoint; everyone gets its parameters, optimiser
  * state and position. Returns 0 (resumed or nothing to resume) or -1. */
 static int resume(trainer_t *t, char *err, size_t errlen) {
@@ -57,14 +73,16 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
     const int zero = t->cfg.zero && t->ddp;
     const size_t N = t->g->nalloc;
     float *full[2] = {NULL, NULL};
-    for (int k = 0; k < ns; k++) full[k] = zero ? t->ckpt_state + (size_t)k * N : state_array(t, k);
+    for (int k = 0; k < ns; k++)
+        full[k] = zero ? t->ckpt_state + (size_t)k * N : t->dev != DEV_CPU ? t->host_state + (size_t)k * N : state_array(t, k);
+    float *params = t->dev == DEV_CPU ? t->g->params : t->host_params;
     double meta[6] = {0}; /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t, global batch */
     char path[4300] = "";
     if (t->rank == 0) {
         const int found = ckpt_find(t->cfg.ckpt_dir, path, sizeof path, err, errlen);
         ckpt_meta_t m = {.nweights = t->g->nweights, .state_arrays = ns};
         if (found < 0) meta[0] = -1;
-        else if (found == 1 && ckpt_load(path, &m, t->model_text, t->g->params, full, err, errlen)) meta[0] = -1;
+        else if (found == 1 && ckpt_load(path, &m, t->model_text, params, full, err, errlen)) meta[0] = -1;
         else if (found == 1) {
             meta[0] = 1, meta[1] = (double)m.step, meta[4] = (double)m.optim_t, meta[5] = (double)m.global_batch;
             meta[2] = (double)(m.seed >> 32), meta[3] = (double)(m.seed & 0xffffffffu);
@@ -76,14 +94,20 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
         return -1;
     }
     if (meta[0] == 0) return 0;
-    if (bcast(t, t->g->params, N, COLL_FLOAT32, err, errlen)) return -1;
+    if (bcast_params(t, params, err, errlen)) return -1;
     for (int k = 0; k < ns; k++) {
         if (bcast(t, full[k], N, COLL_FLOAT32, err, errlen)) return -1;
-        if (!zero) continue;
-        const size_t *lo, *hi;
-        const int nsl = ddp_shard(t->ddp, &lo, &hi);
-        float *st = state_array(t, k);
-        for (int i = 0; i < nsl; st += hi[i] - lo[i], i++) memcpy(st, full[k] + lo[i], (hi[i] - lo[i]) * sizeof(float));
+        int rc = 0;
+        if (!zero) {
+            rc = device_from_host(t->dev, state_array(t, k), full[k], N * sizeof(float));
+        } else {
+            const size_t *lo, *hi;
+            const int nsl = ddp_shard(t->ddp, &lo, &hi);
+            float *st = state_array(t, k);
+            for (int i = 0; i < nsl && !rc; st += hi[i] - lo[i], i++)
+                rc = device_from_host(t->dev, st, full[k] + lo[i], (hi[i] - lo[i]) * sizeof(float));
+        }
+        if (rc) return snprintf(err, errlen, "resume: copying the optimiser state to the device: %s", device_error()), -1;
     }
     t->step = (long)meta[1];
     t->opt.t = (long)meta[4];
@@ -101,6 +125,23 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
         fflush(stdout);
     }
     return 0;
+}
+
+static int bcast_params(trainer_t *t, float *host, char *err, size_t errlen) {
+    if (bcast(t, host, t->g->nalloc, COLL_FLOAT32, err, errlen)) return -1;
+    if (host != t->g->params && graph_params_from_host(t->g, host))
+        return snprintf(err, errlen, "copying parameters to the device: %s", device_error()), -1;
+    return 0;
+}
+
+/* This rank's index among the ranks on its node (the default GPU). */
+static int node_local_rank(MPI_Comm comm) {
+    MPI_Comm node;
+    int r = 0;
+    if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) != MPI_SUCCESS) return 0;
+    MPI_Comm_rank(node, &r);
+    MPI_Comm_free(&node);
+    return r;
 }
 
 int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen) {
@@ -125,6 +166,10 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     t->last_acc = -1;
     t->seed = (uint64_t)cfg->seed;
     parse_faults(t);
+    t->dev = cfg->device == CFG_DEVICE_CUDA ? DEV_CUDA : DEV_CPU;
+    /* every rank gets here (the configs agree), so the node split is safe */
+    if (t->dev != DEV_CPU && device_open(t->dev, cfg->gpu_index, node_local_rank(comm), cfg->tf32, err, errlen))
+        goto setup_failed;
 
     /* local set-up: data, model, buffers */
     if (load_data(t, err, errlen)) goto setup_failed;
@@ -137,9 +182,10 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     const int n = model_layers(cfg, t->train.classes, specs, LAYERS_MAX, err, errlen);
     if (n < 0) goto setup_failed;
     char e[512];
-    if (graph_create(&t->g, specs, n, t->train.shape, t->train.classes, B, DEV_CPU, e, sizeof e))
+    if (graph_create(&t->g, specs, n, t->train.shape, t->train.classes, B, t->dev, e, sizeof e))
         SETUP_FAIL("[model]: %s", e);
     if (graph_pad_params(t->g, (size_t)t->ranks)) SETUP_FAIL("out of memory for parameters");
+    if (t->dev != DEV_CPU && !(t->host_params = tensor_alloc(t->g->nalloc))) SETUP_FAIL("out of memory for parameters");
     graph_init_params(t->g, t->seed);
     t->g->seed = t->seed;
     t->g->rank = t->rank;
@@ -174,11 +220,18 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
         t->g->on_grad = ddp_grad_ready;
         t->g->on_grad_user = t->ddp;
         /* every replica starts from rank 0's parameters, whatever its seed */
-        if (bcast(t, t->g->params, t->g->nalloc, COLL_FLOAT32, err, errlen)) return -1;
+        float *p = t->dev == DEV_CPU ? t->g->params : t->host_params;
+        if (p != t->g->params && graph_params_to_host(t->g, p)) return snprintf(err, errlen, "%s", device_error()), -1;
+        if (bcast_params(t, p, err, errlen)) return -1;
     }
     t->ocfg = optim_config(cfg);
-    if (optim_init(&t->opt, &t->ocfg, t->ddp ? ddp_shard_size(t->ddp) : t->g->nalloc))
+    if (optim_init_on(&t->opt, &t->ocfg, t->ddp ? ddp_shard_size(t->ddp) : t->g->nalloc, t->dev))
         return snprintf(err, errlen, "out of memory for the optimiser state"), -1;
+    /* host copies of the state for checkpoints: this rank's arrays on a GPU,
+     * and without ZeRO resume reads full arrays there too */
+    if (t->dev != DEV_CPU && optim_state_arrays(&t->opt) &&
+        !(t->host_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc)))
+        return snprintf(err, errlen, "out of memory for the optimiser state's host copy"), -1;
     if (t->ddp && cfg->zero && cfg->ckpt_dir[0] &&
         !(t->ckpt_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc + 1)))
         return snprintf(err, errlen, "out of memory for checkpoint staging"), -1;
@@ -202,6 +255,8 @@ void trainer_free(trainer_t *t) {
     free(t->exposed_ms);
     free(t->comm_ms);
     tensor_free(t->ckpt_state);
+    tensor_free(t->host_params);
+    tensor_free(t->host_state);
     memset(t, 0, sizeof *t);
 }
 
@@ -214,9 +269,15 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     g->training = 0;
     for (int i = lo; i < hi; i += B) { /* this rank's test samples are contiguous */
         const int n = hi - i < B ? hi - i : B;
-        memcpy(g->input.data, t->test.x + (size_t)i * S, (size_t)n * S * sizeof(float));
-        memcpy(g->labels, t->test.y + i, (size_t)n * sizeof *g->labels);
-        sums[1] += (double)graph_forward(g, n) * n;
+        float *x;
+        int32_t *y;
+        graph_input_host(g, &x, &y);
+        memcpy(x, t->test.x + (size_t)i * S, (size_t)n * S * sizeof(float));
+        memcpy(y, t->test.y + i, (size_t)n * sizeof *y);
+        if (graph_input_commit(g, n)) return -1;
+        graph_loss_reset(g);
+        graph_forward(g, n);
+        sums[1] += graph_loss_sum(g) * n;
         sums[0] += graph_correct(g);
     }
     if (t->ddp && ddp_allreduce_double(t->ddp, sums, 2, COLL_SUM)) return -1;
@@ -250,19 +311,23 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
     const int ns = optim_state_arrays(&t->opt);
     float *state[2] = {NULL, NULL};
     for (int k = 0; k < ns; k++) {
-        state[k] = state_array(t, k);
+        const float *mine = state_host(t, k);
+        if (!mine) return snprintf(err, errlen, "checkpoint: reading the optimiser state: %s", device_error()), -1;
+        state[k] = (float *)mine;
         if (t->ckpt_state) { /* ZeRO: assemble the full state from the shards */
             state[k] = t->ckpt_state + (size_t)k * t->g->nalloc;
-            if (ddp_gather_shards(t->ddp, state_array(t, k), state[k]))
+            if (ddp_gather_shards(t->ddp, mine, state[k]))
                 return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
         }
     }
+    const float *params = trainer_params_host(t);
+    if (!params) return snprintf(err, errlen, "checkpoint: reading the parameters: %s", device_error()), -1;
     if (t->rank == 0) {
         const ckpt_meta_t m = {.step = t->step, .epoch = t->step / t->steps_per_epoch,
                                .batch_in_epoch = t->step % t->steps_per_epoch, .global_batch = t->global_batch,
                                .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights};
         if (t->fault_slow_ckpt_s > 0) sleep((unsigned)t->fault_slow_ckpt_s);
-        if (ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, t->g->params, state, t->fault_ckpt_at == t->step, err, errlen))
+        if (ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, params, state, t->fault_ckpt_at == t->step, err, errlen))
             return -1;
     }
     /* The others wait here for rank 0's write, which may take longer than the
@@ -272,20 +337,28 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
     return 0;
 }
 
+static int log_this_step(const trainer_t *t) {
+    return (t->step + 1) % t->cfg.every_steps == 0 || t->step + 1 == t->total_steps;
+}
+
 /* One optimiser step: K micro-batches, gradient sync, update, gather.
  * *loss = the mean loss of this rank's samples. 0, or -1 with err. */
 static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char *err, size_t errlen) {
     graph_t *g = t->g;
     const int B = t->cfg.batch_size, K = t->cfg.accumulate;
-    double loss = 0;
+    graph_loss_reset(g);
     for (int k = 0; k < K; k++) {
         const long base = b * t->global_batch + ((long)k * t->ranks + t->rank) * B;
-        data_gather(&t->train, t->perm + base, B, g->input.data, g->labels);
+        float *x;
+        int32_t *y;
+        graph_input_host(g, &x, &y);
+        data_gather(&t->train, t->perm + base, B, x, y);
+        if (graph_input_commit(g, B)) return snprintf(err, errlen, "copying the batch to the device: %s", device_error()), -1;
         g->training = 1;
         g->step = (uint64_t)(t->step * K + k);
         g->accumulate = k > 0;
         g->loss_scale = 1.0f / (float)K;
-        loss += graph_forward(g, B);
+        graph_forward(g, B);
         if (t->ddp && ddp_backward_begin(t->ddp, k == K - 1)) goto fail;
         graph_backward(g);
     }
@@ -301,7 +374,8 @@ static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char
     } else {
         optim_update(&t->opt, g->params, g->grads, 0, g->nalloc, 0, lr);
     }
-    *loss_out = (float)(loss / K);
+    /* on a GPU the loss is read (a wait) only for the steps that log it */
+    *loss_out = g->dev == DEV_CPU || log_this_step(t) ? (float)(graph_loss_sum(g) / K) : NAN;
     return 0;
 fail:
     snprintf(err, errlen, "%s", ddp_error(t->ddp));
@@ -380,8 +454,9 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
         printf("\n");
     }
     if (t->rank == 0 && c->params_out[0]) {
-        FILE *f = fopen(c->params_out, "wb");
-        if (!f || fwrite(t->g->params, sizeof(float), t->g->nweights, f) != t->g->nweights || fclose(f)) {
+        const float *p = trainer_params_host(t);
+        FILE *f = p ? fopen(c->params_out, "wb") : NULL;
+        if (!f || fwrite(p, sizeof(float), t->g->nweights, f) != t->g->nweights || fclose(f)) {
             snprintf(err, errlen, "[log] params: cannot write %s", c->params_out);
             return -1;
         }

@@ -17,6 +17,7 @@
 #include "config.h"
 #include "data.h"
 #include "ddp.h"
+#include "device.h"
 #include "graph.h"
 #include "metrics.h"
 #include "optim.h"
@@ -37,6 +38,9 @@ typedef struct trainer {
     long step;             /* optimiser steps done (> 0 after a resume) */
     double *step_ms, *exposed_ms, *comm_ms; /* per step, preallocated */
     float *ckpt_state;     /* ZeRO: full-size staging for checkpoint state */
+    device_t dev;          /* where the graph, parameters and optimiser state live */
+    float *host_params;    /* GPU: host copy of the parameters (checkpoints, hashes, output) */
+    float *host_state;     /* GPU: host copy of the optimiser state, as this rank holds it */
     char model_text[4096]; /* the model part of the config, for checkpoints */
     metrics_t m;
     double last_acc;       /* -1 until an evaluation ran */
@@ -57,5 +61,8 @@ int trainer_run(trainer_t *t, char *err, size_t errlen);
 /* Mean loss and accuracy over the whole test set (split across ranks). */
 int trainer_evaluate(trainer_t *t, double *acc, double *loss);
 void trainer_free(trainer_t *t);
+/* The parameters in host memory (nweights floats): the graph's own on the
+ * CPU, a fresh copy from the device on a GPU. NULL when the copy failed. */
+const float *trainer_params_host(trainer_t *t);
 
 #endif
