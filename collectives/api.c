@@ -11,7 +11,7 @@ coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t 
         return local;
     }
     if (a->count == 0 && a->kind != COLL_K_BARRIER) return COLL_SUCCESS;
-    rc = coll_run(ctx, a);
+    rc = a->device ? coll_cuda_staged(ctx, a) : coll_run(ctx, a);
     if (rc == COLL_ERR_MPI || rc == COLL_ERR_TIMEOUT) {
         int none = 0;
         atomic_compare_exchange_strong(&ctx->comm->failed, &none, (int)rc);
@@ -19,15 +19,47 @@ coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t 
     return rc;
 }
 
+/* NCCL runs the whole call on its stream: blocking calls wait for its
+ * event here, non-blocking ones complete through it (progress.c). */
+static coll_result_t nccl_call(coll_comm_t c, const coll_args_t *a, coll_request_t *req) {
+    if (coll_tun.check) {
+        coll_result_t rc = coll_check_agree(&c->sync, a, COLL_SUCCESS);
+        if (rc != COLL_SUCCESS) return rc;
+    }
+    if (req) return coll_progress_event_request(c, a, req);
+    coll_result_t rc = coll_nccl_start(c, a, &c->sync_done);
+    int done;
+    if (rc == COLL_SUCCESS) rc = coll_cuda_event_wait(c, c->sync_done, 1, &done);
+    return rc;
+}
+
 static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
     coll_result_t local = coll_check_args(c, &a);
     if (!coll_comm_valid(c)) return local;
-    if (local == COLL_SUCCESS) a.algo = coll_select(c, &a);
+    if (local == COLL_SUCCESS) {
+        a.device = coll_buffers_on_device(c, &a);
+        if (a.device && c->algo == COLL_ALGO_AUTO && coll_cuda_distinct_gpus(c)) a.algo = COLL_ALGO_NCCL;
+        else a.algo = coll_select(c, &a);
+        if (a.algo == COLL_ALGO_NCCL && !a.device && a.kind != COLL_K_BARRIER && a.count)
+            local = coll_error(c, COLL_ERR_UNSUPPORTED,
+                               "coll_%s: algorithm nccl needs device (GPU) buffers, and these are host memory",
+                               coll_kind_name(a.kind));
+        else if (a.algo == COLL_ALGO_NCCL && (a.count || a.kind == COLL_K_BARRIER))
+            return nccl_call(c, &a, req);
+        else if (a.algo == COLL_ALGO_NCCL) /* nothing to move: no NCCL needed */
+            a.algo = COLL_ALGO_RD;
+    }
+    /* a device call run on this thread is ordered after the user's stream here */
+    if (local == COLL_SUCCESS && a.device && (!req || !c->thread_multiple)) {
+        coll_result_t rc = coll_cuda_mark_ready(c, &c->sync_ready);
+        if (rc != COLL_SUCCESS) return rc;
+        a.ready = c->sync_ready;
+    }
     if (req) return coll_progress_submit(c, &a, local, req);
     return coll_execute(&c->sync, &a, local);
 }
 
-#define ARGS(K, S, R, N, D, O, ROOT) ((coll_args_t){K, S, R, N, D, O, ROOT, COLL_ALGO_AUTO})
+#define ARGS(K, S, R, N, D, O, ROOT) ((coll_args_t){K, S, R, N, D, O, ROOT, COLL_ALGO_AUTO, 0, NULL})
 
 coll_result_t coll_allreduce(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, coll_comm_t c) {
     return start(c, ARGS(COLL_K_ALLREDUCE, s, r, n, d, o, 0), NULL);

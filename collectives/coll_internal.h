@@ -53,6 +53,8 @@ typedef struct {
     coll_op_t op;
     int root;
     coll_algo_t algo; /* resolved: never AUTO */
+    int device;       /* a buffer is in GPU memory (cuda.c) */
+    void *ready;      /* device: event marking the inputs ready, or NULL */
 } coll_args_t;
 
 COLL_HIDDEN const char *coll_kind_name(coll_kind_t k);
@@ -151,7 +153,20 @@ COLL_HIDDEN coll_result_t coll_tree_reduce(coll_ctx_t *ctx, const coll_args_t *a
 COLL_HIDDEN coll_result_t coll_dissemination_barrier(coll_ctx_t *ctx, const coll_args_t *a);
 
 COLL_HIDDEN coll_result_t coll_native_run(coll_ctx_t *ctx, const coll_args_t *a);
+/* COLL_ALGO_NCCL never reaches coll_run: api.c hands it to cuda.c */
 COLL_HIDDEN void coll_native_release(void);
+
+/* cuda.c: device buffers (staged through host memory, or NCCL) */
+struct coll_cuda;
+COLL_HIDDEN int coll_cuda_available(void);
+COLL_HIDDEN int coll_buffers_on_device(const struct coll_comm *c, const coll_args_t *a);
+COLL_HIDDEN int coll_cuda_distinct_gpus(struct coll_comm *c);
+COLL_HIDDEN coll_result_t coll_cuda_mark_ready(struct coll_comm *c, void **ev);
+COLL_HIDDEN coll_result_t coll_cuda_staged(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_nccl_start(struct coll_comm *c, const coll_args_t *a, void **done);
+COLL_HIDDEN coll_result_t coll_cuda_event_wait(struct coll_comm *c, void *ev, int block, int *done);
+COLL_HIDDEN void coll_cuda_event_free(void *ev);
+COLL_HIDDEN void coll_cuda_comm_free(struct coll_comm *c);
 
 /* select.c: resolves COLL_ALGO_AUTO and runs the chosen algorithm. */
 COLL_HIDDEN coll_algo_t coll_select(const struct coll_comm *comm, const coll_args_t *a);
@@ -182,6 +197,9 @@ struct coll_comm {
     int stop;
     int thread_started;
     pthread_t thread;
+    struct coll_cuda *cuda; /* device-buffer state, made at the first device call */
+    void *sync_ready;       /* blocking device calls' inputs-ready event */
+    void *sync_done;        /* blocking NCCL calls' completion event */
 };
 
 struct coll_request {
@@ -192,6 +210,9 @@ struct coll_request {
     coll_result_t result;
     int ghost; /* runs only for the agreement; freed by the progress thread */
     double t_start, t_end; /* CLOCK_MONOTONIC seconds around its execution */
+    void *cuda_ready;      /* event: the user's stream reached the call (kept for reuse) */
+    void *cuda_done;       /* NCCL: event completing with the operation (kept for reuse) */
+    int by_event;          /* completes through cuda_done, not the progress thread */
     atomic_int done;
     struct coll_request *next;
     struct coll_request *all_next;
@@ -216,6 +237,9 @@ COLL_HIDDEN void coll_log(const struct coll_comm *comm, int level, const char *f
 /* progress.c */
 COLL_HIDDEN coll_result_t coll_progress_submit(coll_comm_t comm, const coll_args_t *a,
                                                coll_result_t local, coll_request_t *req);
+/* A request that completes through a CUDA event (NCCL), not the thread. */
+COLL_HIDDEN coll_result_t coll_progress_event_request(coll_comm_t comm, const coll_args_t *a,
+                                                      coll_request_t *req);
 COLL_HIDDEN void coll_progress_shutdown(coll_comm_t comm);
 
 /* check.c: argument validation and the optional cross-rank agreement. */

@@ -111,7 +111,7 @@ static const char *dtype_names[COLL_NUM_DTYPES] = {"float32", "float64", "float1
                                                    "int32",   "int64",   "uint8"};
 static const size_t dtype_sizes[COLL_NUM_DTYPES] = {4, 8, 2, 2, 4, 8, 1};
 static const char *op_names[COLL_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
-static const char *algo_names[COLL_NUM_ALGOS] = {"auto", "ring", "rd", "native"};
+static const char *algo_names[COLL_NUM_ALGOS] = {"auto", "ring", "rd", "native", "nccl"};
 static const char *kind_names[COLL_NUM_KINDS] = {"allreduce", "reduce_scatter", "allgather",
                                                  "broadcast", "reduce",         "barrier"};
 
@@ -226,6 +226,7 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
         free(c);
         return rc;
     }
+    coll_cuda_available(); /* device buffers are recognised if the program loaded CUDA */
     COLL_LOG(c, COLL_LOG_INFO, "init: %d ranks, algo=%s, thread_multiple=%d, oversubscribed=%d, chunk=%zu depth=%d",
              c->size, coll_algo_name(c->algo), c->thread_multiple, c->oversubscribed,
              coll_tun.chunk_bytes, coll_tun.depth);
@@ -241,6 +242,8 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
         return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_destroy: comm is not a live communicator (destroyed twice?)");
     coll_progress_shutdown(c);
     size_t left = reg_remove(c);
+    coll_cuda_comm_free(c);
+    coll_cuda_event_free(c->sync_ready);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) {
@@ -252,6 +255,8 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
     while (c->all_reqs) {
         struct coll_request *r = c->all_reqs;
         c->all_reqs = r->all_next;
+        coll_cuda_event_free(r->cuda_ready);
+        coll_cuda_event_free(r->cuda_done);
         free(r);
     }
     pthread_mutex_destroy(&c->err_lock);

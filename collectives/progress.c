@@ -68,6 +68,7 @@ static struct coll_request *req_get(coll_comm_t c) {
     r = malloc(sizeof *r);
     if (r) {
         r->all_next = c->all_reqs;
+        r->cuda_ready = r->cuda_done = NULL;
         c->all_reqs = r;
     }
     return r;
@@ -76,7 +77,7 @@ static struct coll_request *req_get(coll_comm_t c) {
 /* Fills a request taken from req_get, keeping its place in all_reqs. */
 static void req_init(struct coll_request *r, coll_comm_t c, const coll_args_t *a, coll_result_t local, int ghost) {
     *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost,
-                               .all_next = r->all_next};
+                               .all_next = r->all_next, .cuda_ready = r->cuda_ready, .cuda_done = r->cuda_done};
 }
 
 coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_result_t local,
@@ -118,6 +119,19 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
     }
     req_init(r, c, a, local, ghost);
     atomic_store(&r->done, 0);
+    if (a->device && local == COLL_SUCCESS) {
+        /* inputs are ready when the user's stream gets here, not when the
+         * progress thread reaches the request */
+        coll_result_t rc = coll_cuda_mark_ready(c, &r->cuda_ready);
+        if (rc != COLL_SUCCESS) {
+            r->magic = 0;
+            r->next = c->free_reqs;
+            c->free_reqs = r;
+            pthread_mutex_unlock(&c->q_lock);
+            return rc;
+        }
+        r->args.ready = r->cuda_ready;
+    }
     if (c->q_tail) c->q_tail->next = r;
     else c->q_head = r;
     c->q_tail = r;
@@ -127,6 +141,41 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
     if (ghost) return local;
     *out = r;
     return COLL_SUCCESS;
+}
+
+coll_result_t coll_progress_event_request(coll_comm_t c, const coll_args_t *a, coll_request_t *out) {
+    *out = NULL;
+    pthread_mutex_lock(&c->q_lock);
+    struct coll_request *r = req_get(c);
+    if (r) req_init(r, c, a, COLL_SUCCESS, 0);
+    pthread_mutex_unlock(&c->q_lock);
+    if (!r) return coll_error(c, COLL_ERR_NO_MEMORY, "coll_i%s: request", coll_kind_name(a->kind));
+    r->by_event = 1;
+    r->t_start = mono_s();
+    atomic_store(&r->done, 0);
+    coll_result_t rc = coll_nccl_start(c, a, &r->cuda_done);
+    if (rc != COLL_SUCCESS) {
+        pthread_mutex_lock(&c->q_lock);
+        r->magic = 0;
+        r->next = c->free_reqs;
+        c->free_reqs = r;
+        pthread_mutex_unlock(&c->q_lock);
+        return rc;
+    }
+    *out = r;
+    return COLL_SUCCESS;
+}
+
+/* An event request: checks (block = 0) or waits for its event. */
+static void event_progress(coll_request_t r, int block) {
+    if (!r->by_event || atomic_load(&r->done)) return;
+    int done = 0;
+    coll_result_t rc = coll_cuda_event_wait(r->comm, r->cuda_done, block, &done);
+    if (rc != COLL_SUCCESS || done) {
+        r->result = rc;
+        r->t_end = mono_s();
+        atomic_store(&r->done, 1);
+    }
 }
 
 static coll_result_t req_check(coll_request_t r, const char *fn) {
@@ -150,6 +199,7 @@ coll_result_t coll_wait_timed(coll_request_t r, double *start_s, double *end_s) 
     coll_result_t rc = req_check(r, "coll_wait");
     if (rc != COLL_SUCCESS) return rc;
     coll_comm_t c = r->comm;
+    event_progress(r, 1);
     pthread_mutex_lock(&c->q_lock);
     while (!atomic_load(&r->done)) pthread_cond_wait(&c->done_cond, &c->q_lock);
     if (start_s) *start_s = r->t_start;
@@ -166,6 +216,7 @@ coll_result_t coll_test(coll_request_t r, int *done) {
     *done = 0;
     coll_result_t rc = req_check(r, "coll_test");
     if (rc != COLL_SUCCESS) return rc;
+    event_progress(r, 0);
     if (!atomic_load(&r->done)) return COLL_SUCCESS;
     pthread_mutex_lock(&r->comm->q_lock);
     rc = req_release(r);

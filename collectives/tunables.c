@@ -103,7 +103,7 @@ static const char *load(void) {
     bad:
         snprintf(tun_err, sizeof tun_err, "environment variable %s=%s is not valid%s",
                  tun_table[i].env, s,
-                 tun_table[i].type == T_ALGO    ? " (expected auto|ring|rd|native)"
+                 tun_table[i].type == T_ALGO    ? " (expected auto|ring|rd|native|nccl)"
                  : tun_table[i].type == T_DEBUG ? " (expected WARN|INFO|TRACE)"
                                                 : " (out of range or not a number)");
         return tun_err;

@@ -41,7 +41,7 @@
  * the call that starts them (no overlap), and COLL_DEBUG=WARN says so once.
  *
  * Environment (read once, at the first coll_comm_init):
- *  COLL_ALGO=auto|ring|rd|native   algorithm (default auto)
+ *  COLL_ALGO=auto|ring|rd|native|nccl   algorithm (default auto)
  *  COLL_DEBUG=WARN|INFO|TRACE      logging to stderr (default: silent)
  *  COLL_CHECK=0|1                  verify call signatures agree across ranks
  *  COLL_TIMEOUT=SECONDS            fail a wait after this long (0 = never,
@@ -103,6 +103,7 @@ typedef enum {
     COLL_ALGO_RING,     /* bandwidth-optimal, chunk-pipelined ring/chain */
     COLL_ALGO_RD,       /* latency-optimal: recursive doubling, trees */
     COLL_ALGO_NATIVE,   /* the MPI library's own collective (baseline) */
+    COLL_ALGO_NCCL,     /* NCCL, on device buffers (a CUDA build, one GPU per rank) */
     COLL_NUM_ALGOS
 } coll_algo_t;
 
@@ -120,6 +121,18 @@ coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);
 coll_result_t coll_comm_get_algorithm(coll_comm_t comm, coll_algo_t *algo);
 /* Seconds a wait may block before COLL_ERR_TIMEOUT (0 = forever). */
 coll_result_t coll_comm_set_timeout(coll_comm_t comm, double seconds);
+
+/* Device buffers (GPU memory, recognised with cudaPointerGetAttributes when
+ * the program has loaded the CUDA runtime before coll_comm_init or this
+ * call). `cuda_stream` is a cudaStream_t: later collectives with device
+ * buffers start after the work queued on it when they are called, as NCCL's
+ * stream argument orders them, so a caller need not synchronise its GPU
+ * before handing over a gradient. NULL: the inputs must be ready when the
+ * call is made. Every call still completes on the host (coll_wait returns
+ * when the results are in place). COLL_ALGO_NCCL runs NCCL; the other
+ * algorithms run on device buffers by staging them through page-locked host
+ * memory; `auto` picks NCCL when every rank has its own GPU. */
+coll_result_t coll_comm_set_stream(coll_comm_t comm, void *cuda_stream);
 
 /* Blocking collectives. */
 coll_result_t coll_allreduce(const void *sendbuf, void *recvbuf, size_t count,

@@ -46,6 +46,9 @@ typedef struct ddp_options {
     int zero;              /* 0: all-reduce; 1: ZeRO-1 */
     coll_algo_t algorithm; /* passed to libcoll */
     double timeout_s;      /* a wait longer than this fails naming the silent rank; 0 = never */
+    void *cuda_stream;     /* GPU buffers: the cudaStream_t computing the gradients (a bucket's
+                              reduction starts after the work queued there when it became
+                              ready, with no host synchronisation); NULL for host buffers */
 } ddp_options_t;
 
 /* Collective over comm. params and grads hold `padded` floats, a multiple of

@@ -63,7 +63,7 @@ static const key_def_t keys[] = {
     {"ddp", "overlap", T_BOOL, F(overlap), 0, 0, 1, NULL, "true", 0},
     {"ddp", "accumulate", T_INT, F(accumulate), 0, 1, 1 << 20, NULL, "1", 0},
     {"ddp", "zero", T_INT, F(zero), 0, 0, 1, NULL, "0", 0},
-    {"ddp", "algorithm", T_ENUM, F(algorithm), 0, 0, 0, "auto|ring|rd|native", "auto", 0},
+    {"ddp", "algorithm", T_ENUM, F(algorithm), 0, 0, 0, "auto|ring|rd|native|nccl", "auto", 0},
     {"ddp", "timeout_s", T_DOUBLE, F(timeout_s), 0, 0, 1e9, NULL, "30", 0},
     {"checkpoint", "dir", T_STR, F(ckpt_dir), 0, 0, 0, NULL, "", 0},
     {"checkpoint", "every_steps", T_LONG, F(ckpt_every), 0, 0, BIG, NULL, "0", 0},

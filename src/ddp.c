@@ -65,6 +65,11 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
     d->opt = *opt;
     coll_comm_set_algorithm(d->comm, opt->algorithm);
     coll_comm_set_timeout(d->comm, opt->timeout_s);
+    if (opt->cuda_stream && (rc = coll_comm_set_stream(d->comm, opt->cuda_stream)) != COLL_SUCCESS) {
+        snprintf(err, errlen, "ddp: %s", coll_last_error(d->comm));
+        ddp_destroy(d);
+        return -1;
+    }
     /* bucket length: bucket_mb rounded down to a multiple of P (at least P) */
     size_t bf = (size_t)(opt->bucket_mb * (1 << 20) / sizeof(float)) / P * P;
     if (bf < P) bf = P;

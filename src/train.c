@@ -215,7 +215,8 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     if (trainer_agree(comm, 0, err, errlen)) return -1;
     if (t->ranks > 1) {
         const ddp_options_t o = {.bucket_mb = cfg->bucket_mb, .overlap = cfg->overlap, .zero = cfg->zero,
-                                 .algorithm = (coll_algo_t)cfg->algorithm, .timeout_s = cfg->timeout_s};
+                                 .algorithm = (coll_algo_t)cfg->algorithm, .timeout_s = cfg->timeout_s,
+                                 .cuda_stream = device_stream(t->dev)};
         if (ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen)) return -1;
         t->g->on_grad = ddp_grad_ready;
         t->g->on_grad_user = t->ddp;

@@ -3,7 +3,13 @@
  *   mpirun -np P coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]
  *       [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]
  *       [-a auto|ring|rd|native] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP]
- *       [-c 0|1] [-i 0|1] [-R REPEATS] [-x BASELINE_ALGO]
+ *       [-c 0|1] [-i 0|1] [-R REPEATS] [-x BASELINE_ALGO] [-G | --device cpu|cuda]
+ *
+ * -G (--device cuda) runs on GPU buffers (cudaMalloc; the GPU is the rank's
+ * index on its node modulo the GPUs present): inputs are filled on the host
+ * and copied over, results copied back and compared exactly, as -c does on
+ * the CPU. The CUDA runtime is loaded only for -G, so a CPU run never
+ * touches it.
  *
  * Sizes are bytes with optional K/M/G suffixes: for all-gather the bytes
  * received, for reduce-scatter the bytes sent, otherwise the buffer size
@@ -16,6 +22,7 @@
  * repeat, and adds its time and busbw and the ratio base_time/time (>1: the
  * first is faster). Exit status 1 if any result was wrong, 2 on bad usage.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,12 +31,39 @@
 #include <unistd.h>
 
 #include "coll.h"
+#include "../common/cudart_shim.h"
 #include "../common/testvals.h"
 
 typedef enum { O_ALLREDUCE, O_REDUCE_SCATTER, O_ALLGATHER, O_BROADCAST, O_REDUCE, NOPS } bop_t;
 static const char *op_names[NOPS] = {"allreduce", "reduce_scatter", "allgather", "broadcast", "reduce"};
 
 static int rank, nranks;
+
+static int gpu; /* -G */
+
+static void *buf_alloc(size_t bytes) {
+    if (!gpu) return calloc(1, bytes);
+    void *p = NULL;
+    int e = cu.Malloc(&p, bytes);
+    if (e) cudart_fail("coll-bench", rank, "cudaMalloc", e);
+    return p;
+}
+
+static void buf_free(void *p) {
+    if (gpu) cu.Free(p);
+    else free(p);
+}
+
+/* host <-> the buffers the collectives see (a plain copy on the CPU) */
+static void buf_copy(void *dst, const void *src, size_t bytes) {
+    if (dst == src || !bytes) return;
+    if (!gpu) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    int e = cu.Memcpy(dst, src, bytes, CU_DEFAULT);
+    if (e) cudart_fail("coll-bench", rank, "cudaMemcpy", e);
+}
 
 __attribute__((noreturn)) static void usage(const char *why) {
     if (rank == 0)
@@ -38,7 +72,8 @@ __attribute__((noreturn)) static void usage(const char *why) {
                 "usage: coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]\n"
                 "  [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]\n"
                 "  [-a auto|ring|rd|native] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
-                "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO]\n",
+                "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO]\n"
+                "  [-G | --device cpu|cuda]   (-a/-x also take nccl)\n",
                 why);
     MPI_Finalize();
     exit(2);
@@ -91,8 +126,10 @@ typedef struct {
     int inplace;
     size_t count; /* per-call count argument */
     size_t es;
-    char *send, *recv;
+    char *send, *recv;   /* what the collectives get: host, or GPU with -G */
     coll_comm_t comm;
+    char *hsend, *hrecv; /* host copies for filling and checking (== send, recv on the CPU) */
+    size_t cap;
 } run_t;
 
 static coll_result_t call(const run_t *r) {
@@ -119,19 +156,24 @@ static long check(run_t *r) {
     const size_t P = (size_t)nranks, n = r->count;
     const coll_op_t vop = (r->op == O_ALLGATHER || r->op == O_BROADCAST) ? COLL_SUM : r->redop;
     size_t in_n = r->op == O_REDUCE_SCATTER ? P * n : n;
-    char *in = r->inplace ? (r->op == O_REDUCE_SCATTER ? r->send
-                             : r->op == O_ALLGATHER    ? r->recv + (size_t)rank * n * r->es
-                                                       : r->recv)
-                          : r->send;
-    if (r->op == O_BROADCAST) in = r->recv;
+    char *in = r->inplace ? (r->op == O_REDUCE_SCATTER ? r->hsend
+                             : r->op == O_ALLGATHER    ? r->hrecv + (size_t)rank * n * r->es
+                                                       : r->hrecv)
+                          : r->hsend;
+    if (r->op == O_BROADCAST) in = r->hrecv;
+    memset(r->hrecv, 0x5a, r->cap); /* stale results must not pass as new ones */
     for (size_t i = 0; i < in_n; i++) tv_store(r->dt, in, i, (double)tv_value(vop, r->dt, rank, i));
-    if (r->op == O_BROADCAST && rank != 0) memset(r->recv, 0, n * r->es);
+    if (r->op == O_BROADCAST && rank != 0) memset(r->hrecv, 0, n * r->es);
+    buf_copy(r->send, r->hsend, r->cap);
+    buf_copy(r->recv, r->hrecv, r->cap);
     if (call(r) != COLL_SUCCESS) {
         fprintf(stderr, "rank %d: %s\n", rank, coll_last_error(r->comm));
         return (long)n;
     }
+    buf_copy(r->hsend, r->send, r->cap);
+    buf_copy(r->hrecv, r->recv, r->cap);
     long wrong = 0;
-    const char *out = r->op == O_REDUCE_SCATTER && r->inplace ? r->send + (size_t)rank * n * r->es : r->recv;
+    const char *out = r->op == O_REDUCE_SCATTER && r->inplace ? r->hsend + (size_t)rank * n * r->es : r->hrecv;
     switch (r->op) {
     case O_ALLREDUCE:
         for (size_t i = 0; i < n; i++) wrong += tv_load(r->dt, out, i) != tv_expected(r->redop, r->dt, i, nranks);
@@ -193,7 +235,16 @@ int main(int argc, char **argv) {
     int iters = 20, warmup = 5;
     int c;
     opterr = 0;
-    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:h")) != -1) {
+    /* --device cpu|cuda, the long form of -G, is taken out before getopt */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--device")) continue;
+        if (i + 1 >= argc || (strcmp(argv[i + 1], "cuda") && strcmp(argv[i + 1], "cpu")))
+            usage("--device: expected cpu or cuda");
+        gpu = !strcmp(argv[i + 1], "cuda");
+        memmove(argv + i, argv + i + 2, (size_t)(argc - i - 1) * sizeof *argv); /* keeps argv[argc] == NULL */
+        argc -= 2, i--;
+    }
+    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:hG")) != -1) {
         int v;
         switch (c) {
         case 'o':
@@ -210,10 +261,10 @@ int main(int argc, char **argv) {
             redop = (coll_op_t)v;
             break;
         case 'a':
-            if ((algo = coll_algo_parse(optarg)) < 0) usage("-a: expected auto|ring|rd|native");
+            if ((algo = coll_algo_parse(optarg)) < 0) usage("-a: expected auto|ring|rd|native|nccl");
             break;
         case 'x':
-            if ((base = coll_algo_parse(optarg)) < 0) usage("-x: expected auto|ring|rd|native");
+            if ((base = coll_algo_parse(optarg)) < 0) usage("-x: expected auto|ring|rd|native|nccl");
             break;
         case 'b': minb = parse_size(optarg, "-b"); break;
         case 'e': maxb = parse_size(optarg, "-e"); break;
@@ -228,6 +279,7 @@ int main(int argc, char **argv) {
         case 'c': checkit = (int)parse_int(optarg, "-c", 0, 1); break;
         case 'i': inplace = (int)parse_int(optarg, "-i", 0, 1); break;
         case 'R': repeats = (int)parse_int(optarg, "-R", 1, 1000); break;
+        case 'G': gpu = 1; break;
         case 'h': usage("help");
         default: {
             char msg[64];
@@ -239,6 +291,7 @@ int main(int argc, char **argv) {
     if (optind < argc) usage("unexpected argument");
     if (minb > maxb) usage("-b must not exceed -e");
 
+    if (gpu) cudart_load("coll-bench", rank); /* before coll_comm_init, which looks for CUDA */
     coll_comm_t comm;
     if (coll_comm_init(&comm, MPI_COMM_WORLD) != COLL_SUCCESS) {
         fprintf(stderr, "rank %d: coll_comm_init: %s\n", rank, coll_last_error(NULL));
@@ -251,21 +304,21 @@ int main(int argc, char **argv) {
                                          : 1.0;
     const size_t unit = es * (per_rank ? P : 1);
     size_t cap = maxb / unit * unit + unit;
-    char *sendbuf = malloc(cap), *recvbuf = malloc(cap);
-    if (!sendbuf || !recvbuf) {
+    char *sendbuf = buf_alloc(cap), *recvbuf = buf_alloc(cap);
+    char *hsend = gpu ? calloc(1, cap) : sendbuf, *hrecv = gpu ? calloc(1, cap) : recvbuf;
+    if (!sendbuf || !recvbuf || !hsend || !hrecv) {
         fprintf(stderr, "rank %d: cannot allocate 2 x %zu bytes\n", rank, cap);
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
-    memset(sendbuf, 0, cap);
-    memset(recvbuf, 0, cap);
 
     char host[64] = "";
     gethostname(host, sizeof host - 1);
     if (rank == 0) {
-        printf("# coll-bench: %s %s %s, algo %s%s%s, %d ranks, %s, iters %d x %d repeats (median), warmup %d, %s\n",
+        printf("# coll-bench: %s %s %s, algo %s%s%s, %d ranks, %s, iters %d x %d repeats (median), warmup %d, %s, %s "
+               "buffers\n",
                op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
                base >= 0 ? " vs " : "", base >= 0 ? coll_algo_name((coll_algo_t)base) : "", nranks, host, iters,
-               repeats, warmup, inplace ? "in-place" : "out-of-place");
+               repeats, warmup, inplace ? "in-place" : "out-of-place", gpu ? "GPU" : "host");
         printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "op", "time_us", "algbw",
                "busbw", "#wrong");
         if (base >= 0) printf(" %10s %8s %8s", "base_us", "base_bw", "speedup");
@@ -277,7 +330,7 @@ int main(int argc, char **argv) {
     for (size_t bytes = minb;; bytes = (size_t)((double)bytes * factor) > bytes ? (size_t)((double)bytes * factor) : bytes + 1) {
         if (bytes > maxb) break;
         size_t b = bytes / unit * unit;
-        run_t r = {op, dt, redop, inplace, b / unit, es, sendbuf, recvbuf, comm};
+        run_t r = {op, dt, redop, inplace, b / unit, es, sendbuf, recvbuf, comm, hsend, hrecv, cap};
         int algos[2] = {algo, base};
         double t[2][1000], med[2] = {0, 0};
         long wrong = 0;
@@ -315,9 +368,10 @@ int main(int argc, char **argv) {
         printf("# Out of bounds values : %ld %s\n", total_wrong, total_wrong ? "FAILED" : "OK");
         printf("# Avg bus bandwidth : %g\n", nsizes ? bw_sum / nsizes : 0.0);
     }
-    free(sendbuf);
-    free(recvbuf);
     coll_comm_destroy(comm);
+    buf_free(sendbuf);
+    buf_free(recvbuf);
+    if (gpu) free(hsend), free(hrecv);
     MPI_Finalize();
     return total_wrong ? 1 : 0;
 }

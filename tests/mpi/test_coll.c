@@ -24,11 +24,13 @@
 #include <unistd.h>
 
 #include "coll.h"
+#include "../common/cudart_shim.h"
 
 #include "../common/testvals.h"
 
 static int rank, nranks, passed, failed;
 static coll_comm_t comm;
+static int gpu; /* -G: the matrix on GPU buffers */
 #define expected(op, dt, i) tv_expected(op, dt, i, nranks)
 #define value tv_value
 #define store tv_store
@@ -82,6 +84,14 @@ static int run_case(kind_t k, coll_dtype_t dt, coll_op_t op, size_t n, int inpla
     char *sbuf = xmalloc(big * es), *rbuf = xmalloc(big * es), *orig = xmalloc(in_n * es);
     const void *send;
     void *recv;
+    /* -G: the call gets GPU copies of sbuf and rbuf; results come back to
+     * them before the checks */
+    char *dsbuf = NULL, *drbuf = NULL;
+    if (gpu) {
+        int e = cu.Malloc((void **)&dsbuf, big * es + 1);
+        if (!e) e = cu.Malloc((void **)&drbuf, big * es + 1);
+        if (e) cudart_fail("test_coll", rank, "cudaMalloc", e);
+    }
     int bad = 0;
     coll_op_t vop = (k == K_ALLGATHER || k == K_BROADCAST) ? COLL_SUM : op;
     errbuf[0] = 0;
@@ -107,6 +117,26 @@ static int run_case(kind_t k, coll_dtype_t dt, coll_op_t op, size_t n, int inpla
     }
 
     coll_result_t rc;
+    if (gpu) {
+        if (k == K_BROADCAST && rank != root) memset(recv, 0x5a, n * es);
+        cu.Memcpy(dsbuf, sbuf, big * es, CU_DEFAULT);
+        cu.Memcpy(drbuf, rbuf, big * es, CU_DEFAULT);
+#define ON_GPU(p) ((p) ? ((const char *)(p) >= rbuf && (const char *)(p) <= rbuf + big * es ? drbuf + ((const char *)(p) - rbuf) \
+                                                                                           : dsbuf + ((const char *)(p) - sbuf)) \
+                       : NULL)
+        const void *gs = ON_GPU(send);
+        void *gr = ON_GPU(recv);
+        switch (k) {
+        case K_ALLREDUCE: rc = coll_allreduce(gs, gr, n, dt, op, comm); break;
+        case K_REDUCE_SCATTER: rc = coll_reduce_scatter(gs, gr, n, dt, op, comm); break;
+        case K_ALLGATHER: rc = coll_allgather(gs, gr, n, dt, comm); break;
+        case K_BROADCAST: rc = coll_broadcast(gr, n, dt, root, comm); break;
+        default: rc = coll_reduce(gs, (rank == root || inplace) ? gr : NULL, n, dt, op, root, comm); break;
+        }
+        cu.Memcpy(sbuf, dsbuf, big * es, CU_DEFAULT);
+        cu.Memcpy(rbuf, drbuf, big * es, CU_DEFAULT);
+        goto called;
+    }
     switch (k) {
     case K_ALLREDUCE: rc = coll_allreduce(send, recv, n, dt, op, comm); break;
     case K_REDUCE_SCATTER: rc = coll_reduce_scatter(send, recv, n, dt, op, comm); break;
@@ -120,6 +150,7 @@ static int run_case(kind_t k, coll_dtype_t dt, coll_op_t op, size_t n, int inpla
         rc = coll_reduce(send, (rank == root || inplace) ? recv : NULL, n, dt, op, root, comm);
         break;
     }
+called:
     if (rc != COLL_SUCCESS) {
         snprintf(errbuf, sizeof errbuf, "rank %d: returned %s (%s)", rank, coll_strerror(rc), coll_last_error(comm));
         bad = 1;
@@ -176,6 +207,7 @@ out:
     free(sbuf);
     free(rbuf);
     free(orig);
+    if (gpu) cu.Free(dsbuf), cu.Free(drbuf);
     return !bad;
 }
 
@@ -183,7 +215,7 @@ out:
  * MPI 4.1's own AVX kernels saturate 8-bit ones; native must not). */
 static void wraparound(void) {
     const size_t n = 4099;
-    for (int algo = COLL_ALGO_RING; algo < COLL_NUM_ALGOS; algo++) {
+    for (int algo = COLL_ALGO_RING; algo < COLL_ALGO_NCCL; algo++) {
         coll_comm_set_algorithm(comm, (coll_algo_t)algo);
         for (int op = COLL_SUM; op <= COLL_PROD; op++) {
             uint8_t *u = xmalloc(n);
@@ -220,10 +252,15 @@ static void wraparound(void) {
     coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
 }
 
+/* The algorithms the matrix covers: every host algorithm; on GPU buffers
+ * also NCCL where it can run (one rank, or one GPU per rank: -N). */
+static int with_nccl;
+static int algo_count(void) { return gpu && with_nccl ? COLL_NUM_ALGOS : COLL_ALGO_NCCL; }
+
 static int matrix(int small) {
     size_t sizes[7] = {0, 1, (size_t)nranks - 1, (size_t)nranks, (size_t)nranks + 1, 100003, 1000003};
     int nsizes = small ? 6 : 7;
-    for (int algo = COLL_ALGO_AUTO; algo < COLL_NUM_ALGOS; algo++) {
+    for (int algo = COLL_ALGO_AUTO; algo < algo_count(); algo++) {
         coll_comm_set_algorithm(comm, (coll_algo_t)algo);
         for (int k = 0; k < NK; k++)
             for (int dt = 0; dt < COLL_NUM_DTYPES; dt++) {
@@ -258,7 +295,7 @@ static int matrix(int small) {
     coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
     wraparound();
     /* barrier with every algorithm */
-    for (int algo = COLL_ALGO_AUTO; algo < COLL_NUM_ALGOS; algo++) {
+    for (int algo = COLL_ALGO_AUTO; algo < algo_count(); algo++) {
         coll_comm_set_algorithm(comm, (coll_algo_t)algo);
         result(coll_barrier(comm) == COLL_SUCCESS, "barrier algo=%s", coll_algo_name((coll_algo_t)algo));
     }
@@ -298,7 +335,7 @@ static void fill_f32(float *buf, size_t n) {
 static int nonblocking(void) {
     const size_t n = 1000003;
     float *a = xmalloc(n * sizeof *a), *b = xmalloc(n * sizeof *b);
-    for (int algo = COLL_ALGO_AUTO; algo < COLL_NUM_ALGOS; algo++) {
+    for (int algo = COLL_ALGO_AUTO; algo < COLL_ALGO_NCCL; algo++) {
         coll_comm_set_algorithm(comm, (coll_algo_t)algo);
         /* overlapped with computation, polled with coll_test */
         fill_f32(a, n);
@@ -433,7 +470,7 @@ static int bigcount(void) {
         result(0, "bigcount: cannot allocate %zu bytes", n);
         return 0;
     }
-    for (int algo = COLL_ALGO_RING; algo < COLL_NUM_ALGOS; algo++) {
+    for (int algo = COLL_ALGO_RING; algo < COLL_ALGO_NCCL; algo++) {
         coll_comm_set_algorithm(comm, (coll_algo_t)algo);
         for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)(i * 7 + (size_t)rank);
         coll_result_t rc = coll_allreduce(buf, buf, n, COLL_UINT8, COLL_SUM, comm);
@@ -458,8 +495,12 @@ int main(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     const char *mode = argc > 1 && argv[1][0] != '-' ? argv[1] : "matrix";
     int small = 0;
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-s") && i + 1 < argc) small = !strcmp(argv[++i], "small");
+        if (!strcmp(argv[i], "-G")) gpu = 1;
+        if (!strcmp(argv[i], "-N")) with_nccl = 1;
+    }
+    if (gpu) cudart_load("test_coll", rank); /* before coll_comm_init, which looks for CUDA */
     coll_result_t rc = coll_comm_init(&comm, MPI_COMM_WORLD);
     if (rc != COLL_SUCCESS) {
         fprintf(stderr, "rank %d: coll_comm_init: %s\n", rank, coll_last_error(NULL));

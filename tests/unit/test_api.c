@@ -172,7 +172,7 @@ static void names_and_strerror(void **state) {
 static void single_rank_results(void **state) {
     (void)state;
     double s[5] = {1, 2, 3, 4, 5}, d[5] = {0};
-    for (int a = 0; a < COLL_NUM_ALGOS; a++) {
+    for (int a = 0; a < COLL_ALGO_NCCL; a++) {
         coll_comm_set_algorithm(comm, (coll_algo_t)a);
         memset(d, 0, sizeof d);
         assert_int_equal(coll_allreduce(s, d, 5, COLL_FLOAT64, COLL_AVG, comm), COLL_SUCCESS);
@@ -201,6 +201,28 @@ static int env_error(void) {
     return ok ? 0 : 1;
 }
 
+/* This process never loaded CUDA: NCCL on host memory and a CUDA stream
+ * are refused with a reason, and every host algorithm is unaffected. */
+static void device_paths_without_gpu(void **state) {
+    (void)state;
+    float s[3] = {1, 2, 3}, d[3] = {0};
+    coll_comm_set_algorithm(comm, COLL_ALGO_NCCL);
+    EXPECT_ERR(coll_allreduce(s, d, 3, COLL_FLOAT32, COLL_SUM, comm), COLL_ERR_UNSUPPORTED, "device (GPU) buffers");
+    coll_request_t req = NULL;
+    EXPECT_ERR(coll_iallgather(s, d, 3, COLL_FLOAT32, comm, &req), COLL_ERR_UNSUPPORTED, "nccl");
+    assert_null(req);
+    /* zero elements need no NCCL */
+    assert_int_equal(coll_allreduce(s, d, 0, COLL_FLOAT32, COLL_SUM, comm), COLL_SUCCESS);
+    assert_int_equal(coll_algo_parse("nccl"), COLL_ALGO_NCCL);
+    coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
+    assert_int_equal(coll_comm_set_stream(comm, NULL), COLL_SUCCESS); /* "no stream" is always fine */
+    int dummy;
+    EXPECT_ERR(coll_comm_set_stream(comm, &dummy), COLL_ERR_UNSUPPORTED, "CUDA");
+    EXPECT_ERR(coll_comm_set_stream(NULL, &dummy), COLL_ERR_INVALID_ARG, "comm");
+    assert_int_equal(coll_allreduce(s, d, 3, COLL_FLOAT32, COLL_SUM, comm), COLL_SUCCESS);
+    assert_memory_equal(s, d, sizeof s);
+}
+
 int main(int argc, char **argv) {
     /* before MPI_Init: a clear error, not a crash */
     coll_comm_t early;
@@ -218,6 +240,7 @@ int main(int argc, char **argv) {
             cmocka_unit_test(bad_root),          cmocka_unit_test(overlapping_buffers),
             cmocka_unit_test(huge_count),        cmocka_unit_test(requests),
             cmocka_unit_test(names_and_strerror), cmocka_unit_test(single_rank_results),
+            cmocka_unit_test(device_paths_without_gpu),
         };
         rc = cmocka_run_group_tests_name("api", tests, setup, teardown);
         if (!pre_ok) {
