@@ -43,7 +43,7 @@ RT_LIBS := -lopenblas -lz -linih
 TRAIN := $(BUILD)/bin/ddp-train
 
 BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
-TEST_BINS := $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
+TEST_BINS := $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean
@@ -100,7 +100,12 @@ $(BUILD)/tests/cmp-params: $(BUILD)/obj/tests/e2e/cmp_params.o
 $(BUILD)/tests/test_graph: LDFLAGS_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
 
 # runtime unit tests see src/ headers
-$(BUILD)/obj/tests/unit/test_%.o: CFLAGS += -Isrc
+$(BUILD)/obj/tests/unit/test_%.o $(BUILD)/obj/tests/gpu/test_%.o: CFLAGS += -Isrc
+
+# GPU against CPU (tests/gpu/run); built everywhere, skips without a GPU
+$(BUILD)/tests/test_gpu_ops: $(BUILD)/obj/tests/gpu/test_gpu_ops.o $(RT_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 
 $(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config: $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(RT_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)

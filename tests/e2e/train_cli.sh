@@ -82,6 +82,22 @@ expect_fail "bad layer list" "[model] layers: unknown layer 'lstm'" configs/benc
 expect_fail "batch larger than the data" "[data] batch_size: 100000 x 1 ranks x 1 accumulation steps is larger than the training set" configs/bench-mlp1024.ini data.batch_size=100000
 expect_fail "metrics path not writable" "[log] metrics: cannot write $TMP/no/dir/m.jsonl" configs/bench-mlp1024.ini log.metrics="$TMP/no/dir/m.jsonl"
 expect_fail "no arguments prints usage" "usage: ddp-train" 
+expect_fail "bad [train] gpu is named" "[train] gpu: expected auto or a device index, got 'x'" configs/bench-mlp1024.ini train.gpu=x
+expect_fail "bad [train] device is named" "[train] device: expected one of cpu|cuda, got 'tpu'" configs/bench-mlp1024.ini train.device=tpu
+
+# device = cuda where no GPU is usable: every rank names the CUDA error (or
+# the missing CUDA build) and exits 2, before any collective
+if nvidia-smi -L >/dev/null 2>&1; then
+    echo "skip: device = cuda without a GPU (this machine has one)"
+else
+    timeout 60 mpirun --allow-run-as-root --oversubscribe -np 2 "$BIN" configs/bench-mlp1024.ini train.device=cuda \
+        >"$TMP/out" 2>"$TMP/err"
+    rc=$?
+    if [ $rc -eq 2 ] && grep -q "rank 0: \[train\] device = cuda: .*\(CUDA error\|no CUDA support\|CUDA plugin\)" "$TMP/err" &&
+        grep -q "rank 1: \[train\] device = cuda:" "$TMP/err" && ! grep -q "steps, median" "$TMP/out"; then
+        ok "device = cuda without a GPU: every rank exits 2 naming $(grep -o 'cuda[A-Za-z]*Error[A-Za-z]*\|no CUDA support' "$TMP/err" | head -1)"
+    else no "device = cuda without a GPU (rc $rc): $(head -c 400 "$TMP/err")"; fi
+fi
 
 # launch/ddprun: the printed mpirun command, a real 2-rank run, bad usage
 cores=$(getconf _NPROCESSORS_ONLN)
