@@ -12,10 +12,7 @@ coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t 
     }
     if (a->count == 0 && a->kind != COLL_K_BARRIER) return COLL_SUCCESS;
     rc = a->device ? coll_cuda_staged(ctx, a) : coll_run(ctx, a);
-    if (rc == COLL_ERR_MPI || rc == COLL_ERR_TIMEOUT) {
-        int none = 0;
-        atomic_compare_exchange_strong(&ctx->comm->failed, &none, (int)rc);
-    }
+    if (rc == COLL_ERR_MPI || rc == COLL_ERR_TIMEOUT) coll_comm_fail(ctx->comm, rc);
     return rc;
 }
 

@@ -18,9 +18,13 @@ coll_result_t coll_check_args(coll_comm_t c, const coll_args_t *a) {
     snprintf(fn, sizeof fn, "coll_%s", coll_kind_name(a->kind));
     if (!coll_comm_valid(c)) return coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: comm is NULL or destroyed", fn);
     int failed = atomic_load(&c->failed);
-    if (failed)
-        return coll_error(c, (coll_result_t)failed, "%s: comm failed earlier and cannot be used (%s)", fn,
-                          coll_strerror((coll_result_t)failed));
+    if (failed) {
+        char first[COLL_ERRLEN];
+        pthread_mutex_lock(&c->err_lock);
+        memcpy(first, c->first_error, sizeof first);
+        pthread_mutex_unlock(&c->err_lock);
+        return coll_error(c, (coll_result_t)failed, "%s: comm failed earlier and cannot be used (%s)", fn, first);
+    }
     if (a->kind == COLL_K_BARRIER) return COLL_SUCCESS;
     if ((unsigned)a->dtype >= COLL_NUM_DTYPES)
         return coll_error(c, COLL_ERR_INVALID_ARG, "%s: dtype=%d is not a coll_dtype_t", fn, (int)a->dtype);

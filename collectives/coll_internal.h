@@ -187,6 +187,7 @@ struct coll_comm {
     atomic_int failed; /* set after a timeout or MPI error: no further calls */
     pthread_mutex_t err_lock;
     char last_error[COLL_ERRLEN];
+    char first_error[COLL_ERRLEN]; /* the failure that made the comm unusable */
     /* progress thread and its FIFO of requests (progress.c) */
     pthread_mutex_t q_lock;
     pthread_cond_t q_cond;    /* work arrived / stop */
@@ -204,6 +205,8 @@ struct coll_comm {
 
 struct coll_request {
     uint32_t magic;
+    uint32_t gen;  /* bumped at every reuse: the handle carries it (progress.c) */
+    uint32_t slot; /* index in the process's request table */
     struct coll_comm *comm;
     coll_args_t args;
     coll_result_t local; /* validation result, for COLL_CHECK's agreement */
@@ -225,6 +228,10 @@ COLL_HIDDEN int coll_comm_valid(coll_comm_t comm);
 COLL_HIDDEN coll_result_t coll_error(coll_comm_t comm, coll_result_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 COLL_HIDDEN coll_result_t coll_mpi_error(coll_comm_t comm, int mpi_rc, const char *what);
+/* Marks comm failed with code (after its error was recorded): every queued
+ * and later call then fails at once with code, and the first failure's text
+ * is kept for their messages. Returns code. */
+COLL_HIDDEN coll_result_t coll_comm_fail(coll_comm_t comm, coll_result_t code);
 
 /* log.c */
 COLL_HIDDEN void coll_log(const struct coll_comm *comm, int level, const char *fmt, ...)
@@ -241,6 +248,7 @@ COLL_HIDDEN coll_result_t coll_progress_submit(coll_comm_t comm, const coll_args
 COLL_HIDDEN coll_result_t coll_progress_event_request(coll_comm_t comm, const coll_args_t *a,
                                                       coll_request_t *req);
 COLL_HIDDEN void coll_progress_shutdown(coll_comm_t comm);
+COLL_HIDDEN void coll_request_forget(struct coll_request *r);
 
 /* check.c: argument validation and the optional cross-rank agreement. */
 COLL_HIDDEN coll_result_t coll_check_args(coll_comm_t comm, const coll_args_t *a);

@@ -1,5 +1,6 @@
 /* Communicator lifecycle, the registry of live communicators (so a destroyed
  * or foreign handle is reported, not dereferenced), errors and names. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,9 +102,25 @@ const char *coll_strerror(coll_result_t r) {
     return text[r];
 }
 
+coll_result_t coll_comm_fail(coll_comm_t c, coll_result_t code) {
+    int none = 0;
+    if (atomic_compare_exchange_strong(&c->failed, &none, (int)code)) {
+        pthread_mutex_lock(&c->err_lock);
+        memcpy(c->first_error, c->last_error, sizeof c->first_error);
+        pthread_mutex_unlock(&c->err_lock);
+    }
+    return code;
+}
+
+/* A copy taken under the lock: the progress thread may record an error while
+ * the caller reads it. The copy is per thread, valid until its next call. */
 const char *coll_last_error(coll_comm_t comm) {
+    static _Thread_local char copy[COLL_ERRLEN];
     if (!coll_comm_valid(comm)) return orphan_error;
-    return comm->last_error;
+    pthread_mutex_lock(&comm->err_lock);
+    memcpy(copy, comm->last_error, sizeof copy);
+    pthread_mutex_unlock(&comm->err_lock);
+    return copy;
 }
 
 /* ---- names ---- */
@@ -197,10 +214,22 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
     if (mpi_comm == MPI_COMM_NULL)
         return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_init: mpi_comm is MPI_COMM_NULL");
     const char *terr = coll_tunables_load();
+    coll_comm_t c = terr ? NULL : calloc(1, sizeof *c);
+    /* Every rank learns whether one failed here (a bad COLL_* variable in
+     * one rank's environment, say) before the collective set-up below, so
+     * none is left waiting in it. */
+    int me = 0, first = INT_MAX;
+    MPI_Comm_rank(mpi_comm, &me);
+    int mine = c ? INT_MAX : me;
+    int mrc = MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, mpi_comm);
+    if (mrc != MPI_SUCCESS || !c || first != INT_MAX) free(c);
+    if (mrc != MPI_SUCCESS) return coll_mpi_error(NULL, mrc, "coll_comm_init: agreeing on the set-up (MPI_Allreduce)");
     if (terr) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_init: %s", terr);
-
-    coll_comm_t c = calloc(1, sizeof *c);
     if (!c) return coll_error(NULL, COLL_ERR_NO_MEMORY, "coll_comm_init: communicator");
+    if (first != INT_MAX)
+        return coll_error(NULL, COLL_ERR_INVALID_ARG,
+                          "coll_comm_init: rank %d could not set up its communicator (see its error), so no rank has one",
+                          first);
     c->sync.mpi = c->async.mpi = MPI_COMM_NULL;
     pthread_mutex_init(&c->err_lock, NULL);
     pthread_mutex_init(&c->q_lock, NULL);
@@ -257,6 +286,7 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
         c->all_reqs = r->all_next;
         coll_cuda_event_free(r->cuda_ready);
         coll_cuda_event_free(r->cuda_done);
+        coll_request_forget(r);
         free(r);
     }
     pthread_mutex_destroy(&c->err_lock);

@@ -236,12 +236,11 @@ coll_result_t coll_cuda_event_wait(coll_comm_t c, void *ev, int block, int *done
         const double waited = (double)(t.tv_sec - t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - t0.tv_nsec);
         if (c->timeout > 0 && waited > c->timeout) {
             if (c->cuda && c->cuda->nccl) p_ncclCommAbort(c->cuda->nccl), c->cuda->nccl = NULL;
-            int none = 0;
-            atomic_compare_exchange_strong(&c->failed, &none, (int)COLL_ERR_TIMEOUT);
-            return coll_error(c, COLL_ERR_TIMEOUT,
-                              "a device collective did not complete within %.3g s (a peer stopped or died; NCCL "
-                              "does not say which; the communicator was aborted)",
-                              c->timeout);
+            coll_error(c, COLL_ERR_TIMEOUT,
+                       "a device collective did not complete within %.3g s (a peer stopped or died; NCCL "
+                       "does not say which; the communicator was aborted)",
+                       c->timeout);
+            return coll_comm_fail(c, COLL_ERR_TIMEOUT);
         }
         sched_yield();
     }

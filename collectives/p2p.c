@@ -34,10 +34,10 @@ static int idle(coll_ctx_t *ctx, waiter_t *w) {
 }
 
 static coll_result_t timed_out(coll_ctx_t *ctx, const coll_treq_t *r) {
-    atomic_store(&ctx->comm->failed, (int)COLL_ERR_TIMEOUT);
-    return coll_error(ctx->comm, COLL_ERR_TIMEOUT,
-                      "no progress on a %s rank %d for %.1f s (rank %d lost or not calling the same collective?)",
-                      r->is_send ? "send to" : "receive from", r->peer, ctx->comm->timeout, r->peer);
+    coll_error(ctx->comm, COLL_ERR_TIMEOUT,
+               "no progress on a %s rank %d for %.1f s (rank %d lost or not calling the same collective?)",
+               r->is_send ? "send to" : "receive from", r->peer, ctx->comm->timeout, r->peer);
+    return coll_comm_fail(ctx->comm, COLL_ERR_TIMEOUT);
 }
 
 coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {

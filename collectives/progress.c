@@ -27,6 +27,56 @@ static double mono_s(void) {
 
 #define REQ_MAGIC 0xC0117E57u
 
+/* Handles. A request's memory is recycled, so a handle is not its address
+ * but (table slot, generation): a handle kept after coll_wait (or a
+ * completed coll_test) no longer matches once the slot is reused, and a
+ * second wait on it is an error instead of waiting on someone else's
+ * request. Slots live for the process; the table is shared by all comms. */
+static pthread_mutex_t tab_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct coll_request **tab;
+static uint32_t tab_n, tab_cap;
+#define GEN_BITS 24
+#define GEN_MASK ((1u << GEN_BITS) - 1)
+
+static int tab_add(struct coll_request *r) {
+    pthread_mutex_lock(&tab_lock);
+    if (tab_n == tab_cap) {
+        uint32_t cap = tab_cap ? 2 * tab_cap : 64;
+        struct coll_request **t = realloc(tab, cap * sizeof *t);
+        if (!t) {
+            pthread_mutex_unlock(&tab_lock);
+            return -1;
+        }
+        tab = t, tab_cap = cap;
+    }
+    r->slot = tab_n;
+    tab[tab_n++] = r;
+    pthread_mutex_unlock(&tab_lock);
+    return 0;
+}
+
+/* comm.c frees a comm's requests: their slots stay, empty */
+void coll_request_forget(struct coll_request *r) {
+    pthread_mutex_lock(&tab_lock);
+    if (r->slot < tab_n && tab[r->slot] == r) tab[r->slot] = NULL;
+    pthread_mutex_unlock(&tab_lock);
+}
+
+static coll_request_t handle_of(const struct coll_request *r) {
+    return (coll_request_t)(uintptr_t)(((uintptr_t)r->slot + 1) << GEN_BITS | (r->gen & GEN_MASK));
+}
+
+static struct coll_request *resolve(coll_request_t h) {
+    const uintptr_t v = (uintptr_t)h;
+    const uintptr_t slot = (v >> GEN_BITS) - 1;
+    struct coll_request *r = NULL;
+    pthread_mutex_lock(&tab_lock);
+    if (v >> GEN_BITS && slot < tab_n) r = tab[slot];
+    pthread_mutex_unlock(&tab_lock);
+    if (!r || r->magic != REQ_MAGIC || (r->gen & GEN_MASK) != (v & GEN_MASK)) return NULL;
+    return r;
+}
+
 static void *progress_main(void *arg) {
     coll_comm_t c = arg;
     pthread_mutex_lock(&c->q_lock);
@@ -38,7 +88,10 @@ static void *progress_main(void *arg) {
         if (!c->q_head) c->q_tail = NULL;
         pthread_mutex_unlock(&c->q_lock);
         const double t0 = mono_s();
-        coll_result_t rc = coll_execute(&c->async, &r->args, r->local);
+        /* fail fast: after a failure nothing queued runs against the dead
+         * peer again (each would wait its own timeout) */
+        const int failed = atomic_load(&c->failed);
+        coll_result_t rc = failed ? (coll_result_t)failed : coll_execute(&c->async, &r->args, r->local);
         const double t1 = mono_s();
         pthread_mutex_lock(&c->q_lock);
         r->result = rc;
@@ -66,9 +119,14 @@ static struct coll_request *req_get(coll_comm_t c) {
         return r;
     }
     r = malloc(sizeof *r);
+    if (r && tab_add(r)) {
+        free(r);
+        r = NULL;
+    }
     if (r) {
         r->all_next = c->all_reqs;
         r->cuda_ready = r->cuda_done = NULL;
+        r->gen = 0;
         c->all_reqs = r;
     }
     return r;
@@ -76,8 +134,9 @@ static struct coll_request *req_get(coll_comm_t c) {
 
 /* Fills a request taken from req_get, keeping its place in all_reqs. */
 static void req_init(struct coll_request *r, coll_comm_t c, const coll_args_t *a, coll_result_t local, int ghost) {
-    *r = (struct coll_request){.magic = REQ_MAGIC, .comm = c, .args = *a, .local = local, .ghost = ghost,
-                               .all_next = r->all_next, .cuda_ready = r->cuda_ready, .cuda_done = r->cuda_done};
+    *r = (struct coll_request){.magic = REQ_MAGIC, .gen = r->gen + 1, .slot = r->slot, .comm = c, .args = *a,
+                               .local = local, .ghost = ghost, .all_next = r->all_next,
+                               .cuda_ready = r->cuda_ready, .cuda_done = r->cuda_done};
 }
 
 coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_result_t local,
@@ -96,7 +155,7 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
         r->t_start = t0;
         r->t_end = t1;
         atomic_store(&r->done, 1);
-        *out = r;
+        *out = handle_of(r);
         return COLL_SUCCESS;
     }
     /* A call that failed validation is only queued when COLL_CHECK needs it
@@ -139,7 +198,7 @@ coll_result_t coll_progress_submit(coll_comm_t c, const coll_args_t *a, coll_res
     pthread_cond_signal(&c->q_cond);
     pthread_mutex_unlock(&c->q_lock);
     if (ghost) return local;
-    *out = r;
+    *out = handle_of(r);
     return COLL_SUCCESS;
 }
 
@@ -162,12 +221,12 @@ coll_result_t coll_progress_event_request(coll_comm_t c, const coll_args_t *a, c
         pthread_mutex_unlock(&c->q_lock);
         return rc;
     }
-    *out = r;
+    *out = handle_of(r);
     return COLL_SUCCESS;
 }
 
 /* An event request: checks (block = 0) or waits for its event. */
-static void event_progress(coll_request_t r, int block) {
+static void event_progress(struct coll_request *r, int block) {
     if (!r->by_event || atomic_load(&r->done)) return;
     int done = 0;
     coll_result_t rc = coll_cuda_event_wait(r->comm, r->cuda_done, block, &done);
@@ -178,15 +237,19 @@ static void event_progress(coll_request_t r, int block) {
     }
 }
 
-static coll_result_t req_check(coll_request_t r, const char *fn) {
-    if (!r) return coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: req is NULL", fn);
-    if (r->magic != REQ_MAGIC || !coll_comm_valid(r->comm))
-        return coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: req is not a pending request (already completed?)", fn);
-    return COLL_SUCCESS;
+static struct coll_request *req_check(coll_request_t h, const char *fn, coll_result_t *rc) {
+    *rc = COLL_SUCCESS;
+    if (!h) return *rc = coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: req is NULL", fn), NULL;
+    struct coll_request *r = resolve(h);
+    if (!r || !coll_comm_valid(r->comm)) {
+        *rc = coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: req is not a pending request (already completed?)", fn);
+        return NULL;
+    }
+    return r;
 }
 
 /* Returns the request to the free list and gives its result; q_lock held. */
-static coll_result_t req_release(coll_request_t r) {
+static coll_result_t req_release(struct coll_request *r) {
     coll_comm_t c = r->comm;
     coll_result_t rc = r->result;
     r->magic = 0;
@@ -195,9 +258,10 @@ static coll_result_t req_release(coll_request_t r) {
     return rc;
 }
 
-coll_result_t coll_wait_timed(coll_request_t r, double *start_s, double *end_s) {
-    coll_result_t rc = req_check(r, "coll_wait");
-    if (rc != COLL_SUCCESS) return rc;
+coll_result_t coll_wait_timed(coll_request_t h, double *start_s, double *end_s) {
+    coll_result_t rc;
+    struct coll_request *r = req_check(h, "coll_wait", &rc);
+    if (!r) return rc;
     coll_comm_t c = r->comm;
     event_progress(r, 1);
     pthread_mutex_lock(&c->q_lock);
@@ -211,11 +275,12 @@ coll_result_t coll_wait_timed(coll_request_t r, double *start_s, double *end_s) 
 
 coll_result_t coll_wait(coll_request_t r) { return coll_wait_timed(r, NULL, NULL); }
 
-coll_result_t coll_test(coll_request_t r, int *done) {
+coll_result_t coll_test(coll_request_t h, int *done) {
     if (!done) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_test: done is NULL");
     *done = 0;
-    coll_result_t rc = req_check(r, "coll_test");
-    if (rc != COLL_SUCCESS) return rc;
+    coll_result_t rc;
+    struct coll_request *r = req_check(h, "coll_test", &rc);
+    if (!r) return rc;
     event_progress(r, 0);
     if (!atomic_load(&r->done)) return COLL_SUCCESS;
     pthread_mutex_lock(&r->comm->q_lock);

@@ -154,7 +154,12 @@ AVG_WIDENED(avg_f16, h2f, f2h)
 AVG_WIDENED(avg_b16, b2f, f2b)
 AVG_DIRECT(avg_i32, int32_t, DIV)
 AVG_DIRECT(avg_i64, int64_t, DIV)
-AVG_DIRECT(avg_u8, uint8_t, DIV)
+/* not AVG_DIRECT: (uint8_t)p wraps at 256 ranks (a division by zero) */
+KERNEL static void avg_u8(void *bv, size_t n, int p) {
+    uint8_t *restrict b = bv;
+    const unsigned q = (unsigned)p;
+    for (size_t i = 0; i < n; i++) b[i] = (uint8_t)(b[i] / q);
+}
 
 void coll_avg_finish(coll_dtype_t dt, void *buf, size_t n, int nranks) {
     static void (*const f[COLL_NUM_DTYPES])(void *, size_t, int) = {

@@ -59,9 +59,10 @@ static coll_result_t mpi_test(coll_ctx_t *ctx, coll_treq_t *r, int *done) {
 static void mpi_cancel(coll_ctx_t *ctx, coll_treq_t *r) {
     (void)ctx;
     if (!r->active) return;
-    /* Receives can be cancelled; a send may be matched already, so it is
-     * only released (MPI completes it in the background if it can). */
-    if (!r->is_send) MPI_Cancel(&r->t.mpi);
+    /* Cancelled, not only released, so that a message of the aborted
+     * operation cannot match a later one (a send already matched completes
+     * in the background, as MPI allows). */
+    MPI_Cancel(&r->t.mpi);
     MPI_Request_free(&r->t.mpi);
     r->active = 0;
 }

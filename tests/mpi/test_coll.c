@@ -459,6 +459,39 @@ static int timeout_mode(void) {
         if (rank == 1) MPI_Recv(&ok, 1, MPI_INT, 0, 99, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
         result(ok, "silent peer: COLL_ERR_TIMEOUT naming rank 1 within the timeout");
     }
+    /* Fail fast: 16 non-blocking all-reduces queued while rank 1 stays
+     * silent all end within 1.5 timeouts (the first times out, the others
+     * fail at once), each naming rank 1; not 16 timeouts one after another. */
+    coll_comm_t c2;
+    if (coll_comm_init(&c2, MPI_COMM_WORLD) != COLL_SUCCESS) {
+        result(0, "fail fast: second communicator");
+        return 0;
+    }
+    const double T = 1.0;
+    coll_comm_set_timeout(c2, T);
+    int ok = 1;
+    if (rank == 0) {
+        enum { Q = 16 };
+        float a[Q][64];
+        coll_request_t r[Q];
+        const double t0 = now();
+        for (int i = 0; i < Q; i++)
+            ok &= coll_iallreduce(a[i], a[i], 64, COLL_FLOAT32, COLL_SUM, c2, &r[i]) == COLL_SUCCESS;
+        int timeouts = 0;
+        for (int i = 0; i < Q && ok; i++) timeouts += coll_wait(r[i]) == COLL_ERR_TIMEOUT;
+        const double t = now() - t0;
+        ok = ok && timeouts == Q && t <= 1.5 * T && strstr(coll_last_error(c2), "rank 1");
+        /* a later call fails at once, with the first failure's text */
+        const double t1 = now();
+        ok = ok && coll_allreduce(a[0], a[0], 64, COLL_FLOAT32, COLL_SUM, c2) == COLL_ERR_TIMEOUT && now() - t1 < 0.1 &&
+             strstr(coll_last_error(c2), "failed earlier") && strstr(coll_last_error(c2), "rank 1");
+        if (!ok) fprintf(stderr, "rank 0: %d of %d timed out after %.2f s (limit %.2f): %s\n", timeouts, Q, t, 1.5 * T,
+                         coll_last_error(c2));
+        MPI_Send(&ok, 1, MPI_INT, 1, 98, MPI_COMM_WORLD);
+    } else if (rank == 1) {
+        MPI_Recv(&ok, 1, MPI_INT, 0, 98, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
+    result(ok, "fail fast: 16 queued calls and a silent peer all end within 1.5 x COLL_TIMEOUT, naming it");
     return 0;
 }
 

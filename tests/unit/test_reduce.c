@@ -191,6 +191,23 @@ static void avg_divides_once(void **state) {
     double dd = 7;
     coll_avg_finish(COLL_FLOAT64, &dd, 1, 1); /* one rank: unchanged */
     assert_true(dd == 7);
+    /* uint8 at 256 ranks and more: the (wrapped) sum divided by the true rank
+     * count, not by the count cast to uint8 (0 at 256, 44 at 300) */
+    uint8_t u[3] = {255, 200, 7};
+    coll_avg_finish(COLL_UINT8, u, 3, 3);
+    assert_true(u[0] == 85 && u[1] == 66 && u[2] == 2);
+    uint8_t w[2] = {255, 100};
+    coll_avg_finish(COLL_UINT8, w, 2, 256);
+    assert_true(w[0] == 0 && w[1] == 0);
+    w[0] = 255;
+    coll_avg_finish(COLL_UINT8, w, 1, 300);
+    assert_int_equal(w[0], 0);
+    w[0] = 250;
+    coll_avg_finish(COLL_UINT8, w, 1, 255);
+    assert_int_equal(w[0], 0);
+    w[0] = 255;
+    coll_avg_finish(COLL_UINT8, w, 1, 255);
+    assert_int_equal(w[0], 1);
 }
 
 int main(void) {
