@@ -43,7 +43,7 @@ RT_LIBS := -lopenblas -lz -linih
 TRAIN := $(BUILD)/bin/ddp-train
 
 BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
-TEST_BINS := $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
+TEST_BINS := $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean
@@ -89,6 +89,15 @@ $(BUILD)/bin/tcp-rtt: $(BUILD)/obj/tests/bench/tcp_rtt.o
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
 $(TRAIN): $(BUILD)/obj/src/main.o $(RT_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
+
+# ddp-train with fault injection (src/faults.h): the test build only
+FAULT_OBJ := $(BUILD)/obj-faults/src/train.o $(BUILD)/obj-faults/src/checkpoint.o $(BUILD)/obj-faults/tests/e2e/faults.o
+$(BUILD)/obj-faults/%.o: %.c $(FLAGS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Isrc -DDDP_FAULT_HOOKS -fPIC -c $< -o $@
+$(BUILD)/tests/ddp-train-faults: $(BUILD)/obj/src/main.o $(filter-out %/train.o %/checkpoint.o,$(RT_OBJ)) $(FAULT_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 
@@ -153,4 +162,4 @@ install: $(LIB_A) $(LIB_SO)
 clean:
 	rm -rf build build-san
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/obj-faults -name '*.d' 2>/dev/null)

@@ -80,10 +80,14 @@ int ddp_gather(ddp_t *d);
 /* Slices [lo[i], hi[i]) of the flat buffers whose update is this rank's:
  * all of [0, padded) normally, its shard under ZeRO-1. Returns the count. */
 int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi);
-/* ZeRO-1: assembles a full-length array (padded floats, flat layout) on
- * every rank from each rank's shard array (its slices end to end), e.g. the
- * optimiser state for a checkpoint. Without ZeRO it copies. */
+/* ZeRO-1: assembles on rank 0 a full-length array (padded floats, flat
+ * layout) from each rank's shard array (its slices end to end), e.g. the
+ * optimiser state for a checkpoint; `full` is used on rank 0 only (NULL
+ * elsewhere), and no other rank holds more than one bucket of it. Without
+ * ZeRO it copies on rank 0. Exact: the bits move unchanged. */
 int ddp_gather_shards(ddp_t *d, const float *shard, float *full);
+/* The reverse (resume): every rank's shard from rank 0's full array. */
+int ddp_scatter_shards(ddp_t *d, const float *full, float *shard);
 /* Floats in this rank's slices together (the optimiser state it needs). */
 size_t ddp_shard_size(const ddp_t *d);
 

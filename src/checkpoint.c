@@ -11,12 +11,16 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "faults.h"
 #include "hash.h"
+#include "paths.h"
 
 #define CKPT_MAGIC "DDPCKPT1"
 #define CKPT_VERSION 2
 #define CKPT_KEEP 2
 
+/* The header in memory; on disk it is HDR_BYTES little-endian bytes at the
+ * offsets below, whatever the host (encode/decode). */
 typedef struct ckpt_header {
     char magic[8];
     uint32_t version, state_arrays;
@@ -24,8 +28,68 @@ typedef struct ckpt_header {
     uint64_t epoch, batch_in_epoch, global_batch;
     uint64_t model_hash; /* FNV-1a of the model text (which follows the header) */
     uint32_t crc; /* zlib crc32 of the header (crc = 0) and everything after it */
-    uint32_t reserved;
 } ckpt_header_t;
+
+enum {
+    OFF_MAGIC = 0, OFF_VERSION = 8, OFF_STATE_ARRAYS = 12, OFF_NWEIGHTS = 16, OFF_STEP = 24, OFF_SEED = 32,
+    OFF_OPTIM_T = 40, OFF_TEXT_LEN = 48, OFF_EPOCH = 56, OFF_BATCH_IN_EPOCH = 64, OFF_GLOBAL_BATCH = 72,
+    OFF_MODEL_HASH = 80, OFF_CRC = 88, OFF_RESERVED = 92, HDR_BYTES = 96
+};
+_Static_assert(OFF_MODEL_HASH + 8 == OFF_CRC && OFF_CRC + 4 == OFF_RESERVED && OFF_RESERVED + 4 == HDR_BYTES,
+               "the checkpoint header's fields must tile its 96 bytes");
+/* the parameters and state follow as raw float32: little-endian hosts only */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "checkpoint payloads are little-endian float32");
+_Static_assert(sizeof(float) == 4, "float must be IEEE binary32");
+
+static void le32(unsigned char *b, uint32_t v) {
+    for (int i = 0; i < 4; i++) b[i] = (unsigned char)(v >> (8 * i));
+}
+static void le64(unsigned char *b, uint64_t v) {
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t rd32(const unsigned char *b) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = v << 8 | b[i];
+    return v;
+}
+static uint64_t rd64(const unsigned char *b) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | b[i];
+    return v;
+}
+
+static void encode(const ckpt_header_t *h, unsigned char b[HDR_BYTES]) {
+    memset(b, 0, HDR_BYTES);
+    memcpy(b + OFF_MAGIC, h->magic, 8);
+    le32(b + OFF_VERSION, h->version);
+    le32(b + OFF_STATE_ARRAYS, h->state_arrays);
+    le64(b + OFF_NWEIGHTS, h->nweights);
+    le64(b + OFF_STEP, h->step);
+    le64(b + OFF_SEED, h->seed);
+    le64(b + OFF_OPTIM_T, h->optim_t);
+    le64(b + OFF_TEXT_LEN, h->text_len);
+    le64(b + OFF_EPOCH, h->epoch);
+    le64(b + OFF_BATCH_IN_EPOCH, h->batch_in_epoch);
+    le64(b + OFF_GLOBAL_BATCH, h->global_batch);
+    le64(b + OFF_MODEL_HASH, h->model_hash);
+    le32(b + OFF_CRC, h->crc);
+}
+
+static void decode(const unsigned char b[HDR_BYTES], ckpt_header_t *h) {
+    memcpy(h->magic, b + OFF_MAGIC, 8);
+    h->version = rd32(b + OFF_VERSION);
+    h->state_arrays = rd32(b + OFF_STATE_ARRAYS);
+    h->nweights = rd64(b + OFF_NWEIGHTS);
+    h->step = rd64(b + OFF_STEP);
+    h->seed = rd64(b + OFF_SEED);
+    h->optim_t = rd64(b + OFF_OPTIM_T);
+    h->text_len = rd64(b + OFF_TEXT_LEN);
+    h->epoch = rd64(b + OFF_EPOCH);
+    h->batch_in_epoch = rd64(b + OFF_BATCH_IN_EPOCH);
+    h->global_batch = rd64(b + OFF_GLOBAL_BATCH);
+    h->model_hash = rd64(b + OFF_MODEL_HASH);
+    h->crc = rd32(b + OFF_CRC);
+}
 
 typedef struct wfile {
     FILE *f;
@@ -73,13 +137,28 @@ static int list_steps(const char *dir, long *steps, int max) {
     return n;
 }
 
-int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, const float *params,
-              float *const *state, int fault_half_way, char *err, size_t errlen) {
-    char tmp[4200], final[4200];
-    if (mkdir(dir, 0755) && errno != EEXIST) {
-        snprintf(err, errlen, "[checkpoint] dir: cannot create %s: %s", dir, strerror(errno));
-        return -1;
+/* Temporary files of writes that were killed: nobody will finish them. */
+static void remove_stale_tmp(const char *dir) {
+    DIR *dd = opendir(dir);
+    if (!dd) return;
+    struct dirent *e;
+    while ((e = readdir(dd))) {
+        long s;
+        char tail[8];
+        if (sscanf(e->d_name, ".ckpt-%ld.%7s", &s, tail) == 2 && !strcmp(tail, "tmp")) {
+            char p[4400];
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
     }
+    closedir(dd);
+}
+
+int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, const float *params,
+              const float *const *state, char *err, size_t errlen) {
+    char tmp[4200], final[4200];
+    if (path_make_dir(dir, "[checkpoint] dir", err, errlen)) return -1;
+    remove_stale_tmp(dir);
     snprintf(tmp, sizeof tmp, "%s/.ckpt-%08ld.tmp", dir, m->step);
     snprintf(final, sizeof final, "%s/ckpt-%08ld.bin", dir, m->step);
     wfile_t w = {.f = fopen(tmp, "wb"), .crc = crc32(0L, Z_NULL, 0), .ok = 1};
@@ -95,19 +174,18 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
     memcpy(h.magic, CKPT_MAGIC, 8);
     /* the crc is stored in the header, so it is computed over the header with
      * crc = 0 and written last, in place */
-    put(&w, &h, sizeof h);
+    unsigned char hb[HDR_BYTES];
+    encode(&h, hb);
+    put(&w, hb, sizeof hb);
     put(&w, model_text, h.text_len);
     const size_t half = m->nweights / 2 * sizeof(float);
     put(&w, params, half);
-    if (fault_half_way) {
-        fflush(w.f);
-        raise(SIGKILL);
-    }
+    FAULT_HOOK_CHECKPOINT_HALF_WAY(m->step, w.f);
     put(&w, (const char *)params + half, m->nweights * sizeof(float) - half);
     for (int k = 0; k < m->state_arrays; k++) put(&w, state[k], m->nweights * sizeof(float));
-    h.crc = (uint32_t)w.crc;
-    if (w.ok && (fseek(w.f, offsetof(ckpt_header_t, crc), SEEK_SET) || fwrite(&h.crc, sizeof h.crc, 1, w.f) != 1))
-        w.ok = 0;
+    unsigned char crc[4];
+    le32(crc, (uint32_t)w.crc);
+    if (w.ok && (fseek(w.f, OFF_CRC, SEEK_SET) || fwrite(crc, sizeof crc, 1, w.f) != 1)) w.ok = 0;
     if (w.ok && (fflush(w.f) || fsync(fileno(w.f)))) w.ok = 0;
     const int saved_errno = errno;
     if (fclose(w.f)) w.ok = 0;
@@ -145,7 +223,8 @@ static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, f
     }
     int rc = -1;
     float *scratch = NULL;
-    if (fread(h, sizeof *h, 1, f) != 1 || memcmp(h->magic, CKPT_MAGIC, 8)) {
+    unsigned char hb[HDR_BYTES];
+    if (fread(hb, sizeof hb, 1, f) != 1 || (decode(hb, h), memcmp(h->magic, CKPT_MAGIC, 8))) {
         snprintf(err, errlen, "%s: not a checkpoint (bad header)", path);
         goto out;
     }
@@ -153,9 +232,8 @@ static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, f
         snprintf(err, errlen, "%s: unsupported checkpoint (version %u)", path, h->version);
         goto out;
     }
-    ckpt_header_t z = *h;
-    z.crc = 0;
-    uLong crc = crc32(crc32(0L, Z_NULL, 0), (const Bytef *)&z, sizeof z);
+    le32(hb + OFF_CRC, 0);
+    uLong crc = crc32(crc32(0L, Z_NULL, 0), hb, sizeof hb);
     *text = calloc(h->text_len + 1, 1);
     if (!*text || fread(*text, 1, h->text_len, f) != h->text_len) {
         snprintf(err, errlen, "%s: truncated", path);

@@ -20,11 +20,13 @@ typedef struct ckpt_meta {
     size_t nweights;
 } ckpt_meta_t;
 
-/* Writes dir/ckpt-STEP.bin from params (nweights floats) and the state arrays
- * (nweights floats each, flat layout), then deletes all but the newest two.
- * fault_half_way: test hook, SIGKILLs the process half-way through. */
+/* Writes dir/ckpt-STEP.bin (creating dir and its parents) from params
+ * (nweights floats) and the state arrays (nweights floats each, flat
+ * layout), then deletes all but the newest two and any temporary file left
+ * by a write that was killed. The header is 96 little-endian bytes
+ * (checkpoint.c). */
 int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, const float *params,
-              float *const *state, int fault_half_way, char *err, size_t errlen);
+              const float *const *state, char *err, size_t errlen);
 
 /* Finds the newest loadable checkpoint in dir. Returns 1 and fills path,
  * 0 when there is none, -1 on error (err). */

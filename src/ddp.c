@@ -29,6 +29,7 @@ struct ddp {
     int next;        /* buckets launched so far */
     int failed;      /* a launch from the callback failed */
     double comm_ms, exposed_ms;
+    float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
     char err[512];
 };
 
@@ -113,6 +114,7 @@ void ddp_destroy(ddp_t *d) {
     free(d->b);
     free(d->shard_lo);
     free(d->shard_hi);
+    free(d->stage);
     free(d);
 }
 
@@ -235,15 +237,53 @@ int ddp_gather(ddp_t *d) {
     return wait_all(d, "parameter all-gather");
 }
 
+static int need_stage(ddp_t *d) {
+    size_t most = 0;
+    for (int i = 0; i < d->nb; i++) most = d->b[i].hi - d->b[i].lo > most ? d->b[i].hi - d->b[i].lo : most;
+    if (!d->stage && !(d->stage = malloc((most ? most : 1) * sizeof(float)))) {
+        snprintf(d->err, sizeof d->err, "ddp: out of memory for a bucket of checkpoint staging");
+        return -1;
+    }
+    return 0;
+}
+
+/* Libcoll has no gather: each bucket is reduced to rank 0 as integers, every
+ * rank contributing its piece and zeros elsewhere (x + 0 is exact for the
+ * bits of any float, -0.0 and NaN included, which a float sum is not). */
 int ddp_gather_shards(ddp_t *d, const float *shard, float *full) {
+    if (!d->opt.zero || d->size == 1) {
+        if (d->rank == 0) memcpy(full, shard, d->padded * sizeof(float));
+        return 0;
+    }
+    if (need_stage(d)) return -1;
     size_t at = 0;
     for (int i = 0; i < d->nshard; i++) {
-        const size_t piece = d->shard_hi[i] - d->shard_lo[i];
-        memcpy(full + d->shard_lo[i], shard + at, piece * sizeof(float));
+        const size_t piece = d->shard_hi[i] - d->shard_lo[i], len = d->b[i].hi - d->b[i].lo;
+        memset(d->stage, 0, len * sizeof(float));
+        memcpy(d->stage + (size_t)d->rank * piece, shard + at, piece * sizeof(float));
         at += piece;
-        if (!d->opt.zero || d->size == 1) continue;
-        coll_result_t rc = coll_allgather(full + d->shard_lo[i], full + d->b[i].lo, piece, COLL_FLOAT32, d->comm);
-        if (rc != COLL_SUCCESS) return fail(d, "all-gather of sharded state", rc);
+        coll_result_t rc = coll_reduce(d->stage, d->rank == 0 ? full + d->b[i].lo : NULL, len, COLL_INT32, COLL_SUM, 0,
+                                       d->comm);
+        if (rc != COLL_SUCCESS) return fail(d, "gathering the sharded optimiser state on rank 0", rc);
+    }
+    return 0;
+}
+
+int ddp_scatter_shards(ddp_t *d, const float *full, float *shard) {
+    if (!d->opt.zero || d->size == 1) {
+        if (d->rank == 0) memcpy(shard, full, d->padded * sizeof(float));
+        coll_result_t rc = d->size > 1 ? coll_broadcast(shard, d->padded, COLL_FLOAT32, 0, d->comm) : COLL_SUCCESS;
+        return rc == COLL_SUCCESS ? 0 : fail(d, "broadcasting the optimiser state from rank 0", rc);
+    }
+    if (need_stage(d)) return -1;
+    size_t at = 0;
+    for (int i = 0; i < d->nshard; i++) {
+        const size_t piece = d->shard_hi[i] - d->shard_lo[i], len = d->b[i].hi - d->b[i].lo;
+        float *buf = d->rank == 0 ? (float *)full + d->b[i].lo : d->stage; /* the root's is only read */
+        coll_result_t rc = coll_broadcast(buf, len, COLL_FLOAT32, 0, d->comm);
+        if (rc != COLL_SUCCESS) return fail(d, "scattering the optimiser state from rank 0", rc);
+        memcpy(shard + at, buf + (size_t)d->rank * piece, piece * sizeof(float));
+        at += piece;
     }
     return 0;
 }

@@ -10,7 +10,9 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "faults.h"
 #include "model.h"
+#include "paths.h"
 
 static int load_data(trainer_t *t, char *err, size_t errlen) {
     const config_t *c = &t->cfg;
@@ -28,18 +30,6 @@ static optim_cfg_t optim_config(const config_t *c) {
         .schedule = c->schedule == CFG_SCHED_STEP ? SCHED_STEP : c->schedule == CFG_SCHED_COSINE ? SCHED_COSINE : SCHED_CONSTANT,
         .warmup_steps = c->warmup_steps, .step_every = c->step_every, .gamma = (float)c->gamma, .min_lr = (float)c->min_lr,
     };
-}
-
-/* DDP_FAULT=exit@STEP | kill-in-checkpoint@STEP | slow-checkpoint=SECONDS:
- * test hooks that end the process abruptly after step STEP, or half-way
- * through writing its checkpoint, or make rank 0's checkpoint writes slow. */
-static void parse_faults(trainer_t *t) {
-    const char *f = getenv("DDP_FAULT");
-    long s;
-    if (!f) return;
-    if (sscanf(f, "exit@%ld", &s) == 1) t->fault_exit_at = s;
-    if (sscanf(f, "kill-in-checkpoint@%ld", &s) == 1) t->fault_ckpt_at = s;
-    if (sscanf(f, "slow-checkpoint=%ld", &s) == 1) t->fault_slow_ckpt_s = s;
 }
 
 static int bcast(trainer_t *t, void *buf, size_t n, coll_dtype_t type, char *err, size_t errlen) {
@@ -72,9 +62,12 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
     const int ns = optim_state_arrays(&t->opt);
     const int zero = t->cfg.zero && t->ddp;
     const size_t N = t->g->nalloc;
+    /* full-length state arrays: on rank 0 only under ZeRO-1 (it scatters
+     * the shards afterwards), on every rank otherwise */
     float *full[2] = {NULL, NULL};
     for (int k = 0; k < ns; k++)
-        full[k] = zero ? t->ckpt_state + (size_t)k * N : t->dev != DEV_CPU ? t->host_state + (size_t)k * N : state_array(t, k);
+        full[k] = zero ? (t->rank == 0 ? t->ckpt_state + (size_t)k * N : NULL)
+                       : t->dev != DEV_CPU ? t->host_state + (size_t)k * N : state_array(t, k);
     float *params = t->dev == DEV_CPU ? t->g->params : t->host_params;
     double meta[6] = {0}; /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t, global batch */
     char path[4300] = "";
@@ -96,16 +89,14 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
     if (meta[0] == 0) return 0;
     if (bcast_params(t, params, err, errlen)) return -1;
     for (int k = 0; k < ns; k++) {
-        if (bcast(t, full[k], N, COLL_FLOAT32, err, errlen)) return -1;
         int rc = 0;
         if (!zero) {
+            if (bcast(t, full[k], N, COLL_FLOAT32, err, errlen)) return -1;
             rc = device_from_host(t->dev, state_array(t, k), full[k], N * sizeof(float));
         } else {
-            const size_t *lo, *hi;
-            const int nsl = ddp_shard(t->ddp, &lo, &hi);
-            float *st = state_array(t, k);
-            for (int i = 0; i < nsl && !rc; st += hi[i] - lo[i], i++)
-                rc = device_from_host(t->dev, st, full[k] + lo[i], (hi[i] - lo[i]) * sizeof(float));
+            float *shard = t->dev == DEV_CPU ? state_array(t, k) : t->host_state + (size_t)k * t->opt.n;
+            if (ddp_scatter_shards(t->ddp, full[k], shard)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+            rc = device_from_host(t->dev, state_array(t, k), shard, t->opt.n * sizeof(float));
         }
         if (rc) return snprintf(err, errlen, "resume: copying the optimiser state to the device: %s", device_error()), -1;
     }
@@ -165,7 +156,6 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     MPI_Comm_size(comm, &t->ranks);
     t->last_acc = -1;
     t->seed = (uint64_t)cfg->seed;
-    parse_faults(t);
     t->dev = cfg->device == CFG_DEVICE_CUDA ? DEV_CUDA : DEV_CPU;
     /* every rank gets here (the configs agree), so the node split is safe */
     if (t->dev != DEV_CPU && device_open(t->dev, cfg->gpu_index, node_local_rank(comm), cfg->tf32, err, errlen))
@@ -205,6 +195,7 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     /* the metrics file is opened after a possible resume (to append then);
      * check now, while a failure can still be agreed on, that it can be written */
     if (t->rank == 0 && cfg->metrics[0]) {
+        if (path_make_parents(cfg->metrics, "[log] metrics", err, errlen)) goto setup_failed;
         FILE *probe = fopen(cfg->metrics, "a");
         if (!probe) SETUP_FAIL("[log] metrics: cannot write %s: %s", cfg->metrics, strerror(errno));
         fclose(probe);
@@ -233,7 +224,7 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     if (t->dev != DEV_CPU && optim_state_arrays(&t->opt) &&
         !(t->host_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc)))
         return snprintf(err, errlen, "out of memory for the optimiser state's host copy"), -1;
-    if (t->ddp && cfg->zero && cfg->ckpt_dir[0] &&
+    if (t->ddp && cfg->zero && cfg->ckpt_dir[0] && t->rank == 0 &&
         !(t->ckpt_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc + 1)))
         return snprintf(err, errlen, "out of memory for checkpoint staging"), -1;
     if (cfg->ckpt_dir[0] && cfg->resume == CFG_RESUME_AUTO && resume(t, err, errlen)) return -1;
@@ -315,10 +306,9 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
         const float *mine = state_host(t, k);
         if (!mine) return snprintf(err, errlen, "checkpoint: reading the optimiser state: %s", device_error()), -1;
         state[k] = (float *)mine;
-        if (t->ckpt_state) { /* ZeRO: assemble the full state from the shards */
-            state[k] = t->ckpt_state + (size_t)k * t->g->nalloc;
-            if (ddp_gather_shards(t->ddp, mine, state[k]))
-                return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+        if (t->ddp && t->cfg.zero) { /* ZeRO-1: the full state assembled on rank 0 only */
+            state[k] = t->ckpt_state ? t->ckpt_state + (size_t)k * t->g->nalloc : NULL;
+            if (ddp_gather_shards(t->ddp, mine, state[k])) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
         }
     }
     const float *params = trainer_params_host(t);
@@ -327,8 +317,8 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
         const ckpt_meta_t m = {.step = t->step, .epoch = t->step / t->steps_per_epoch,
                                .batch_in_epoch = t->step % t->steps_per_epoch, .global_batch = t->global_batch,
                                .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights};
-        if (t->fault_slow_ckpt_s > 0) sleep((unsigned)t->fault_slow_ckpt_s);
-        if (ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, params, state, t->fault_ckpt_at == t->step, err, errlen))
+        FAULT_HOOK_CHECKPOINT_BEGIN(t->step);
+        if (ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, params, (const float *const *)state, err, errlen))
             return -1;
     }
     /* The others wait here for rank 0's write, which may take longer than the
@@ -430,7 +420,7 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
         if (c->ckpt_dir[0] && ((c->ckpt_every > 0 && t->step % c->ckpt_every == 0) || t->step == t->total_steps) &&
             save_checkpoint(t, err, errlen))
             return -1;
-        if (t->fault_exit_at == t->step) _exit(3);
+        FAULT_HOOK_STEP_DONE(t->step);
         const int last = t->step >= t->total_steps, epoch_end = b == spe - 1;
         if (c->eval_every > 0 && ((epoch_end && (epoch + 1) % c->eval_every == 0) || last)) {
             double acc, tl;
@@ -456,6 +446,7 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
     }
     if (t->rank == 0 && c->params_out[0]) {
         const float *p = trainer_params_host(t);
+        if (path_make_parents(c->params_out, "[log] params", err, errlen)) return -1;
         FILE *f = p ? fopen(c->params_out, "wb") : NULL;
         if (!f || fwrite(p, sizeof(float), t->g->nweights, f) != t->g->nweights || fclose(f)) {
             snprintf(err, errlen, "[log] params: cannot write %s", c->params_out);

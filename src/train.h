@@ -37,7 +37,7 @@ typedef struct trainer {
     long total_steps;
     long step;             /* optimiser steps done (> 0 after a resume) */
     double *step_ms, *exposed_ms, *comm_ms; /* per step, preallocated */
-    float *ckpt_state;     /* ZeRO: full-size staging for checkpoint state */
+    float *ckpt_state;     /* ZeRO-1, rank 0: the full optimiser state, gathered for checkpoints */
     device_t dev;          /* where the graph, parameters and optimiser state live */
     float *host_params;    /* GPU: host copy of the parameters (checkpoints, hashes, output) */
     float *host_state;     /* GPU: host copy of the optimiser state, as this rank holds it */
@@ -45,7 +45,6 @@ typedef struct trainer {
     metrics_t m;
     double last_acc;       /* -1 until an evaluation ran */
     double t_begin;        /* wall clock at trainer_init (done.wall_s counts from here) */
-    long fault_exit_at, fault_ckpt_at, fault_slow_ckpt_s; /* test hooks, DDP_FAULT */
 } trainer_t;
 
 /* Loads data, builds the model, optimiser and (at several ranks) the

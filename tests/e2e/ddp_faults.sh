@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 export OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN="mpirun --oversubscribe --bind-to none"
 BIN=$BUILD/bin/ddp-train
+BIN_FAULTS=$BUILD/tests/ddp-train-faults # DDP_FAULT hooks (src/faults.h)
 TMP=$(mktemp -d)
 cleanup() { pkill -KILL -f "$TMP" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
@@ -71,9 +72,9 @@ lose_rank STOP "rank 1" ddp.timeout_s=5
 # --- checkpoints
 CK=("${SMALL[@]}" data.batch_size=6 train.max_steps=40 checkpoint.every_steps=10)
 run2() { # a 2-rank run; DDP_FAULT, when set, goes to the ranks
-    local x=()
-    [ -n "${DDP_FAULT:-}" ] && x=(-x DDP_FAULT)
-    timeout 120 $MPIRUN "${x[@]}" -np 2 "$BIN" "$@" >"$TMP/out" 2>&1
+    local x=() bin=$BIN
+    [ -n "${DDP_FAULT:-}" ] && x=(-x DDP_FAULT) bin=$BIN_FAULTS
+    timeout 120 $MPIRUN "${x[@]}" -np 2 "$bin" "$@" >"$TMP/out" 2>&1
 }
 for variant in "sgd" "adamw-zero"; do
     v=()
@@ -94,12 +95,21 @@ for variant in "sgd" "adamw-zero"; do
         [ "$n" -eq 2 ] && ok "$variant: the last two checkpoints are kept" || no "$variant: $n checkpoints kept"
     else no "$variant: uninterrupted run"; fi
 done
+# ZeRO-1 gathers its optimiser shards on rank 0 for the file: the checkpoint is
+# byte for byte the one written without ZeRO (the results are bitwise equal at 2 ranks)
+Z=("${CK[@]}" optim.name=adamw optim.lr=0.003 train.max_steps=20)
+if run2 "${Z[@]}" ddp.zero=0 checkpoint.dir="$TMP/z0" && run2 "${Z[@]}" ddp.zero=1 checkpoint.dir="$TMP/z1" &&
+    cmp -s "$TMP/z0/ckpt-00000020.bin" "$TMP/z1/ckpt-00000020.bin"; then
+    ok "ZeRO-1 checkpoint (shards gathered on rank 0) equals the unsharded one byte for byte"
+else no "ZeRO-1 checkpoint differs from the unsharded one"; fi
 # killed half-way through writing the step-20 checkpoint: step 10's loads
 DDP_FAULT=kill-in-checkpoint@20 run2 "${CK[@]}" checkpoint.dir="$TMP/c"
 if ls "$TMP/c"/.ckpt-00000020.tmp >/dev/null 2>&1 && run2 "${CK[@]}" checkpoint.dir="$TMP/c" log.params="$TMP/c.bin" &&
     grep -q "resumed from .*ckpt-00000010.bin at step 10" "$TMP/out" &&
     "$BUILD/tests/cmp-params" "$TMP/c.bin" "$TMP/a-sgd.bin" 0 >"$TMP/cmp"; then
     ok "killed while writing a checkpoint: the previous one loads, result bitwise equal"
+    ls -a "$TMP/c" | grep -q '\.tmp$' && no "the killed write's temporary file is still there after the next save" ||
+        ok "the killed write's temporary file is removed at the next save"
 else no "killed while writing a checkpoint: $(ls -a "$TMP/c" | tr '\n' ' ') $(cat "$TMP/cmp" 2>/dev/null)"; fi
 # a checkpoint write slower than the step watchdog does not trip it
 if DDP_FAULT=slow-checkpoint=4 run2 "${CK[@]}" checkpoint.dir="$TMP/slow" train.max_steps=20 ddp.timeout_s=2 log.params="$TMP/slow.bin"; then

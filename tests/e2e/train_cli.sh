@@ -80,7 +80,14 @@ expect_fail "missing dataset names the package" "apt-get install dataset-fashion
 expect_fail "missing config file" "$TMP/nope.ini: No such file or directory" "$TMP/nope.ini"
 expect_fail "bad layer list" "[model] layers: unknown layer 'lstm'" configs/bench-mlp1024.ini model.arch=layers "model.layers=lstm(3)"
 expect_fail "batch larger than the data" "[data] batch_size: 100000 x 1 ranks x 1 accumulation steps is larger than the training set" configs/bench-mlp1024.ini data.batch_size=100000
-expect_fail "metrics path not writable" "[log] metrics: cannot write $TMP/no/dir/m.jsonl" configs/bench-mlp1024.ini log.metrics="$TMP/no/dir/m.jsonl"
+touch "$TMP/file"
+expect_fail "metrics path not creatable" "[log] metrics: cannot create $TMP/file: a file of that name is in the way" configs/bench-mlp1024.ini log.metrics="$TMP/file/dir/m.jsonl"
+# missing parent directories of every output are created (a fresh shared file system)
+if timeout 60 "$BIN" configs/bench-mlp1024.ini train.max_steps=3 log.progress=off log.metrics="$TMP/new/a/m.jsonl" \
+    log.params="$TMP/new/b/p.bin" checkpoint.dir="$TMP/new/c/ck" >/dev/null 2>&1 &&
+    [ -s "$TMP/new/a/m.jsonl" ] && [ -s "$TMP/new/b/p.bin" ] && ls "$TMP/new/c/ck"/ckpt-00000003.bin >/dev/null; then
+    ok "missing parent directories of metrics, params and checkpoint.dir are created"
+else no "missing parent directories: $(find "$TMP/new" 2>&1 | head -5)"; fi
 expect_fail "no arguments prints usage" "usage: ddp-train" 
 expect_fail "bad [train] gpu is named" "[train] gpu: expected auto or a device index, got 'x'" configs/bench-mlp1024.ini train.gpu=x
 expect_fail "bad [train] device is named" "[train] device: expected one of cpu|cuda, got 'tpu'" configs/bench-mlp1024.ini train.device=tpu
