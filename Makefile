@@ -46,7 +46,7 @@ BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
 TEST_BINS := $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
-.PHONY: all deps test run bench install clean
+.PHONY: all deps test run bench install clean fuzz fuzz-build soak
 all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS) $(CUDA_PLUGIN)
 
 deps:
@@ -76,7 +76,7 @@ $(LIB_SO): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libcoll.so.0 $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bin/coll-bench: $(BUILD)/obj/tests/bench/coll_bench.o $(LIB_A)
+$(BUILD)/bin/coll-bench: $(BUILD)/obj/tests/bench/coll_bench.o $(BUILD)/obj/tests/bench/bench_args.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
@@ -132,10 +132,32 @@ $(BUILD)/tests/test_coll: $(BUILD)/obj/tests/mpi/test_coll.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
+# ---- fuzzing (tests/fuzz): libFuzzer with ASan and UBSan, our sources rebuilt by clang ----
+FUZZ_DIR := build-fuzz
+FUZZ_CC ?= $(or $(shell command -v clang-14 2>/dev/null),clang)
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	-Iinclude -Isrc -Itests/bench $(shell mpicc --showme:compile 2>/dev/null)
+FUZZERS := config layers idx ckpt bench_args
+FUZZ_BIN := $(FUZZERS:%=$(FUZZ_DIR)/fuzz_%)
+FUZZ_SECONDS ?= 60
+$(FUZZ_DIR)/fuzz_config: tests/fuzz/fuzz_config.c src/config.c src/model.c src/layers.c
+$(FUZZ_DIR)/fuzz_layers: tests/fuzz/fuzz_layers.c src/layers.c src/graph.c src/ops.c src/ops_cpu.c src/tensor.c src/device.c
+$(FUZZ_DIR)/fuzz_idx: tests/fuzz/fuzz_idx.c src/data.c
+$(FUZZ_DIR)/fuzz_ckpt: tests/fuzz/fuzz_ckpt.c src/checkpoint.c src/paths.c
+$(FUZZ_DIR)/fuzz_bench_args: tests/fuzz/fuzz_bench_args.c tests/bench/bench_args.c $(LIB_A)
+$(FUZZ_BIN):
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c %.a,$^) -linih -lz -lopenblas $(shell mpicc --showme:link 2>/dev/null) -lpthread -lm -ldl
+fuzz-build: $(FUZZ_BIN)
+# make fuzz FUZZ_SECONDS=N: every harness for N seconds (results in build-fuzz/fuzz.log)
+fuzz: deps
+	@$(MAKE) --no-print-directory $(LIB_A) fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run long
+
 # Installs missing Debian packages first, then builds and runs every suite;
 # the last line is "N passed, N failed".
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all fuzz-build
 	@BUILD=$(BUILD) tests/run-tests
 
 # The default job: the Fashion-MNIST MLP on 2 ranks.
@@ -160,6 +182,6 @@ install: $(LIB_A) $(LIB_SO)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1|' collectives/coll.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/coll.pc
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD)/obj $(BUILD)/obj-faults -name '*.d' 2>/dev/null)

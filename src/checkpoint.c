@@ -245,18 +245,34 @@ static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, f
         goto out;
     }
     const size_t bytes = h->nweights * sizeof(float);
-    if (how == READ_VERIFY && !(scratch = malloc(bytes ? bytes : 1))) {
+    /* the size the header promises, before reading (or allocating) anything */
+    struct stat st;
+    const uint64_t want = HDR_BYTES + h->text_len + (uint64_t)(h->state_arrays + 1) * bytes;
+    if (fstat(fileno(f), &st) || (uint64_t)st.st_size != want) {
+        snprintf(err, errlen, "%s: %s (%lld bytes, the header says %llu)", path,
+                 (uint64_t)st.st_size < want ? "truncated" : "unexpected bytes at the end", (long long)st.st_size,
+                 (unsigned long long)want);
+        goto out;
+    }
+    /* verifying streams through a small buffer; loading reads in place */
+    const size_t chunk = (size_t)1 << 20;
+    if (how == READ_VERIFY && !(scratch = malloc(chunk))) {
         snprintf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     for (uint32_t k = 0; k <= h->state_arrays; k++) {
-        float *dst = how == READ_LOAD ? (k == 0 ? params : state[k - 1]) : scratch;
-        if (fread(dst, 1, bytes, f) != bytes) {
-            snprintf(err, errlen, "%s: truncated", path);
-            goto out;
+        char *dst = how == READ_LOAD ? (char *)(k == 0 ? params : state[k - 1]) : NULL;
+        for (size_t o = 0; o < bytes;) {
+            const size_t n = how == READ_LOAD ? (bytes - o < (1u << 30) ? bytes - o : (1u << 30))
+                                              : (bytes - o < chunk ? bytes - o : chunk);
+            unsigned char *p = how == READ_LOAD ? (unsigned char *)dst + o : (unsigned char *)scratch;
+            if (fread(p, 1, n, f) != n) {
+                snprintf(err, errlen, "%s: truncated", path);
+                goto out;
+            }
+            crc = crc32(crc, p, (uInt)n);
+            o += n;
         }
-        for (size_t o = 0; o < bytes; o += 1u << 30)
-            crc = crc32(crc, (const Bytef *)dst + o, (uInt)(bytes - o < (1u << 30) ? bytes - o : (1u << 30)));
     }
     if (fgetc(f) != EOF) {
         snprintf(err, errlen, "%s: unexpected bytes at the end", path);

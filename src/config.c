@@ -274,13 +274,19 @@ static int handler(void *user, const char *section, const char *name, const char
 }
 
 int config_load(config_t *c, const char *path, char *err, size_t errlen) {
-    parse_state_t st = {.c = c, .path = path, .err = err, .errlen = errlen};
-    if (!(st.f = fopen(path, "r"))) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
+    const int rc = config_load_file(c, f, path, err, errlen);
+    fclose(f);
+    return rc;
+}
+
+int config_load_file(config_t *c, FILE *f, const char *path, char *err, size_t errlen) {
+    parse_state_t st = {.c = c, .f = f, .path = path, .err = err, .errlen = errlen};
     const int rc = ini_parse_stream(reader, &st, handler, &st);
-    fclose(st.f);
     if (st.failed) return -1;
     if (rc) { /* a syntax error inih found itself */
         snprintf(err, errlen, "%s:%d: syntax error (expected [section] or key = value)", path, rc > 0 ? rc : st.line);

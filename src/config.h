@@ -78,6 +78,9 @@ void config_defaults(config_t *c);
 /* Reads path over the current values. 0, or -1 with "path:line: ..." in err. */
 int config_load(config_t *c, const char *path, char *err, size_t errlen);
 
+/* The same from an open stream; path names it in messages. */
+int config_load_file(config_t *c, FILE *f, const char *path, char *err, size_t errlen);
+
 /* Applies "section.key=value". 0, or -1 with "override '...': ..." in err. */
 int config_override(config_t *c, const char *arg, char *err, size_t errlen);
 

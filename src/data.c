@@ -82,16 +82,27 @@ int idx_read(const char *path, int ndim, uint8_t **data, uint32_t dims[3], char 
             goto out;
         }
     }
-    if (!(*data = malloc(total + 1))) {
-        snprintf(err, errlen, "%s: out of memory for %zu bytes", path, total);
-        goto out;
+    /* One byte more than expected: finding it means trailing garbage. The
+     * buffer grows with the data actually read, so a 16-byte file whose header
+     * promises gigabytes costs a megabyte, not the promise. */
+    size_t cap = total + 1 < ((size_t)1 << 20) ? total + 1 : (size_t)1 << 20, got = 0;
+    for (;;) {
+        uint8_t *grown = realloc(*data, cap);
+        if (!grown) {
+            snprintf(err, errlen, "%s: out of memory for %zu bytes", path, cap);
+            goto out;
+        }
+        *data = grown;
+        r = read_all(f, *data + got, cap - got);
+        if (r < 0) {
+            snprintf(err, errlen, "%s: corrupt gzip data (%s)", path, gz_problem(f));
+            goto out;
+        }
+        got += (size_t)r;
+        if (got < cap || cap == total + 1) break;
+        cap = cap > (total + 1) / 2 ? total + 1 : 2 * cap;
     }
-    /* one byte more than expected: finding it means trailing garbage */
-    r = read_all(f, *data, total + 1);
-    if (r < 0) {
-        snprintf(err, errlen, "%s: corrupt gzip data (%s)", path, gz_problem(f));
-        goto out;
-    }
+    r = (long long)got;
     if ((size_t)r < total) {
         snprintf(err, errlen, "%s: truncated: header promises %zu bytes of data, file has %lld", path, total, r);
         goto out;

@@ -32,7 +32,8 @@ static int parse_args(const char *s, double *v, int max) {
     return n;
 }
 
-static int is_int(double v, int lo, int hi) { return v == (int)v && v >= lo && v <= hi; }
+/* the range first: converting an out-of-range double to int is undefined (found by tests/fuzz) */
+static int is_int(double v, int lo, int hi) { return v >= lo && v <= hi && v == (int)v; }
 
 int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t errlen) {
     int n = 0;

@@ -289,13 +289,13 @@ static void softmax_ce_backward(graph_t *g, node_t *nd, const tensor_t *in, tens
 }
 
 const op_impl_t ops_cpu[OP_COUNT] = {
-    [OP_LINEAR] = {linear_forward, linear_backward},
-    [OP_RELU] = {relu_forward, relu_backward},
-    [OP_GELU] = {gelu_forward, gelu_backward},
-    [OP_TANH] = {tanh_forward, tanh_backward},
-    [OP_DROPOUT] = {dropout_forward, dropout_backward},
-    [OP_CONV2D] = {conv_forward, conv_backward},
-    [OP_MAXPOOL] = {maxpool_forward, maxpool_backward},
-    [OP_FLATTEN] = {nop_forward, nop_backward},
-    [OP_SOFTMAX_CE] = {softmax_ce_forward, softmax_ce_backward},
+    [OP_LINEAR] = {linear_forward, linear_backward, NULL, NULL},
+    [OP_RELU] = {relu_forward, relu_backward, NULL, NULL},
+    [OP_GELU] = {gelu_forward, gelu_backward, NULL, NULL},
+    [OP_TANH] = {tanh_forward, tanh_backward, NULL, NULL},
+    [OP_DROPOUT] = {dropout_forward, dropout_backward, NULL, NULL},
+    [OP_CONV2D] = {conv_forward, conv_backward, NULL, NULL},
+    [OP_MAXPOOL] = {maxpool_forward, maxpool_backward, NULL, NULL},
+    [OP_FLATTEN] = {nop_forward, nop_backward, NULL, NULL},
+    [OP_SOFTMAX_CE] = {softmax_ce_forward, softmax_ce_backward, NULL, NULL},
 };

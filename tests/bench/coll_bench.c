@@ -30,12 +30,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_args.h"
 #include "coll.h"
 #include "../common/cudart_shim.h"
 #include "../common/testvals.h"
 
-typedef enum { O_ALLREDUCE, O_REDUCE_SCATTER, O_ALLGATHER, O_BROADCAST, O_REDUCE, NOPS } bop_t;
-static const char *op_names[NOPS] = {"allreduce", "reduce_scatter", "allgather", "broadcast", "reduce"};
 
 static int rank, nranks;
 
@@ -77,40 +76,6 @@ __attribute__((noreturn)) static void usage(const char *why) {
                 why);
     MPI_Finalize();
     exit(2);
-}
-
-static size_t parse_size(const char *s, const char *flag) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || v < 0) goto bad;
-    switch (*end) {
-    case 'k': case 'K': v *= 1024; end++; break;
-    case 'm': case 'M': v *= 1024 * 1024; end++; break;
-    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; end++; break;
-    default: break;
-    }
-    if (*end == 'B' || *end == 'b') end++;
-    if (*end) goto bad;
-    return (size_t)v;
-bad : {
-    char msg[128];
-    snprintf(msg, sizeof msg, "%s: '%s' is not a size (bytes, with K/M/G)", flag, s);
-    usage(msg);
-    return 0;
-}
-}
-
-static long parse_int(const char *s, const char *flag, long lo, long hi) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        char msg[128];
-        snprintf(msg, sizeof msg, "%s: '%s' must be an integer in %ld..%ld", flag, s, lo, hi);
-        usage(msg);
-    }
-    return v;
 }
 
 static double now(void) {
@@ -226,70 +191,18 @@ int main(int argc, char **argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
 
-    bop_t op = O_ALLREDUCE;
-    coll_dtype_t dt = COLL_FLOAT32;
-    coll_op_t redop = COLL_SUM;
-    int algo = COLL_ALGO_AUTO, base = -1, checkit = 1, inplace = 0, repeats = 5;
-    size_t minb = 8, maxb = 64 * 1024 * 1024;
-    double factor = 2;
-    int iters = 20, warmup = 5;
-    int c;
-    opterr = 0;
-    /* --device cpu|cuda, the long form of -G, is taken out before getopt */
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--device")) continue;
-        if (i + 1 >= argc || (strcmp(argv[i + 1], "cuda") && strcmp(argv[i + 1], "cpu")))
-            usage("--device: expected cpu or cuda");
-        gpu = !strcmp(argv[i + 1], "cuda");
-        memmove(argv + i, argv + i + 2, (size_t)(argc - i - 1) * sizeof *argv); /* keeps argv[argc] == NULL */
-        argc -= 2, i--;
-    }
-    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:hG")) != -1) {
-        int v;
-        switch (c) {
-        case 'o':
-            for (v = 0; v < NOPS && strcmp(optarg, op_names[v]); v++) {}
-            if (v == NOPS) usage("-o: expected allreduce|reduce_scatter|allgather|broadcast|reduce");
-            op = (bop_t)v;
-            break;
-        case 'd':
-            if ((v = coll_dtype_parse(optarg)) < 0) usage("-d: expected float32|float64|float16|bfloat16|int32|int64|uint8");
-            dt = (coll_dtype_t)v;
-            break;
-        case 'r':
-            if ((v = coll_op_parse(optarg)) < 0) usage("-r: expected sum|prod|min|max|avg");
-            redop = (coll_op_t)v;
-            break;
-        case 'a':
-            if ((algo = coll_algo_parse(optarg)) < 0) usage("-a: expected auto|ring|rd|native|nccl");
-            break;
-        case 'x':
-            if ((base = coll_algo_parse(optarg)) < 0) usage("-x: expected auto|ring|rd|native|nccl");
-            break;
-        case 'b': minb = parse_size(optarg, "-b"); break;
-        case 'e': maxb = parse_size(optarg, "-e"); break;
-        case 'f': {
-            char *end;
-            factor = strtod(optarg, &end);
-            if (*end || !(factor > 1)) usage("-f: the factor must be a number above 1");
-            break;
-        }
-        case 'n': iters = (int)parse_int(optarg, "-n", 1, 1000000000); break;
-        case 'w': warmup = (int)parse_int(optarg, "-w", 0, 1000000000); break;
-        case 'c': checkit = (int)parse_int(optarg, "-c", 0, 1); break;
-        case 'i': inplace = (int)parse_int(optarg, "-i", 0, 1); break;
-        case 'R': repeats = (int)parse_int(optarg, "-R", 1, 1000); break;
-        case 'G': gpu = 1; break;
-        case 'h': usage("help");
-        default: {
-            char msg[64];
-            snprintf(msg, sizeof msg, "unknown option or missing value: -%c", optopt);
-            usage(msg);
-        }
-        }
-    }
-    if (optind < argc) usage("unexpected argument");
-    if (minb > maxb) usage("-b must not exceed -e");
+    bench_args_t A;
+    char why[256];
+    const int prc = bench_args_parse(argc, argv, &A, why, sizeof why);
+    if (prc) usage(prc > 0 ? "help" : why);
+    const bop_t op = A.op;
+    const coll_dtype_t dt = A.dt;
+    const coll_op_t redop = A.redop;
+    const int algo = A.algo, base = A.base, checkit = A.checkit, inplace = A.inplace, repeats = A.repeats;
+    const size_t minb = A.minb, maxb = A.maxb;
+    const double factor = A.factor;
+    const int iters = A.iters, warmup = A.warmup;
+    gpu = A.gpu;
 
     if (gpu) cudart_load("coll-bench", rank); /* before coll_comm_init, which looks for CUDA */
     coll_comm_t comm;
@@ -316,7 +229,7 @@ int main(int argc, char **argv) {
     if (rank == 0) {
         printf("# coll-bench: %s %s %s, algo %s%s%s, %d ranks, %s, iters %d x %d repeats (median), warmup %d, %s, %s "
                "buffers\n",
-               op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
+               bench_op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
                base >= 0 ? " vs " : "", base >= 0 ? coll_algo_name((coll_algo_t)base) : "", nranks, host, iters,
                repeats, warmup, inplace ? "in-place" : "out-of-place", gpu ? "GPU" : "host");
         printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "op", "time_us", "algbw",
@@ -332,7 +245,7 @@ int main(int argc, char **argv) {
         size_t b = bytes / unit * unit;
         run_t r = {op, dt, redop, inplace, b / unit, es, sendbuf, recvbuf, comm, hsend, hrecv, cap};
         int algos[2] = {algo, base};
-        double t[2][1000], med[2] = {0, 0};
+        double t[2][BENCH_MAX_REPEATS], med[2] = {0, 0};
         long wrong = 0;
         for (int k = 0; k < (base >= 0 ? 2 : 1); k++) {
             coll_comm_set_algorithm(comm, (coll_algo_t)algos[k]);

@@ -146,6 +146,9 @@ static void layer_syntax(void **st) {
         {"relu(3)", "layer 'relu(3)': expected no arguments"},
         {"softmax", "unknown layer 'softmax'"},
         {"linear(4)x", "unexpected text"},
+        /* found by tests/fuzz: a number beyond int was converted before the range check */
+        {"conv(8,3111111111111111111111111,1,0)", "expected conv(C,K[,stride[,pad]])"},
+        {"linear(1e300)", "expected linear(N)"},
         {"", "no layers"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
