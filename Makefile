@@ -43,7 +43,7 @@ RT_LIBS := -lopenblas -lz -linih
 TRAIN := $(BUILD)/bin/ddp-train
 
 BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
-TEST_BINS := $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
+TEST_BINS := $(BUILD)/tests/soak $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean fuzz fuzz-build soak
@@ -128,6 +128,10 @@ $(BUILD)/tests/test_api: $(BUILD)/obj/tests/unit/test_api.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka $(LDLIBS)
 
+$(BUILD)/tests/soak: $(BUILD)/obj/tests/soak/soak.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/test_coll: $(BUILD)/obj/tests/mpi/test_coll.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
@@ -153,6 +157,14 @@ fuzz-build: $(FUZZ_BIN)
 fuzz: deps
 	@$(MAKE) --no-print-directory $(LIB_A) fuzz-build
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run long
+
+# make soak SOAK_N=N [SOAK_SEED=S]: the differential soak, N calls at each of 2-5 ranks
+SOAK_N ?= 100000
+SOAK_SEED ?= $(shell date +%s)
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@for np in 2 3 4 5; do OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+		mpirun --oversubscribe --bind-to none -np $$np $(BUILD)/tests/soak -n $(SOAK_N) -s $(SOAK_SEED) || exit 1; done
 
 # Installs missing Debian packages first, then builds and runs every suite;
 # the last line is "N passed, N failed".
