@@ -57,7 +57,7 @@ lose_rank() { # SIGNAL NEEDLE EXTRA...: starts a long 3-rank job, signals rank 1
     sleep 2
     kill "-$sig" "$(cat "$TMP/pids/rank-1.pid")"
     local t1=$SECONDS
-    ( sleep 75; kill -KILL $job 2>/dev/null ) &
+    bash -c "sleep 75; kill -KILL $job 2>/dev/null" & # not a subshell: it would inherit the EXIT trap
     local guard=$!
     wait $job
     local rc=$? dt=$((SECONDS - t1))

@@ -1,0 +1,93 @@
+#!/bin/bash
+# Kill trials: a 3-rank training job with frequent checkpoints; in each trial
+# a random rank gets kill -9 or SIGSTOP at a random moment (checkpoint writes
+# included), then the job is resumed from its newest checkpoint. A trial
+# passes when
+#   - the job ends within ddp.timeout_s + 10 s of the signal, non-zero, and its
+#     output names the rank,
+#   - no process of the trial is left afterwards,
+#   - the resumed run's final parameters are bitwise equal to an uninterrupted run's.
+#   tests/e2e/kill_trials.sh [TRIALS] [SEED]   (make test: 3; docs/RELIABILITY.md: 20)
+# Ends with "N passed, N failed" (one count per trial).
+set -u
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/../.."
+TRIALS=${1:-3}
+SEED=${2:-$(( (RANDOM << 15) | RANDOM ))}
+RANDOM=$SEED
+export OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIRUN="mpirun --oversubscribe --bind-to none"
+BIN=$BUILD/bin/ddp-train
+TMP=$(mktemp -d)
+cleanup() { pkill -KILL -f "$TMP" 2>/dev/null; rm -rf "$TMP"; }
+trap cleanup EXIT
+TIMEOUT_S=3
+STEPS=400
+JOB=(configs/bench-mlp1024.ini data.shape=1,16,16 data.classes=10 data.train_size=20000 data.test_size=100
+     model.hidden=512,256 data.batch_size=16 train.max_steps=$STEPS train.eval_every=0 checkpoint.every_steps=5
+     ddp.timeout_s=$TIMEOUT_S optim.name=adamw optim.lr=0.001 log.progress=off log.metrics=)
+P=0 F=0
+echo "kill trials: $TRIALS, seed $SEED (rerun: $0 $TRIALS $SEED)"
+
+t0=$SECONDS
+if ! timeout 300 $MPIRUN -np 3 "$BIN" "${JOB[@]}" checkpoint.dir="$TMP/ref-ck" log.params="$TMP/ref.bin" >"$TMP/ref.out" 2>&1; then
+    echo "FAIL: the uninterrupted reference run failed"; tail -5 "$TMP/ref.out"
+    echo "kill-trials: 0 passed, 1 failed"
+    exit 1
+fi
+RUN_S=$((SECONDS - t0))
+echo "reference: $STEPS steps in ${RUN_S}s"
+
+for trial in $(seq "$TRIALS"); do
+    d=$TMP/t$trial
+    mkdir -p "$d/pids"
+    sig=$([ $((RANDOM % 2)) -eq 0 ] && echo KILL || echo STOP)
+    victim=$((RANDOM % 3))
+    # a moment in the run's middle 80% (after start-up), in milliseconds
+    delay_ms=$(( 1000 + RANDOM % (RUN_S * 800 > 1 ? RUN_S * 800 : 1) ))
+    DDP_PID_DIR="$d/pids" $MPIRUN -x DDP_PID_DIR -np 3 "$BIN" "${JOB[@]}" checkpoint.dir="$d/ck" >"$d/out" 2>&1 &
+    job=$!
+    for _ in $(seq 150); do [ -s "$d/pids/rank-$victim.pid" ] && break; sleep 0.1; done
+    sleep "$(awk -v m="$delay_ms" 'BEGIN {printf "%.3f", m / 1000}')"
+    pid=$(cat "$d/pids/rank-$victim.pid" 2>/dev/null)
+    what="trial $trial: $sig rank $victim at ${delay_ms} ms"
+    if ! kill -0 "$job" 2>/dev/null; then
+        wait $job
+        echo "skip: $what: the job had already finished (counted as passed only if resumable)"
+    fi
+    ts=$SECONDS
+    kill "-$sig" "$pid" 2>/dev/null
+    bash -c "sleep $((TIMEOUT_S + 30)); kill -KILL $job 2>/dev/null" & # not a subshell: it would inherit the EXIT trap
+    guard=$!
+    wait $job
+    rc=$? dt=$((SECONDS - ts))
+    kill $guard 2>/dev/null
+    wait $guard 2>/dev/null
+    sleep 1
+    left=$(pgrep -f "$d/ck" | wc -l)
+    pkill -KILL -f "$d/ck" 2>/dev/null # whatever is left must not disturb the next trial
+    problems=""
+    [ $rc -ne 0 ] || grep -q "ddp-train: $STEPS steps" "$d/out" || problems="$problems exit 0 without finishing;"
+    [ $rc -ne 0 ] && [ $dt -gt $((TIMEOUT_S + 10)) ] && problems="$problems ended ${dt}s after the signal (limit $((TIMEOUT_S + 10)));"
+    # named as the lost process (mpirun, kill -9) or as the silent peer (libcoll's timeout, SIGSTOP)
+    [ $rc -ne 0 ] && ! grep -qE "process rank $victim\b|(from|to) rank $victim\b" "$d/out" &&
+        problems="$problems the output does not name rank $victim;"
+    [ "$left" -ne 0 ] && problems="$problems $left process(es) left;"
+    ckpt=$(ls "$d/ck"/ckpt-*.bin 2>/dev/null | tail -1)
+    if timeout 300 $MPIRUN -np 3 "$BIN" "${JOB[@]}" checkpoint.dir="$d/ck" log.params="$d/p.bin" >"$d/resume.out" 2>&1; then
+        "$BUILD/tests/cmp-params" "$d/p.bin" "$TMP/ref.bin" 0 >"$d/cmp" || problems="$problems resumed result differs: $(cat "$d/cmp");"
+    else
+        problems="$problems the resumed run failed: $(tail -2 "$d/resume.out" | tr '\n' ' ');"
+    fi
+    from=$(grep -o "resumed from [^ ]* at step [0-9]*" "$d/resume.out" | sed 's/.*at step //')
+    if [ -z "$problems" ]; then
+        P=$((P + 1))
+        echo "ok: $what: job ended (exit $rc) ${dt}s later naming rank $victim, nothing left, resumed from step ${from:-0} (newest ${ckpt##*/}), bitwise equal"
+    else
+        F=$((F + 1))
+        echo "FAIL: $what (exit $rc after ${dt}s):$problems"
+        grep -E "rank [0-9]|error|Error" "$d/out" | head -6 | sed 's/^/    /'
+    fi
+done
+echo "kill-trials: $P passed, $F failed"
+[ $F -eq 0 ]
