@@ -1,17 +1,22 @@
 # One entry point: make, make test, make run, make bench, make install.
-# make SAN=1 builds with AddressSanitizer and UBSan into build-san/.
+# make SAN=1 builds with AddressSanitizer and UBSan into build-san/,
+# make SAN=thread with ThreadSanitizer into build-tsan/.
 # make CUDA=1 / CUDA=0 forces the GPU parts on or off; by default they are
 # built when nvcc is found (docs/GPU.md). CUDA_GENCODE adds architectures.
 
 PREFIX ?= /usr/local
 CC := mpicc
 SAN ?= 0
-BUILD := $(if $(filter 1,$(SAN)),build-san,build)
+BUILD := $(if $(filter 1,$(SAN)),build-san,$(if $(filter thread,$(SAN)),build-tsan,build))
 
 CFLAGS_BASE := -std=c11 -D_GNU_SOURCE -O3 -g -Wall -Wextra -Werror -Iinclude -MMD -MP
 ifeq ($(SAN),1)
 CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS_SAN := -fsanitize=address,undefined
+endif
+ifeq ($(SAN),thread)
+CFLAGS_BASE += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS_SAN := -fsanitize=thread
 endif
 CFLAGS ?=
 CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
@@ -168,8 +173,11 @@ soak: deps
 
 # Installs missing Debian packages first, then builds and runs every suite;
 # the last line is "N passed, N failed".
+SAN_UNIT := test_reduce test_api test_graph test_data test_config
 test: deps
 	@$(MAKE) --no-print-directory all fuzz-build
+	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%)
+	@$(MAKE) --no-print-directory SAN=thread build-tsan/tests/test_coll
 	@BUILD=$(BUILD) tests/run-tests
 
 # The default job: the Fashion-MNIST MLP on 2 ranks.
@@ -194,6 +202,6 @@ install: $(LIB_A) $(LIB_SO)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|0.1|' collectives/coll.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/coll.pc
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-tsan build-fuzz
 
 -include $(shell find $(BUILD)/obj $(BUILD)/obj-faults -name '*.d' 2>/dev/null)

@@ -85,8 +85,15 @@ coll_result_t coll_check_agree(coll_ctx_t *ctx, const coll_args_t *a, coll_resul
         v[1 + i] = f[i];
         v[6 + i] = -f[i];
     }
-    int mrc = MPI_Allreduce(v, w, 11, MPI_INT64_T, MPI_MAX, ctx->mpi);
-    if (mrc != MPI_SUCCESS) return coll_mpi_error(c, mrc, "COLL_CHECK MPI_Allreduce");
+    /* non-blocking, so that COLL_TIMEOUT also covers a rank that never
+     * arrives here (it would otherwise hang the agreement) */
+    MPI_Request rq;
+    int mrc = MPI_Iallreduce(v, w, 11, MPI_INT64_T, MPI_MAX, ctx->mpi, &rq);
+    if (mrc != MPI_SUCCESS) return coll_mpi_error(c, mrc, "COLL_CHECK MPI_Iallreduce");
+    char what[80];
+    snprintf(what, sizeof what, "COLL_CHECK's agreement before coll_%s", coll_kind_name(a->kind));
+    coll_result_t rc = coll_p2p_wait_mpi(ctx, &rq, what);
+    if (rc != COLL_SUCCESS) return rc;
     if (local != COLL_SUCCESS) return local;
     if (w[0])
         return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: rank %d passed invalid arguments (see its error)",

@@ -124,6 +124,9 @@ COLL_HIDDEN coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, i
 COLL_HIDDEN coll_result_t coll_p2p_sendrecv(coll_ctx_t *ctx, const void *sbuf, size_t sbytes,
                                             int dst, void *rbuf, size_t rbytes, int src);
 COLL_HIDDEN void coll_p2p_cancel_all(coll_ctx_t *ctx, coll_treq_t *reqs, int n);
+/* Waits for an MPI request of a collective that cannot name a peer (what
+ * says which), with the same yielding and timeout. */
+COLL_HIDDEN coll_result_t coll_p2p_wait_mpi(coll_ctx_t *ctx, MPI_Request *rq, const char *what);
 
 /* ---- reduction kernels (reduce.c) ---- */
 /* dst[i] = a[i] op b[i]; dst may equal a exactly, no other overlap. AVG

@@ -78,6 +78,22 @@ coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
     }
 }
 
+coll_result_t coll_p2p_wait_mpi(coll_ctx_t *ctx, MPI_Request *rq, const char *what) {
+    waiter_t w = {0, 0};
+    for (;;) {
+        int flag = 0;
+        const int mrc = MPI_Test(rq, &flag, MPI_STATUS_IGNORE);
+        if (mrc != MPI_SUCCESS) return coll_comm_fail(ctx->comm, coll_mpi_error(ctx->comm, mrc, what));
+        if (flag) return COLL_SUCCESS;
+        if (idle(ctx, &w)) {
+            /* a collective request cannot be cancelled; the comm is failed anyway */
+            coll_error(ctx->comm, COLL_ERR_TIMEOUT, "%s: not every rank arrived within %.1f s (a rank lost, or calling another collective?)",
+                       what, ctx->comm->timeout);
+            return coll_comm_fail(ctx->comm, COLL_ERR_TIMEOUT);
+        }
+    }
+}
+
 void coll_p2p_cancel_all(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
     for (int i = 0; i < n; i++) ctx->tp->cancel(ctx, &reqs[i]);
 }

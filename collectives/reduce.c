@@ -11,7 +11,10 @@
 
 #include "coll_internal.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(COLL_NO_CLONES)
+/* not under ThreadSanitizer: the clones' resolver runs before TSan is set up
+ * and crashes in its instrumentation */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(COLL_NO_CLONES) && \
+    !defined(__SANITIZE_THREAD__)
 #define KERNEL __attribute__((target_clones("avx2", "default")))
 #else
 #define KERNEL

@@ -4,7 +4,8 @@
 #ifndef DDP_SIMD_H
 #define DDP_SIMD_H
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__) && \
+    !defined(__SANITIZE_THREAD__)
 #define HOT_LOOP __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define HOT_LOOP
