@@ -341,9 +341,6 @@ coll_result_t coll_nccl_start(coll_comm_t c, const coll_args_t *a, void **done) 
     coll_result_t rc = cuda_state(c, &s);
     if (rc == COLL_SUCCESS) rc = nccl_setup(c, s);
     if (rc != COLL_SUCCESS) return rc;
-    if (a->op == COLL_AVG && a->kind != COLL_K_ALLGATHER && a->kind != COLL_K_BROADCAST && a->dtype >= COLL_INT32)
-        return coll_error(c, COLL_ERR_UNSUPPORTED, "%s: NCCL averages floating-point types only (dtype %s)",
-                          coll_kind_name(a->kind), coll_dtype_name(a->dtype));
     if (s->user) {
         cudaEvent_t ready = NULL;
         CUDA_TRY(c, p_cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
