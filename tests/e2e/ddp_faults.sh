@@ -13,7 +13,8 @@ MPIRUN="mpirun --oversubscribe --bind-to none"
 BIN=$BUILD/bin/ddp-train
 BIN_FAULTS=$BUILD/tests/ddp-train-faults # DDP_FAULT hooks (src/faults.h)
 TMP=$(mktemp -d)
-cleanup() { pkill -KILL -f "$TMP" 2>/dev/null; rm -rf "$TMP"; }
+# only the script itself cleans up: a subshell that inherits the trap must not
+cleanup() { [ "$BASHPID" = "$$" ] || return 0; pkill -KILL -f "$TMP" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 P=0 F=0
 ok() { P=$((P + 1)); echo "ok: $1"; }
@@ -57,7 +58,7 @@ lose_rank() { # SIGNAL NEEDLE EXTRA...: starts a long 3-rank job, signals rank 1
     sleep 2
     kill "-$sig" "$(cat "$TMP/pids/rank-1.pid")"
     local t1=$SECONDS
-    bash -c "sleep 75; kill -KILL $job 2>/dev/null" & # not a subshell: it would inherit the EXIT trap
+    bash -c "sleep 75; kill -KILL $job 2>/dev/null" &
     local guard=$!
     wait $job
     local rc=$? dt=$((SECONDS - t1))
