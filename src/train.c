@@ -54,7 +54,12 @@ const float *trainer_params_host(trainer_t *t) {
 
 /* Rank 0's parameters to every rank, through host memory (start-up and
  * resume: not worth a device path) */
-static int bcast_params(trainer_t *t, float *host, char *err, size_t errlen);
+static int bcast_params(trainer_t *t, float *host, char *err, size_t errlen) {
+    if (bcast(t, host, t->g->nalloc, COLL_FLOAT32, err, errlen)) return -1;
+    if (host != t->g->params && graph_params_from_host(t->g, host))
+        return snprintf(err, errlen, "copying parameters to the device: %s", device_error()), -1;
+    return 0;
+}
 
 /* Rank 0 reads the newest checkpoint; everyone gets its parameters, optimiser
  * state and position. Returns 0 (resumed or nothing to resume) or -1. */
@@ -115,13 +120,6 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
                    (unsigned long long)t->seed, t->cfg.seed);
         fflush(stdout);
     }
-    return 0;
-}
-
-static int bcast_params(trainer_t *t, float *host, char *err, size_t errlen) {
-    if (bcast(t, host, t->g->nalloc, COLL_FLOAT32, err, errlen)) return -1;
-    if (host != t->g->params && graph_params_from_host(t->g, host))
-        return snprintf(err, errlen, "copying parameters to the device: %s", device_error()), -1;
     return 0;
 }
 
