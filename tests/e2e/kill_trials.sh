@@ -23,9 +23,12 @@ TMP=$(mktemp -d)
 cleanup() { [ "$BASHPID" = "$$" ] || return 0; pkill -KILL -f "$TMP" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 TIMEOUT_S=3
-STEPS=1000
-JOB=(configs/bench-mlp1024.ini data.shape=1,16,16 data.classes=10 data.train_size=20000 data.test_size=100
-     model.hidden=512,256 data.batch_size=16 train.max_steps=$STEPS train.eval_every=0 checkpoint.every_steps=5
+STEPS=600
+# 1.9 M parameters with AdamW: each checkpoint is 22 MB (written, CRC'd and
+# fsynced by rank 0 every 5 steps), so a good share of random moments falls
+# inside a write
+JOB=(configs/bench-mlp1024.ini data.shape=1,28,28 data.classes=10 data.train_size=20000 data.test_size=100
+     model.hidden=1024,1024 data.batch_size=16 train.max_steps=$STEPS train.eval_every=0 checkpoint.every_steps=5
      ddp.timeout_s=$TIMEOUT_S optim.name=adamw optim.lr=0.001 log.progress=off log.metrics=)
 P=0 F=0
 echo "kill trials: $TRIALS, seed $SEED (rerun: $0 $TRIALS $SEED)"
@@ -62,7 +65,26 @@ while [ $trial -lt "$TRIALS" ] && [ $attempt -lt $((2 * TRIALS + 5)) ]; do
         continue
     fi
     ts=$SECONDS
-    kill "-$sig" "$pid" 2>/dev/null
+    if [ $((trial % 4)) -eq 0 ]; then
+        # every 4th trial: rank 0, the writer, in the middle of a checkpoint write
+        victim=0 pid=$(cat "$d/pids/rank-0.pid")
+        what="trial $trial: $sig rank 0 during a checkpoint write"
+        python3 - "$d/ck" "$pid" "$sig" <<'PY'
+import os, signal, sys, time
+ck, pid, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, "SIG" + sys.argv[3])
+end = time.time() + 30
+while time.time() < end:
+    try:
+        if any(f.endswith(".tmp") for f in os.listdir(ck)):
+            break
+    except FileNotFoundError:
+        pass
+    time.sleep(0.0005)
+os.kill(pid, sig)
+PY
+    else
+        kill "-$sig" "$pid" 2>/dev/null
+    fi
     bash -c "sleep $((TIMEOUT_S + 30)); kill -KILL $job 2>/dev/null" &
     guard=$!
     wait $job
@@ -87,6 +109,7 @@ while [ $trial -lt "$TRIALS" ] && [ $attempt -lt $((2 * TRIALS + 5)) ]; do
         problems="$problems the resumed run failed: $(tail -2 "$d/resume.out" | tr '\n' ' ');"
     fi
     from=$(grep -o "resumed from [^ ]* at step [0-9]*" "$d/resume.out" | sed 's/.*at step //')
+    [ -z "$problems" ] && rm -rf "$d" # 44 MB of checkpoints each
     if [ -z "$problems" ]; then
         P=$((P + 1))
         echo "ok: $what: job ended (exit $rc) ${dt}s later naming rank $victim, nothing left, resumed from step ${from:-0} (newest ${ckpt##*/}$([ "$cut" -gt 0 ] && echo ", a checkpoint write was cut short")), bitwise equal"
