@@ -66,6 +66,17 @@ int ddp_broadcast(ddp_t *d, void *buf, size_t count, coll_dtype_t dtype);
 /* Waits for every rank, allowing `timeout_s` (instead of the engine's) for
  * the slowest, e.g. while rank 0 writes a checkpoint; 0 = forever. */
 int ddp_barrier(ddp_t *d, double timeout_s);
+
+/* A phase in which ranks may wait long for each other (rank 0 writing a
+ * checkpoint to a slow file system) but a rank that stops answering must
+ * still be caught within the engine's timeout. Between begin and end every
+ * rank answers liveness pings from a helper thread; end waits for every rank
+ * for up to max_s, and while it waits it pings the others whenever
+ * timeout_s passes without the wait completing: a rank that does not answer
+ * within timeout_s fails the wait, named. Needs MPI_THREAD_MULTIPLE (without
+ * it, end is ddp_barrier(max_s)). */
+int ddp_slow_phase_begin(ddp_t *d);
+int ddp_slow_phase_end(ddp_t *d, double max_s);
 /* v[0..n) reduced over ranks with op, in place, on every rank. */
 int ddp_allreduce_double(ddp_t *d, double *v, int n, coll_op_t op);
 

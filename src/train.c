@@ -300,6 +300,7 @@ static double median_after(const double *v, long n, long from) {
 static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
     const int ns = optim_state_arrays(&t->opt);
     float *state[2] = {NULL, NULL};
+    if (t->ddp) ddp_slow_phase_begin(t->ddp); /* every rank answers liveness pings until the write is done */
     for (int k = 0; k < ns; k++) {
         const float *mine = state_host(t, k);
         if (!mine) return snprintf(err, errlen, "checkpoint: reading the optimiser state: %s", device_error()), -1;
@@ -320,8 +321,10 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
             return -1;
     }
     /* The others wait here for rank 0's write, which may take longer than the
-     * step watchdog allows (a slow file system): give it CKPT_WAIT_S. */
-    if (t->ddp && ddp_barrier(t->ddp, fmax(CKPT_WAIT_S, t->cfg.timeout_s)))
+     * step watchdog allows (a slow file system): up to CKPT_WAIT_S, as long
+     * as every rank still answers (a stopped writer is named within
+     * ddp.timeout_s). */
+    if (t->ddp && ddp_slow_phase_end(t->ddp, fmax(CKPT_WAIT_S, t->cfg.timeout_s)))
         return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
     return 0;
 }

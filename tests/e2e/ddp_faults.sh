@@ -116,6 +116,22 @@ else no "killed while writing a checkpoint: $(ls -a "$TMP/c" | tr '\n' ' ') $(ca
 if DDP_FAULT=slow-checkpoint=4 run2 "${CK[@]}" checkpoint.dir="$TMP/slow" train.max_steps=20 ddp.timeout_s=2 log.params="$TMP/slow.bin"; then
     ok "a checkpoint write longer than ddp.timeout_s is waited for"
 else no "slow checkpoint write"; fi
+# ... but a writer that stops answering during its slow write is named within
+# about two timeouts (every rank answers liveness pings while it waits)
+rm -rf "$TMP/pids" && mkdir -p "$TMP/pids"
+DDP_FAULT=slow-checkpoint=60 DDP_PID_DIR="$TMP/pids" timeout 120 $MPIRUN -x DDP_FAULT -x DDP_PID_DIR -np 3 "$BIN_FAULTS" \
+    "${CK[@]}" checkpoint.dir="$TMP/stopw" train.max_steps=20 ddp.timeout_s=2 >"$TMP/out" 2>&1 &
+job=$!
+for _ in $(seq 100); do [ -s "$TMP/pids/rank-0.pid" ] && break; sleep 0.1; done
+sleep 3 # rank 0 is asleep in its first (slow) checkpoint write by now
+t1=$SECONDS
+kill -STOP "$(cat "$TMP/pids/rank-0.pid")"
+wait $job
+rc=$? dt=$((SECONDS - t1))
+kill -KILL "$(cat "$TMP/pids/rank-0.pid")" 2>/dev/null
+if [ $rc -ne 0 ] && [ $dt -le 12 ] && grep -q "rank(s) 0 stopped answering" "$TMP/out"; then
+    ok "a writer stopped during its checkpoint write is named (exit $rc after ${dt}s)"
+else no "writer stopped during a slow checkpoint write: exit $rc after ${dt}s"; fi
 # a corrupt newest checkpoint is skipped with a message
 cp -r "$TMP/a-sgd" "$TMP/d"
 printf 'garbage' | dd of="$TMP/d/ckpt-00000040.bin" bs=1 seek=200 conv=notrunc 2>/dev/null
