@@ -144,7 +144,17 @@ void layers_format(const layer_spec_t *l, int n, char *buf, size_t len) {
         case OP_LINEAR: w = snprintf(buf + o, len - o, "%s%s(%d)", sep, nm, l[i].n); break;
         case OP_CONV2D: w = snprintf(buf + o, len - o, "%s%s(%d,%d,%d,%d)", sep, nm, l[i].n, l[i].k, l[i].stride, l[i].pad); break;
         case OP_MAXPOOL: w = snprintf(buf + o, len - o, "%s%s(%d,%d)", sep, nm, l[i].k, l[i].stride); break;
-        case OP_DROPOUT: w = snprintf(buf + o, len - o, "%s%s(%g)", sep, nm, (double)l[i].p); break;
+        case OP_DROPOUT: {
+            /* the shortest text that reads back as the same float: %g alone
+             * turned 0.47777779 into 0.477778, another model (found by tests/fuzz) */
+            char num[32];
+            for (int prec = 6; prec <= 9; prec++) {
+                snprintf(num, sizeof num, "%.*g", prec, (double)l[i].p);
+                if (strtof(num, NULL) == l[i].p) break;
+            }
+            w = snprintf(buf + o, len - o, "%s%s(%s)", sep, nm, num);
+            break;
+        }
         default: w = snprintf(buf + o, len - o, "%s%s", sep, nm); break;
         }
         if (w < 0) break;

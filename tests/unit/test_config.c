@@ -165,6 +165,13 @@ static void layer_syntax(void **st) {
     n = model_layers(&c, 10, l, LAYERS_MAX, err, sizeof err);
     layers_format(l, n, text, sizeof text);
     assert_string_equal(text, "conv(32,5,1,2) relu maxpool(2,2) conv(64,5,1,2) relu maxpool(2,2) flatten linear(1024) relu dropout(0.4) linear(10)");
+    /* the canonical text reads back as the same model (found by tests/fuzz:
+     * %g printed 0.477777779 as 0.477778) */
+    layer_spec_t back[LAYERS_MAX];
+    assert_int_equal(layers_parse("dropout(0.4777777777777777)", l, LAYERS_MAX, err, sizeof err), 1);
+    layers_format(l, 1, text, sizeof text);
+    assert_int_equal(layers_parse(text, back, LAYERS_MAX, err, sizeof err), 1);
+    assert_true(back[0].p == l[0].p);
 }
 
 static void optimisers(void **st) {
