@@ -2,13 +2,11 @@
  * buffer, launched from the backward callback, ZeRO-1 shards, timing. */
 #include "ddp.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "liveness.h"
 #include "metrics.h"
 
 typedef struct bucket {
@@ -33,12 +31,9 @@ struct ddp {
     int failed;      /* a launch from the callback failed */
     double comm_ms, exposed_ms;
     float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
-    /* slow phases (checkpoints): liveness pings on a communicator of their own */
+    /* slow phases (checkpoints): a barrier and liveness pings on communicators of their own */
     MPI_Comm side;
-    int multiple;          /* MPI_THREAD_MULTIPLE: the responder thread may call MPI */
-    pthread_t responder;
-    atomic_int resp_stop;
-    int resp_on, phase;
+    liveness_t *lv;
     char err[512];
 };
 
@@ -61,11 +56,9 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
     }
     d->rank = coll_comm_rank(d->comm);
     d->size = coll_comm_size(d->comm);
-    int level = MPI_THREAD_SINGLE;
-    MPI_Query_thread(&level);
-    d->multiple = level >= MPI_THREAD_MULTIPLE;
     if (MPI_Comm_dup(mpi, &d->side) != MPI_SUCCESS) d->side = MPI_COMM_NULL;
     if (d->side != MPI_COMM_NULL) MPI_Comm_set_errhandler(d->side, MPI_ERRORS_RETURN);
+    d->lv = liveness_create(mpi);
     const size_t P = (size_t)d->size;
     if (padded % P || padded < count || !(opt->bucket_mb > 0)) {
         snprintf(err, errlen, "ddp: bad arguments (count %zu, padded %zu, %zu ranks, bucket_mb %g)", count, padded, P,
@@ -124,10 +117,7 @@ void ddp_destroy(ddp_t *d) {
     if (!d) return;
     for (int i = 0; d->b && i < d->nb; i++)
         if (d->b[i].req) coll_wait(d->b[i].req);
-    if (d->resp_on) {
-        atomic_store(&d->resp_stop, 1);
-        pthread_join(d->responder, NULL);
-    }
+    liveness_destroy(d->lv);
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (d->side != MPI_COMM_NULL && !finalized) MPI_Comm_free(&d->side);
@@ -166,123 +156,20 @@ int ddp_barrier(ddp_t *d, double timeout_s) {
 }
 
 /* ---- slow phases: a wait that tolerates slow ranks but not silent ones ---- */
-enum { TAG_PING = 7101, TAG_PONG = 7102 };
-
-static double wall_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void nap(void) {
-    const struct timespec ms = {0, 1000000};
-    nanosleep(&ms, NULL);
-}
-
-/* answers every ping until told to stop (a stopped process answers none) */
-static void *responder_main(void *arg) {
-    ddp_t *d = arg;
-    while (!atomic_load(&d->resp_stop)) {
-        int flag = 0, ph;
-        MPI_Status st;
-        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_PING, d->side, &flag, &st) != MPI_SUCCESS) break;
-        if (!flag) {
-            nap();
-            continue;
-        }
-        MPI_Recv(&ph, 1, MPI_INT, st.MPI_SOURCE, TAG_PING, d->side, MPI_STATUS_IGNORE);
-        MPI_Send(&ph, 1, MPI_INT, st.MPI_SOURCE, TAG_PONG, d->side);
-    }
-    return NULL;
-}
 
 int ddp_slow_phase_begin(ddp_t *d) {
-    if (!d->multiple || d->side == MPI_COMM_NULL || d->resp_on) return 0;
-    d->phase++;
-    atomic_store(&d->resp_stop, 0);
-    if (pthread_create(&d->responder, NULL, responder_main, d)) return 0; /* then end is a plain barrier */
-    d->resp_on = 1;
+    liveness_answer(d->lv, 1);
     return 0;
 }
 
-/* Pings every other rank; returns how many did not answer within limit_s,
- * naming them in d->err; stops early (answers or not) once *done is set. */
-static int ping_all(ddp_t *d, double limit_s, MPI_Request *barrier, int *done) {
-    const int P = d->size;
-    MPI_Request *rq = malloc(2 * (size_t)P * sizeof *rq);
-    int *pong = calloc((size_t)P, sizeof *pong), *got = calloc((size_t)P, sizeof *got);
-    if (!rq || !pong || !got) {
-        free(rq), free(pong), free(got);
-        return 0;
-    }
-    for (int r = 0; r < P; r++) {
-        rq[2 * r] = rq[2 * r + 1] = MPI_REQUEST_NULL;
-        if (r == d->rank) continue;
-        MPI_Irecv(&pong[r], 1, MPI_INT, r, TAG_PONG, d->side, &rq[2 * r]);
-        MPI_Isend(&d->phase, 1, MPI_INT, r, TAG_PING, d->side, &rq[2 * r + 1]);
-    }
-    const double t0 = wall_s();
-    int missing = P - 1;
-    while (missing > 0 && wall_s() - t0 < limit_s && !*done) {
-        for (int r = 0; r < P; r++) {
-            int flag = 0;
-            if (r == d->rank || got[r]) continue;
-            MPI_Test(&rq[2 * r], &flag, MPI_STATUS_IGNORE);
-            if (flag) got[r] = 1, missing--;
-        }
-        MPI_Test(barrier, done, MPI_STATUS_IGNORE);
-        if (missing && !*done) nap();
-    }
-    int silent = 0;
-    size_t o = (size_t)snprintf(d->err, sizeof d->err, "ddp: rank(s)");
-    for (int r = 0; r < P; r++) {
-        if (r == d->rank) continue;
-        for (int k = 0; k < 2; k++)
-            if (rq[2 * r + k] != MPI_REQUEST_NULL) {
-                int flag = 0;
-                MPI_Test(&rq[2 * r + k], &flag, MPI_STATUS_IGNORE);
-                if (!flag) {
-                    MPI_Cancel(&rq[2 * r + k]);
-                    MPI_Request_free(&rq[2 * r + k]);
-                }
-            }
-        if (!got[r] && !*done) {
-            silent++;
-            if (o < sizeof d->err) o += (size_t)snprintf(d->err + o, sizeof d->err - o, " %d", r);
-        }
-    }
-    if (silent && o < sizeof d->err)
-        snprintf(d->err + o, sizeof d->err - o,
-                 " stopped answering (no reply within %.1f s) while the ranks waited for a checkpoint to be written",
-                 limit_s);
-    free(rq), free(pong), free(got);
-    return silent;
-}
-
 int ddp_slow_phase_end(ddp_t *d, double max_s) {
-    if (!d->resp_on) return ddp_barrier(d, max_s);
+    if (!d->lv || d->side == MPI_COMM_NULL) return ddp_barrier(d, max_s);
     MPI_Request b;
-    int done = 0, rc = 0;
-    if (MPI_Ibarrier(d->side, &b) != MPI_SUCCESS) rc = -1, snprintf(d->err, sizeof d->err, "ddp: MPI_Ibarrier failed");
-    const double t0 = wall_s(), every = d->opt.timeout_s;
-    double quiet_since = t0;
-    while (!rc && !done) {
-        MPI_Test(&b, &done, MPI_STATUS_IGNORE);
-        if (done) break;
-        const double now = wall_s();
-        if (max_s > 0 && now - t0 > max_s) {
-            snprintf(d->err, sizeof d->err, "ddp: not every rank finished the checkpoint within %.0f s", max_s);
-            rc = -1;
-        } else if (every > 0 && now - quiet_since > every) {
-            if (ping_all(d, every, &b, &done)) rc = -1;
-            quiet_since = wall_s();
-        } else {
-            nap();
-        }
-    }
-    atomic_store(&d->resp_stop, 1);
-    pthread_join(d->responder, NULL);
-    d->resp_on = 0;
+    int rc = MPI_Ibarrier(d->side, &b) == MPI_SUCCESS ? 0 : -1;
+    if (rc) snprintf(d->err, sizeof d->err, "ddp: MPI_Ibarrier failed");
+    else rc = liveness_wait(d->lv, &b, d->opt.timeout_s, max_s, "ddp: waiting for a checkpoint to be written", d->err,
+                            sizeof d->err);
+    liveness_answer(d->lv, 0);
     if (rc) d->failed = 1; /* the barrier request is abandoned: the job ends */
     return rc;
 }

@@ -18,6 +18,7 @@
 
 #include "config.h"
 #include "hash.h"
+#include "liveness.h"
 #include "train.h"
 
 static void usage(FILE *f) {
@@ -36,13 +37,23 @@ static int finish(int rc) {
 
 /* Gathers every rank's fingerprint; returns the first rank whose value
  * differs from rank 0's (filling theirs and rank 0's), or -1. */
-static int differs_from_rank0(unsigned long long mine, int ranks, unsigned long long *theirs, unsigned long long *zero) {
+static int differs_from_rank0(unsigned long long mine, int ranks, unsigned long long *theirs, unsigned long long *zero,
+                              int startup) {
     unsigned long long *all = malloc((size_t)ranks * sizeof *all);
     if (!all) {
         fprintf(stderr, "ddp-train: out of memory\n");
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
-    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
+    MPI_Request rq;
+    char err[512];
+    MPI_Iallgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD, &rq);
+    if (startup ? trainer_wait(&rq, "start-up", err, sizeof err) : MPI_Wait(&rq, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        int me = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &me);
+        fprintf(stderr, "ddp-train: rank %d: %s\n", me, err);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
     int bad = -1;
     for (int r = 1; r < ranks && bad < 0; r++)
         if (all[r] != all[0]) bad = r;
@@ -65,7 +76,7 @@ static int same_config_everywhere(const config_t *cfg, int rank, int ranks) {
     const unsigned long long mine = text ? fnv1a(text, len) : 0;
     free(text);
     unsigned long long theirs, zero;
-    const int bad = differs_from_rank0(mine, ranks, &theirs, &zero);
+    const int bad = differs_from_rank0(mine, ranks, &theirs, &zero, 1);
     if (bad >= 0)
         fprintf(stderr,
                 "ddp-train: rank %d: the configuration differs between ranks (rank %d's hash %016llx, rank 0's %016llx); "
@@ -79,7 +90,7 @@ static int replicas_identical(trainer_t *t) {
     unsigned long long theirs, zero;
     const float *p = trainer_params_host(t);
     const unsigned long long mine = p ? fnv1a(p, t->g->nweights * sizeof(float)) : 0;
-    const int bad = differs_from_rank0(mine, t->ranks, &theirs, &zero);
+    const int bad = differs_from_rank0(mine, t->ranks, &theirs, &zero, 0);
     if (bad >= 0 && t->rank == 0)
         fprintf(stderr, "ddp-train: replicas diverged: rank %d's parameters hash %016llx, rank 0's %016llx\n", bad,
                 theirs, zero);
@@ -93,6 +104,11 @@ int main(int argc, char **argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+    /* until training starts, a rank that stops answering is named by the
+     * others instead of leaving them in a start-up agreement (liveness.h) */
+    liveness_t *lv = ranks > 1 ? liveness_create(MPI_COMM_WORLD) : NULL;
+    liveness_answer(lv, 1);
+    trainer_startup_liveness(lv, 30);
     /* DDP_PID_DIR: each rank writes rank-R.pid there (for fault tests and
      * tools that signal one rank) */
     const char *pid_dir = getenv("DDP_PID_DIR");
@@ -123,23 +139,41 @@ int main(int argc, char **argv) {
     if (!rc) rc = config_validate(cfg, err, sizeof err);
     if (rc && a >= argc && rank == 0) usage(stderr);
     /* all ranks learn whether any rank could not read its configuration */
-    if (trainer_agree(MPI_COMM_WORLD, rc != 0, err, sizeof err) || same_config_everywhere(cfg, rank, ranks)) {
+    const int agreed = trainer_agree(MPI_COMM_WORLD, rc != 0, err, sizeof err);
+    if (agreed == -2) {
+        fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (agreed || same_config_everywhere(cfg, rank, ranks)) {
         if (err[0]) fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+        liveness_destroy(lv);
         free(cfg);
         return finish(2);
     }
+    trainer_startup_liveness(lv, cfg->timeout_s);
     if (print_only) {
         if (rank == 0) config_write(cfg, stdout, 0);
+        liveness_destroy(lv);
         free(cfg);
         return finish(0);
     }
     trainer_t t;
-    if (trainer_init(&t, cfg, MPI_COMM_WORLD, err, sizeof err)) {
+    const int irc = trainer_init(&t, cfg, MPI_COMM_WORLD, err, sizeof err);
+    if (irc == -2) {
+        fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (irc) {
         fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
         trainer_free(&t);
+        liveness_destroy(lv);
         free(cfg);
         return finish(2);
     }
+    /* training: libcoll's timeouts and the checkpoint phase watch the ranks now */
+    liveness_answer(lv, 0);
     if (rank == 0) {
         printf("ddp-train: %s: %zu parameters, %d training samples, batch %d x %d ranks x %d accumulation, %ld steps\n",
                argv[a], t.g->nweights, t.train.n, cfg->batch_size, ranks, cfg->accumulate, t.total_steps);
@@ -152,6 +186,7 @@ int main(int argc, char **argv) {
     }
     rc = replicas_identical(&t);
     trainer_free(&t);
+    liveness_destroy(lv);
     free(cfg);
     return finish(rc ? 1 : 0);
 }

@@ -70,6 +70,22 @@ lose_rank() { # SIGNAL NEEDLE EXTRA...: starts a long 3-rank job, signals rank 1
 lose_rank KILL "rank 1"
 lose_rank STOP "rank 1" ddp.timeout_s=5
 
+# a rank stopped during start-up (the others still making their data, then in
+# the start-up agreement) is named instead of leaving them waiting there forever
+rm -rf "$TMP/pids" && mkdir -p "$TMP/pids"
+DDP_PID_DIR="$TMP/pids" timeout 120 $MPIRUN -x DDP_PID_DIR -np 3 "$BIN" "${SMALL[@]}" data.shape=1,28,28 \
+    data.train_size=60000 ddp.timeout_s=2 >"$TMP/out" 2>&1 &
+job=$!
+for _ in $(seq 100); do [ -s "$TMP/pids/rank-1.pid" ] && break; sleep 0.05; done
+kill -STOP "$(cat "$TMP/pids/rank-1.pid")"
+t1=$SECONDS
+wait $job
+rc=$? dt=$((SECONDS - t1))
+kill -KILL "$(cat "$TMP/pids/rank-1.pid")" 2>/dev/null
+if [ $rc -ne 0 ] && [ $dt -le 60 ] && grep -q "start-up: rank(s) 1 stopped answering" "$TMP/out"; then
+    ok "a rank stopped during start-up is named (exit $rc after ${dt}s)"
+else no "a rank stopped during start-up: exit $rc after ${dt}s"; fi
+
 # --- checkpoints
 CK=("${SMALL[@]}" data.batch_size=6 train.max_steps=40 checkpoint.every_steps=10)
 run2() { # a 2-rank run; DDP_FAULT, when set, goes to the ranks

@@ -1,0 +1,156 @@
+#include "liveness.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+enum { TAG_PING = 7101, TAG_PONG = 7102 };
+
+struct liveness {
+    MPI_Comm comm;
+    int rank, size, multiple;
+    pthread_t thread;
+    atomic_int stop;
+    int answering;
+    int round; /* sent in pings, echoed in pongs */
+};
+
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void nap(void) {
+    const struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+}
+
+liveness_t *liveness_create(MPI_Comm comm) {
+    liveness_t *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    int level = MPI_THREAD_SINGLE;
+    MPI_Query_thread(&level);
+    l->multiple = level >= MPI_THREAD_MULTIPLE;
+    if (MPI_Comm_dup(comm, &l->comm) != MPI_SUCCESS) {
+        free(l);
+        return NULL;
+    }
+    MPI_Comm_set_errhandler(l->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(l->comm, &l->rank);
+    MPI_Comm_size(l->comm, &l->size);
+    return l;
+}
+
+void liveness_destroy(liveness_t *l) {
+    if (!l) return;
+    liveness_answer(l, 0);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) MPI_Comm_free(&l->comm);
+    free(l);
+}
+
+/* answers every ping until told to stop (a stopped process answers none) */
+static void *responder(void *arg) {
+    liveness_t *l = arg;
+    while (!atomic_load(&l->stop)) {
+        int flag = 0, round;
+        MPI_Status st;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_PING, l->comm, &flag, &st) != MPI_SUCCESS) break;
+        if (!flag) {
+            nap();
+            continue;
+        }
+        MPI_Recv(&round, 1, MPI_INT, st.MPI_SOURCE, TAG_PING, l->comm, MPI_STATUS_IGNORE);
+        MPI_Send(&round, 1, MPI_INT, st.MPI_SOURCE, TAG_PONG, l->comm);
+    }
+    return NULL;
+}
+
+void liveness_answer(liveness_t *l, int on) {
+    if (!l || !l->multiple || on == l->answering) return;
+    if (on) {
+        atomic_store(&l->stop, 0);
+        l->answering = pthread_create(&l->thread, NULL, responder, l) == 0;
+    } else {
+        atomic_store(&l->stop, 1);
+        pthread_join(l->thread, NULL);
+        l->answering = 0;
+    }
+}
+
+/* Pings every other rank; returns how many did not answer within limit_s
+ * (listed in err), or 0 early once *req completes. */
+static int ping_all(liveness_t *l, double limit_s, MPI_Request *req, int *done, const char *what, char *err,
+                    size_t errlen) {
+    const int P = l->size;
+    MPI_Request *rq = malloc(2 * (size_t)P * sizeof *rq);
+    int *pong = calloc((size_t)P, sizeof *pong), *got = calloc((size_t)P, sizeof *got);
+    int silent = 0;
+    if (!rq || !pong || !got) goto out;
+    l->round++;
+    for (int r = 0; r < P; r++) {
+        rq[2 * r] = rq[2 * r + 1] = MPI_REQUEST_NULL;
+        if (r == l->rank) continue;
+        MPI_Irecv(&pong[r], 1, MPI_INT, r, TAG_PONG, l->comm, &rq[2 * r]);
+        MPI_Isend(&l->round, 1, MPI_INT, r, TAG_PING, l->comm, &rq[2 * r + 1]);
+    }
+    const double t0 = mono_s();
+    int missing = P - 1;
+    while (missing > 0 && mono_s() - t0 < limit_s && !*done) {
+        for (int r = 0; r < P; r++) {
+            int flag = 0;
+            if (r == l->rank || got[r]) continue;
+            MPI_Test(&rq[2 * r], &flag, MPI_STATUS_IGNORE);
+            if (flag) got[r] = 1, missing--;
+        }
+        MPI_Test(req, done, MPI_STATUS_IGNORE);
+        if (missing && !*done) nap();
+    }
+    size_t o = (size_t)snprintf(err, errlen, "%s: rank(s)", what);
+    for (int r = 0; r < P; r++) {
+        if (r == l->rank) continue;
+        for (int k = 0; k < 2; k++) { /* a late pong is dropped, a ping not yet taken withdrawn */
+            int flag = 0;
+            if (rq[2 * r + k] == MPI_REQUEST_NULL) continue;
+            MPI_Test(&rq[2 * r + k], &flag, MPI_STATUS_IGNORE);
+            if (!flag) {
+                MPI_Cancel(&rq[2 * r + k]);
+                MPI_Request_free(&rq[2 * r + k]);
+            }
+        }
+        if (!got[r] && !*done) {
+            silent++;
+            if (o < errlen) o += (size_t)snprintf(err + o, errlen - o, " %d", r);
+        }
+    }
+    if (silent && o < errlen)
+        snprintf(err + o, errlen - o, " stopped answering (no reply within %.1f s)", limit_s);
+out:
+    free(rq), free(pong), free(got);
+    return silent;
+}
+
+int liveness_wait(liveness_t *l, MPI_Request *req, double every_s, double max_s, const char *what, char *err,
+                  size_t errlen) {
+    const double t0 = mono_s();
+    double quiet_since = t0;
+    int done = 0;
+    for (;;) {
+        if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+            return snprintf(err, errlen, "%s: MPI error", what), -1;
+        if (done) return 0;
+        const double now = mono_s();
+        if (max_s > 0 && now - t0 > max_s)
+            return snprintf(err, errlen, "%s: not every rank arrived within %.0f s", what, max_s), -1;
+        if (l && l->multiple && every_s > 0 && now - quiet_since > every_s) {
+            if (ping_all(l, every_s, req, &done, what, err, errlen)) return -1;
+            quiet_since = mono_s();
+        } else {
+            nap();
+        }
+    }
+}
