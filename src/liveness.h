@@ -23,5 +23,8 @@ void liveness_answer(liveness_t *l, int on);
  * err naming the silent ranks. */
 int liveness_wait(liveness_t *l, MPI_Request *req, double every_s, double max_s, const char *what, char *err,
                   size_t errlen);
+/* Pings every other rank once: the number that did not answer within
+ * limit_s, named in err ("what: rank(s) ... stopped answering"). */
+int liveness_census(liveness_t *l, double limit_s, const char *what, char *err, size_t errlen);
 
 #endif

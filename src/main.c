@@ -172,14 +172,18 @@ int main(int argc, char **argv) {
         free(cfg);
         return finish(2);
     }
-    /* training: libcoll's timeouts and the checkpoint phase watch the ranks now */
-    liveness_answer(lv, 0);
+    /* every rank keeps answering pings while it trains: after a timeout the
+     * census below names the rank that is really silent, not the neighbour
+     * that was only waiting for it */
     if (rank == 0) {
         printf("ddp-train: %s: %zu parameters, %d training samples, batch %d x %d ranks x %d accumulation, %ld steps\n",
                argv[a], t.g->nweights, t.train.n, cfg->batch_size, ranks, cfg->accumulate, t.total_steps);
         fflush(stdout);
     }
     if (trainer_run(&t, err, sizeof err)) {
+        char who[512] = "";
+        if (strstr(err, "timeout") && liveness_census(lv, cfg->timeout_s < 3 ? cfg->timeout_s : 3, "census", who, sizeof who))
+            fprintf(stderr, "ddp-train: rank %d: %s\n", rank, who);
         fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
         fflush(stderr);
         MPI_Abort(MPI_COMM_WORLD, 1); /* the other ranks may be blocked in a collective */
