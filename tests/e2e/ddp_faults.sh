@@ -70,21 +70,28 @@ lose_rank() { # SIGNAL NEEDLE EXTRA...: starts a long 3-rank job, signals rank 1
 lose_rank KILL "rank 1"
 lose_rank STOP "rank 1" ddp.timeout_s=5
 
+# stop_named NAME RANK DELAY LIMIT NEEDLE -- MPIRUN ARGS...: starts a 3-rank job, stops
+# RANK once it runs (after DELAY s), and wants the job to end within LIMIT s naming it
+stop_named() {
+    local name=$1 victim=$2 delay=$3 limit=$4 needle=$5
+    shift 6
+    rm -rf "$TMP/pids" && mkdir -p "$TMP/pids"
+    DDP_PID_DIR="$TMP/pids" timeout 120 $MPIRUN -x DDP_PID_DIR "$@" >"$TMP/out" 2>&1 &
+    local job=$!
+    for _ in $(seq 200); do [ -s "$TMP/pids/rank-$victim.pid" ] && break; sleep 0.05; done
+    sleep "$delay"
+    kill -STOP "$(cat "$TMP/pids/rank-$victim.pid")"
+    local t1=$SECONDS
+    wait $job
+    local rc=$? dt=$((SECONDS - t1))
+    kill -KILL "$(cat "$TMP/pids/rank-$victim.pid")" 2>/dev/null
+    if [ $rc -ne 0 ] && [ $dt -le "$limit" ] && grep -qF -- "$needle" "$TMP/out"; then ok "$name (exit $rc after ${dt}s)"
+    else no "$name: exit $rc after ${dt}s, wanted '$needle'"; fi
+}
 # a rank stopped during start-up (the others still making their data, then in
 # the start-up agreement) is named instead of leaving them waiting there forever
-rm -rf "$TMP/pids" && mkdir -p "$TMP/pids"
-DDP_PID_DIR="$TMP/pids" timeout 120 $MPIRUN -x DDP_PID_DIR -np 3 "$BIN" "${SMALL[@]}" data.shape=1,28,28 \
-    data.train_size=60000 ddp.timeout_s=2 >"$TMP/out" 2>&1 &
-job=$!
-for _ in $(seq 100); do [ -s "$TMP/pids/rank-1.pid" ] && break; sleep 0.05; done
-kill -STOP "$(cat "$TMP/pids/rank-1.pid")"
-t1=$SECONDS
-wait $job
-rc=$? dt=$((SECONDS - t1))
-kill -KILL "$(cat "$TMP/pids/rank-1.pid")" 2>/dev/null
-if [ $rc -ne 0 ] && [ $dt -le 60 ] && grep -q "start-up: rank(s) 1 stopped answering" "$TMP/out"; then
-    ok "a rank stopped during start-up is named (exit $rc after ${dt}s)"
-else no "a rank stopped during start-up: exit $rc after ${dt}s"; fi
+stop_named "a rank stopped during start-up is named" 1 0 60 "start-up: rank(s) 1 stopped answering" -- \
+    -np 3 "$BIN" "${SMALL[@]}" data.shape=1,28,28 data.train_size=60000 ddp.timeout_s=2
 
 # --- checkpoints
 CK=("${SMALL[@]}" data.batch_size=6 train.max_steps=40 checkpoint.every_steps=10)
@@ -133,21 +140,11 @@ if DDP_FAULT=slow-checkpoint=4 run2 "${CK[@]}" checkpoint.dir="$TMP/slow" train.
     ok "a checkpoint write longer than ddp.timeout_s is waited for"
 else no "slow checkpoint write"; fi
 # ... but a writer that stops answering during its slow write is named within
-# about two timeouts (every rank answers liveness pings while it waits)
-rm -rf "$TMP/pids" && mkdir -p "$TMP/pids"
-DDP_FAULT=slow-checkpoint=60 DDP_PID_DIR="$TMP/pids" timeout 120 $MPIRUN -x DDP_FAULT -x DDP_PID_DIR -np 3 "$BIN_FAULTS" \
-    "${CK[@]}" checkpoint.dir="$TMP/stopw" train.max_steps=20 ddp.timeout_s=2 >"$TMP/out" 2>&1 &
-job=$!
-for _ in $(seq 100); do [ -s "$TMP/pids/rank-0.pid" ] && break; sleep 0.1; done
-sleep 3 # rank 0 is asleep in its first (slow) checkpoint write by now
-t1=$SECONDS
-kill -STOP "$(cat "$TMP/pids/rank-0.pid")"
-wait $job
-rc=$? dt=$((SECONDS - t1))
-kill -KILL "$(cat "$TMP/pids/rank-0.pid")" 2>/dev/null
-if [ $rc -ne 0 ] && [ $dt -le 12 ] && grep -q "rank(s) 0 stopped answering" "$TMP/out"; then
-    ok "a writer stopped during its checkpoint write is named (exit $rc after ${dt}s)"
-else no "writer stopped during a slow checkpoint write: exit $rc after ${dt}s"; fi
+# about two timeouts (every rank answers liveness pings while it waits); after
+# 3 s rank 0 is asleep in its first (slow) checkpoint write
+DDP_FAULT=slow-checkpoint=60 stop_named "a writer stopped during its checkpoint write is named" 0 3 12 \
+    "rank(s) 0 stopped answering" -- -x DDP_FAULT -np 3 "$BIN_FAULTS" "${CK[@]}" checkpoint.dir="$TMP/stopw" \
+    train.max_steps=20 ddp.timeout_s=2
 # a corrupt newest checkpoint is skipped with a message
 cp -r "$TMP/a-sgd" "$TMP/d"
 printf 'garbage' | dd of="$TMP/d/ckpt-00000040.bin" bs=1 seek=200 conv=notrunc 2>/dev/null
