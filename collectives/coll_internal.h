@@ -174,6 +174,9 @@ COLL_HIDDEN void coll_cuda_comm_free(struct coll_comm *c);
 /* select.c: resolves COLL_ALGO_AUTO and runs the chosen algorithm. */
 COLL_HIDDEN coll_algo_t coll_select(const struct coll_comm *comm, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a);
+/* Bytes a ring would send from this rank for a: what is counted for MPI's
+ * and NCCL's own collectives, whose messages libcoll does not see. */
+COLL_HIDDEN uint64_t coll_nominal_bytes(const coll_args_t *a, int nranks);
 
 /* ---- the communicator ---- */
 #define COLL_ERRLEN 512
@@ -188,6 +191,7 @@ struct coll_comm {
     coll_ctx_t sync;  /* blocking calls, on the caller's thread */
     coll_ctx_t async; /* non-blocking calls, on the progress thread */
     atomic_int failed; /* set after a timeout or MPI error: no further calls */
+    _Atomic uint64_t bytes_sent; /* coll_comm_bytes_sent: by either context's thread */
     pthread_mutex_t err_lock;
     char last_error[COLL_ERRLEN];
     char first_error[COLL_ERRLEN]; /* the failure that made the comm unusable */

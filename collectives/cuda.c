@@ -350,6 +350,7 @@ coll_result_t coll_nccl_start(coll_comm_t c, const coll_args_t *a, void **done) 
     }
     const ncclDataType_t T = nccl_type(a->dtype);
     const ncclRedOp_t O = nccl_op(a->op);
+    atomic_fetch_add_explicit(&c->bytes_sent, coll_nominal_bytes(a, c->size), memory_order_relaxed);
     ncclResult_t r;
     const char *what;
     switch (a->kind) {

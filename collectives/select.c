@@ -53,8 +53,22 @@ coll_algo_t coll_select(const struct coll_comm *c, const coll_args_t *a) {
     return b <= rd_max_bytes(c, a->kind) ? COLL_ALGO_RD : COLL_ALGO_RING;
 }
 
+uint64_t coll_nominal_bytes(const coll_args_t *a, int P) {
+    const uint64_t b = (uint64_t)a->count * coll_dtype_size(a->dtype);
+    switch (a->kind) {
+    case COLL_K_ALLREDUCE: return 2 * b * (uint64_t)(P - 1) / (uint64_t)P;
+    case COLL_K_REDUCE_SCATTER:
+    case COLL_K_ALLGATHER: return b * (uint64_t)(P - 1);
+    case COLL_K_BROADCAST:
+    case COLL_K_REDUCE: return b * (uint64_t)(P - 1) / (uint64_t)P; /* a chain: every rank but one sends it */
+    default: return 0;
+    }
+}
+
 coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a) {
     COLL_LOG(ctx->comm, COLL_LOG_TRACE, "%s count=%zu %s %s root=%d algo=%s", coll_kind_name(a->kind),
              a->count, coll_dtype_name(a->dtype), coll_op_name(a->op), a->root, coll_algo_name(a->algo));
+    if (a->algo == COLL_ALGO_NATIVE)
+        atomic_fetch_add_explicit(&ctx->comm->bytes_sent, coll_nominal_bytes(a, ctx->size), memory_order_relaxed);
     return algos[a->kind][a->algo](ctx, a);
 }

@@ -32,6 +32,7 @@ static coll_result_t start(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, i
 
 static coll_result_t mpi_isend(coll_ctx_t *ctx, const void *buf, size_t bytes, int peer, int chan,
                                coll_treq_t *r) {
+    atomic_fetch_add_explicit(&ctx->comm->bytes_sent, bytes, memory_order_relaxed);
     return start(ctx, (void *)buf, bytes, peer, chan, 1, r);
 }
 

@@ -53,6 +53,7 @@
 #define COLL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <mpi.h>
 
 #ifdef __cplusplus
@@ -115,6 +116,12 @@ coll_result_t coll_comm_init(coll_comm_t *comm, MPI_Comm mpi_comm);
 coll_result_t coll_comm_destroy(coll_comm_t comm);
 int coll_comm_rank(coll_comm_t comm); /* -1 for an invalid comm */
 int coll_comm_size(coll_comm_t comm); /* -1 for an invalid comm */
+/* Bytes this rank has sent on comm since coll_comm_init (a running total,
+ * any thread; difference two readings for a step's traffic). Our algorithms'
+ * messages are counted as posted; for COLL_ALGO_NATIVE and COLL_ALGO_NCCL,
+ * whose messages libcoll does not see, what a ring would send is counted
+ * (all-reduce 2(P-1)/P of the buffer). 0 for an invalid comm. */
+uint64_t coll_comm_bytes_sent(coll_comm_t comm);
 
 /* Algorithm for later calls on this comm (overrides COLL_ALGO). */
 coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);
