@@ -21,6 +21,21 @@
  *   optimiser over the slices ddp_shard() names
  *   ddp_gather(d)                 ZeRO-1: every rank gets the new parameters
  *
+ * Compression (opt.compress, PyTorch DDP's communication hooks):
+ *   bf16 / fp16  each bucket travels as 16-bit values (scaled by 1/P first,
+ *                so fp16's sum cannot overflow where float32's would not),
+ *                reduced with float32 accumulation and widened back; with
+ *                ZeRO-1 the reduce-scatter is 16-bit likewise.
+ *   powersgd     each weight matrix M (rows x cols) is sent as two thin
+ *                matrices: P = M Q (all-reduced, orthonormalised) and
+ *                Q = M^T P (all-reduced), M ~ P Q^T, with error feedback
+ *                (what was not sent is added to the next step's gradient)
+ *                and warm start (Q kept). Vectors and matrices too small to
+ *                gain are all-reduced uncompressed in the same collective
+ *                as the P's. Buckets then end at parameter boundaries. The
+ *                first powersgd_start synchronised steps are uncompressed.
+ *                Not with zero = 1. Host buffers only.
+ *
  * Errors: functions return 0, or -1 with ddp_error(d) naming what failed
  * (and the rank, for a peer that died or stopped answering within
  * timeout_s). After an error the engine is unusable; the program should
@@ -31,6 +46,7 @@
 
 #include <mpi.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "coll.h"
 
@@ -39,6 +55,14 @@ extern "C" {
 #endif
 
 typedef struct ddp ddp_t; /* opaque */
+
+typedef enum { DDP_COMPRESS_NONE = 0, DDP_COMPRESS_BF16, DDP_COMPRESS_FP16, DDP_COMPRESS_POWERSGD } ddp_compress_t;
+
+/* One parameter in the flat layout: rows x cols floats at offset (a weight
+ * as PyTorch's view(out, -1); a bias is rows x 1). */
+typedef struct ddp_tensor {
+    size_t offset, rows, cols;
+} ddp_tensor_t;
 
 typedef struct ddp_options {
     double bucket_mb;      /* bucket size in MiB (> 0) */
@@ -49,6 +73,12 @@ typedef struct ddp_options {
     void *cuda_stream;     /* GPU buffers: the cudaStream_t computing the gradients (a bucket's
                               reduction starts after the work queued there when it became
                               ready, with no host synchronisation); NULL for host buffers */
+    ddp_compress_t compress;
+    int powersgd_rank;     /* columns of P and Q (1..64) */
+    long powersgd_start;   /* synchronised steps before PowerSGD starts */
+    uint64_t seed;         /* PowerSGD's first Q (the same on every rank) */
+    const ddp_tensor_t *tensors; /* powersgd: every parameter, in increasing offset order */
+    int ntensors;
 } ddp_options_t;
 
 /* Collective over comm. params and grads hold `padded` floats, a multiple of
@@ -103,11 +133,31 @@ int ddp_scatter_shards(ddp_t *d, const float *full, float *shard);
 size_t ddp_shard_size(const ddp_t *d);
 
 /* The last step's communication, in ms: comm = time a gradient or parameter
- * collective was executing; exposed = time the caller was blocked on one. */
+ * collective was executing; exposed = time the caller was blocked on one;
+ * compress = time in compression kernels (casts, PowerSGD's products,
+ * orthogonalisation and reconstruction), on the caller's thread; wire_bytes
+ * = bytes this rank sent (coll_comm_bytes_sent over the step). */
 typedef struct ddp_stats {
-    double comm_ms, exposed_ms;
+    double comm_ms, exposed_ms, compress_ms;
+    uint64_t wire_bytes;
 } ddp_stats_t;
 ddp_stats_t ddp_last_stats(const ddp_t *d);
+
+/* Synchronised steps done so far (PowerSGD starts at powersgd_start): set
+ * when resuming. */
+void ddp_set_steps(ddp_t *d, long steps);
+/* PowerSGD's state for checkpoints: Q (ddp_compress_q_len floats, the same
+ * on every rank) and each rank's residual (count floats). 0 for the other
+ * modes, which keep no state. */
+size_t ddp_compress_q_len(const ddp_t *d);
+/* Collective. Rank 0 receives Q in q and rank r's residual in resid[r]
+ * (for every r < size; the arguments are ignored elsewhere). */
+int ddp_compress_save(ddp_t *d, float *q, float *const *resid);
+/* Collective. Every rank gets rank 0's q, and rank r its residual resid[r]
+ * from rank 0 (q and resid are read on rank 0 only); with_resid = 0 on
+ * every rank sets the residuals to zero instead (a checkpoint written by
+ * another number of ranks). */
+int ddp_compress_load(ddp_t *d, const float *q, float *const *resid, int with_resid);
 
 #ifdef __cplusplus
 }

@@ -16,7 +16,7 @@
 #include "paths.h"
 
 #define CKPT_MAGIC "DDPCKPT1"
-#define CKPT_VERSION 2
+#define CKPT_VERSION 3 /* 3: extra arrays (compression state); 2 is read too */
 #define CKPT_KEEP 2
 
 /* The header in memory; on disk it is HDR_BYTES little-endian bytes at the
@@ -28,14 +28,15 @@ typedef struct ckpt_header {
     uint64_t epoch, batch_in_epoch, global_batch;
     uint64_t model_hash; /* FNV-1a of the model text (which follows the header) */
     uint32_t crc; /* zlib crc32 of the header (crc = 0) and everything after it */
+    uint32_t extra_arrays; /* version 3: arrays of nweights floats after the state (version 2: 0) */
 } ckpt_header_t;
 
 enum {
     OFF_MAGIC = 0, OFF_VERSION = 8, OFF_STATE_ARRAYS = 12, OFF_NWEIGHTS = 16, OFF_STEP = 24, OFF_SEED = 32,
     OFF_OPTIM_T = 40, OFF_TEXT_LEN = 48, OFF_EPOCH = 56, OFF_BATCH_IN_EPOCH = 64, OFF_GLOBAL_BATCH = 72,
-    OFF_MODEL_HASH = 80, OFF_CRC = 88, OFF_RESERVED = 92, HDR_BYTES = 96
+    OFF_MODEL_HASH = 80, OFF_CRC = 88, OFF_EXTRA = 92, HDR_BYTES = 96
 };
-_Static_assert(OFF_MODEL_HASH + 8 == OFF_CRC && OFF_CRC + 4 == OFF_RESERVED && OFF_RESERVED + 4 == HDR_BYTES,
+_Static_assert(OFF_MODEL_HASH + 8 == OFF_CRC && OFF_CRC + 4 == OFF_EXTRA && OFF_EXTRA + 4 == HDR_BYTES,
                "the checkpoint header's fields must tile its 96 bytes");
 /* the parameters and state follow as raw float32: little-endian hosts only */
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "checkpoint payloads are little-endian float32");
@@ -73,6 +74,7 @@ static void encode(const ckpt_header_t *h, unsigned char b[HDR_BYTES]) {
     le64(b + OFF_GLOBAL_BATCH, h->global_batch);
     le64(b + OFF_MODEL_HASH, h->model_hash);
     le32(b + OFF_CRC, h->crc);
+    le32(b + OFF_EXTRA, h->extra_arrays);
 }
 
 static void decode(const unsigned char b[HDR_BYTES], ckpt_header_t *h) {
@@ -89,6 +91,7 @@ static void decode(const unsigned char b[HDR_BYTES], ckpt_header_t *h) {
     h->global_batch = rd64(b + OFF_GLOBAL_BATCH);
     h->model_hash = rd64(b + OFF_MODEL_HASH);
     h->crc = rd32(b + OFF_CRC);
+    h->extra_arrays = rd32(b + OFF_EXTRA);
 }
 
 typedef struct wfile {
@@ -155,7 +158,7 @@ static void remove_stale_tmp(const char *dir) {
 }
 
 int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, const float *params,
-              const float *const *state, char *err, size_t errlen) {
+              const float *const *state, const float *const *extra, char *err, size_t errlen) {
     char tmp[4200], final[4200];
     if (path_make_dir(dir, "[checkpoint] dir", err, errlen)) return -1;
     remove_stale_tmp(dir);
@@ -170,7 +173,7 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
                        .step = (uint64_t)m->step, .seed = m->seed, .optim_t = (uint64_t)m->optim_t,
                        .text_len = strlen(model_text), .epoch = (uint64_t)m->epoch,
                        .batch_in_epoch = (uint64_t)m->batch_in_epoch, .global_batch = (uint64_t)m->global_batch,
-                       .model_hash = fnv1a(model_text, strlen(model_text))};
+                       .model_hash = fnv1a(model_text, strlen(model_text)), .extra_arrays = (uint32_t)m->extra_arrays};
     memcpy(h.magic, CKPT_MAGIC, 8);
     /* the crc is stored in the header, so it is computed over the header with
      * crc = 0 and written last, in place */
@@ -183,6 +186,7 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
     FAULT_HOOK_CHECKPOINT_HALF_WAY(m->step, w.f);
     put(&w, (const char *)params + half, m->nweights * sizeof(float) - half);
     for (int k = 0; k < m->state_arrays; k++) put(&w, state[k], m->nweights * sizeof(float));
+    for (int k = 0; k < m->extra_arrays; k++) put(&w, extra[k], m->nweights * sizeof(float));
     unsigned char crc[4];
     le32(crc, (uint32_t)w.crc);
     if (w.ok && (fseek(w.f, OFF_CRC, SEEK_SET) || fwrite(crc, sizeof crc, 1, w.f) != 1)) w.ok = 0;
@@ -211,10 +215,11 @@ int ckpt_save(const char *dir, const ckpt_meta_t *m, const char *model_text, con
 enum { READ_HEADER, READ_VERIFY, READ_LOAD };
 
 /* Reads a checkpoint: its header and model text only (READ_HEADER), or the
- * whole file with its checksum, into scratch (READ_VERIFY) or into params and
- * state (READ_LOAD). */
+ * whole file with its checksum, into scratch (READ_VERIFY) or into params,
+ * state and the first extra_cap extra arrays (READ_LOAD; the others are
+ * only checksummed). */
 static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, float *params, float *const *state,
-                     char *err, size_t errlen) {
+                     float *const *extra, int extra_cap, char *err, size_t errlen) {
     FILE *f = fopen(path, "rb");
     *text = NULL;
     if (!f) {
@@ -228,7 +233,8 @@ static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, f
         snprintf(err, errlen, "%s: not a checkpoint (bad header)", path);
         goto out;
     }
-    if (h->version != CKPT_VERSION || h->state_arrays > 2 || h->text_len > (1u << 20) || h->nweights > ((uint64_t)1 << 34)) {
+    if ((h->version != CKPT_VERSION && h->version != 2) || (h->version == 2 && h->extra_arrays) || h->state_arrays > 2 ||
+        h->extra_arrays > (1u << 20) || h->text_len > (1u << 20) || h->nweights > ((uint64_t)1 << 34)) {
         snprintf(err, errlen, "%s: unsupported checkpoint (version %u)", path, h->version);
         goto out;
     }
@@ -247,7 +253,7 @@ static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, f
     const size_t bytes = h->nweights * sizeof(float);
     /* the size the header promises, before reading (or allocating) anything */
     struct stat st;
-    const uint64_t want = HDR_BYTES + h->text_len + (uint64_t)(h->state_arrays + 1) * bytes;
+    const uint64_t want = HDR_BYTES + h->text_len + (uint64_t)(h->state_arrays + 1 + h->extra_arrays) * bytes;
     if (fstat(fileno(f), &st) || (uint64_t)st.st_size != want) {
         snprintf(err, errlen, "%s: %s (%lld bytes, the header says %llu)", path,
                  (uint64_t)st.st_size < want ? "truncated" : "unexpected bytes at the end", (long long)st.st_size,
@@ -256,16 +262,20 @@ static int read_ckpt(const char *path, int how, ckpt_header_t *h, char **text, f
     }
     /* verifying streams through a small buffer; loading reads in place */
     const size_t chunk = (size_t)1 << 20;
-    if (how == READ_VERIFY && !(scratch = malloc(chunk))) {
+    if (!(scratch = malloc(chunk))) {
         snprintf(err, errlen, "%s: out of memory", path);
         goto out;
     }
-    for (uint32_t k = 0; k <= h->state_arrays; k++) {
-        char *dst = how == READ_LOAD ? (char *)(k == 0 ? params : state[k - 1]) : NULL;
+    for (uint32_t k = 0; k <= h->state_arrays + h->extra_arrays; k++) {
+        const uint32_t x = k - h->state_arrays - 1; /* extra array index, when k is past the state */
+        char *dst = how != READ_LOAD                ? NULL
+                    : k == 0                        ? (char *)params
+                    : k <= h->state_arrays          ? (char *)state[k - 1]
+                    : x < (uint32_t)extra_cap       ? (char *)extra[x]
+                                                    : NULL;
         for (size_t o = 0; o < bytes;) {
-            const size_t n = how == READ_LOAD ? (bytes - o < (1u << 30) ? bytes - o : (1u << 30))
-                                              : (bytes - o < chunk ? bytes - o : chunk);
-            unsigned char *p = how == READ_LOAD ? (unsigned char *)dst + o : (unsigned char *)scratch;
+            const size_t n = dst ? (bytes - o < (1u << 30) ? bytes - o : (1u << 30)) : (bytes - o < chunk ? bytes - o : chunk);
+            unsigned char *p = dst ? (unsigned char *)dst + o : (unsigned char *)scratch;
             if (fread(p, 1, n, f) != n) {
                 snprintf(err, errlen, "%s: truncated", path);
                 goto out;
@@ -305,7 +315,7 @@ int ckpt_find(const char *dir, char *path, size_t len, char *err, size_t errlen)
         ckpt_header_t h;
         char *text, e[512];
         snprintf(path, len, "%s/ckpt-%08ld.bin", dir, steps[i]);
-        if (read_ckpt(path, READ_VERIFY, &h, &text, NULL, NULL, e, sizeof e) == 0) {
+        if (read_ckpt(path, READ_VERIFY, &h, &text, NULL, NULL, NULL, 0, e, sizeof e) == 0) {
             free(text);
             return 1;
         }
@@ -330,12 +340,12 @@ static void first_difference(const char *a, const char *b, char *out, size_t len
 }
 
 int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *params, float *const *state,
-              char *err, size_t errlen) {
+              float *const *extra, char *err, size_t errlen) {
     ckpt_header_t h;
     char *text;
     /* the header first, so a refused file leaves params alone (ckpt_find has
      * verified the checksum; the load below checks it again as it reads) */
-    if (read_ckpt(path, READ_HEADER, &h, &text, NULL, NULL, err, errlen)) return -1;
+    if (read_ckpt(path, READ_HEADER, &h, &text, NULL, NULL, NULL, 0, err, errlen)) return -1;
     if (h.model_hash != fnv1a(model_text, strlen(model_text)) || strcmp(text, model_text)) {
         char d[600];
         first_difference(text, model_text, d, sizeof d);
@@ -350,7 +360,7 @@ int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *p
                  path, (unsigned long long)h.nweights, h.state_arrays, m->nweights, m->state_arrays);
         return -1;
     }
-    if (read_ckpt(path, READ_LOAD, &h, &text, params, state, err, errlen)) return -1;
+    if (read_ckpt(path, READ_LOAD, &h, &text, params, state, extra, m->extra_arrays, err, errlen)) return -1;
     free(text);
     m->step = (long)h.step;
     m->epoch = (long)h.epoch;
@@ -358,5 +368,6 @@ int ckpt_load(const char *path, ckpt_meta_t *m, const char *model_text, float *p
     m->global_batch = (long)h.global_batch;
     m->seed = h.seed;
     m->optim_t = (long)h.optim_t;
+    m->extra_arrays = (int)h.extra_arrays;
     return 0;
 }

@@ -65,6 +65,9 @@ static const key_def_t keys[] = {
     {"ddp", "zero", T_INT, F(zero), 0, 0, 1, NULL, "0", 0},
     {"ddp", "algorithm", T_ENUM, F(algorithm), 0, 0, 0, "auto|ring|rd|native|nccl", "auto", 0},
     {"ddp", "timeout_s", T_DOUBLE, F(timeout_s), 0, 0, 1e9, NULL, "30", 0},
+    {"ddp", "compress", T_ENUM, F(compress), 0, 0, 0, "none|bf16|fp16|powersgd", "none", 0},
+    {"ddp", "powersgd_rank", T_INT, F(powersgd_rank), 0, 1, 64, NULL, "4", 0},
+    {"ddp", "powersgd_start", T_LONG, F(powersgd_start), 0, 0, BIG, NULL, "1000", 0},
     {"checkpoint", "dir", T_STR, F(ckpt_dir), 0, 0, 0, NULL, "", 0},
     {"checkpoint", "every_steps", T_LONG, F(ckpt_every), 0, 0, BIG, NULL, "0", 0},
     {"checkpoint", "resume", T_ENUM, F(resume), 0, 0, 0, "auto|never", "auto", 0},
@@ -347,6 +350,17 @@ int config_validate(config_t *c, char *err, size_t errlen) {
     }
     if (c->ckpt_every > 0 && !c->ckpt_dir[0]) {
         snprintf(err, errlen, "%s: [checkpoint] every_steps needs [checkpoint] dir", origin_of(c, "checkpoint", "every_steps"));
+        return -1;
+    }
+    if (c->compress == CFG_COMPRESS_POWERSGD && c->zero) {
+        const char *z = origin_of(c, "ddp", "zero"), *p = origin_of(c, "ddp", "compress");
+        snprintf(err, errlen, "%s: [ddp] compress = powersgd cannot be combined with [ddp] zero = 1 (set at %s): ZeRO-1 "
+                 "reduce-scatters the gradients, PowerSGD sends low-rank factors of whole matrices", p, z);
+        return -1;
+    }
+    if (c->compress != CFG_COMPRESS_NONE && c->device == CFG_DEVICE_CUDA) {
+        snprintf(err, errlen, "%s: [ddp] compress runs on the host; it is not supported with [train] device = cuda yet",
+                 origin_of(c, "ddp", "compress"));
         return -1;
     }
     if (c->optim == CFG_OPTIM_SGD && c->nesterov && c->momentum == 0.0) {

@@ -54,6 +54,9 @@ typedef struct config {
     int zero;
     int algorithm;              /* coll_algo_t order: auto|ring|rd|native */
     double timeout_s;
+    int compress;               /* CFG_COMPRESS_* (ddp_compress_t order) */
+    int powersgd_rank;
+    long powersgd_start;
     /* [checkpoint] */
     char ckpt_dir[CFG_STR_MAX];
     long ckpt_every;
@@ -71,6 +74,7 @@ enum { CFG_SCHED_CONSTANT, CFG_SCHED_STEP, CFG_SCHED_COSINE };
 enum { CFG_PROGRESS_AUTO, CFG_PROGRESS_ON, CFG_PROGRESS_OFF };
 enum { CFG_RESUME_AUTO, CFG_RESUME_NEVER };
 enum { CFG_DEVICE_CPU, CFG_DEVICE_CUDA };
+enum { CFG_COMPRESS_NONE, CFG_COMPRESS_BF16, CFG_COMPRESS_FP16, CFG_COMPRESS_POWERSGD };
 
 /* Defaults for every key. */
 void config_defaults(config_t *c);

@@ -1,17 +1,38 @@
 /* The data-parallel engine (include/ddp.h): buckets over the flat gradient
- * buffer, launched from the backward callback, ZeRO-1 shards, timing. */
+ * buffer, launched from the backward callback, ZeRO-1 shards, compression,
+ * timing. */
 #include "ddp.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "compress.h"
 #include "liveness.h"
 #include "metrics.h"
 
+_Static_assert((int)DDP_COMPRESS_BF16 == (int)COMPRESS_BF16 && (int)DDP_COMPRESS_FP16 == (int)COMPRESS_FP16 &&
+                   (int)DDP_COMPRESS_POWERSGD == (int)COMPRESS_POWERSGD,
+               "ddp.h and compress.h number the modes alike");
+
+#define PSGD_EPS 1e-4f /* relative: a P column below this after projection is rank-deficient */
+
+/* A weight matrix PowerSGD compresses. */
+typedef struct mat {
+    size_t off, n, m;  /* flat-buffer offset, rows, columns */
+    size_t p_at, q_at; /* its P in its bucket's pq, its Q (transposed) in qt */
+} mat_t;
+
 typedef struct bucket {
-    size_t lo, hi;      /* range in the flat buffers; hi - lo is a multiple of P */
+    size_t lo, hi;      /* range in the flat buffers; without PowerSGD hi - lo is a multiple of P */
     coll_request_t req; /* in flight, or NULL */
+    /* PowerSGD */
+    int m0, m1;         /* its matrices: d->mat[m0, m1) */
+    float *pq;          /* its matrices' P's (plen floats), then its uncompressed values (ulen) */
+    size_t plen, ulen;
+    float *qt;          /* its matrices' Q's, kept between steps (warm start) */
+    size_t qlen;
+    int phase;          /* this step: 0 plain all-reduce, 1 P's in flight, 2 Q's in flight */
 } bucket_t;
 
 struct ddp {
@@ -29,7 +50,17 @@ struct ddp {
     int syncing;     /* the current backward's gradients are to be averaged */
     int next;        /* buckets launched so far */
     int failed;      /* a launch from the callback failed */
-    double comm_ms, exposed_ms;
+    double comm_ms, exposed_ms, compress_ms;
+    uint64_t bytes0, wire;
+    /* compression */
+    uint16_t *h16;  /* bf16/fp16: the wire copy of the gradients (padded) */
+    mat_t *mat;     /* PowerSGD's matrices, in offset order */
+    int nmat;
+    float *state;   /* PowerSGD: each matrix's last M, flat layout (padded; compress.h) */
+    float *pq_all, *qt_all;
+    size_t qt_len;
+    long steps;     /* synchronised steps done */
+    int psgd_now;   /* this step is compressed with PowerSGD */
     float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
     /* slow phases (checkpoints): a barrier and liveness pings on communicators of their own */
     MPI_Comm side;
@@ -41,6 +72,81 @@ static int fail(ddp_t *d, const char *what, coll_result_t rc) {
     snprintf(d->err, sizeof d->err, "%s: %s (%s)", what, coll_last_error(d->comm), coll_strerror(rc));
     d->failed = 1;
     return -1;
+}
+
+static int check_compress(ddp_t *d, const ddp_options_t *o, char *err, size_t errlen) {
+    if ((unsigned)o->compress > DDP_COMPRESS_POWERSGD)
+        return snprintf(err, errlen, "ddp: compress = %d is not a mode", (int)o->compress), -1;
+    if (o->compress != DDP_COMPRESS_NONE && o->cuda_stream)
+        return snprintf(err, errlen, "ddp: compress = %s runs on the host; gradients on a GPU are not supported yet",
+                        compress_name((compress_t)o->compress)), -1;
+    if (o->compress != DDP_COMPRESS_POWERSGD) return 0;
+    if (o->zero)
+        return snprintf(err, errlen, "ddp: compress = powersgd cannot be combined with zero = 1 (ZeRO-1 "
+                        "reduce-scatters the gradients, which PowerSGD's low-rank factors cannot be)"), -1;
+    if (o->powersgd_rank < 1 || o->powersgd_rank > PSGD_MAX_RANK)
+        return snprintf(err, errlen, "ddp: powersgd_rank = %d must be in 1..%d", o->powersgd_rank, PSGD_MAX_RANK), -1;
+    if (o->powersgd_start < 0) return snprintf(err, errlen, "ddp: powersgd_start = %ld must be >= 0", o->powersgd_start), -1;
+    if (!o->tensors || o->ntensors < 1) return snprintf(err, errlen, "ddp: compress = powersgd needs the parameters' shapes"), -1;
+    size_t at = 0;
+    for (int i = 0; i < o->ntensors; i++) {
+        if (o->tensors[i].offset != at)
+            return snprintf(err, errlen, "ddp: tensor %d starts at %zu, expected %zu (tensors must tile the parameters in order)",
+                            i, o->tensors[i].offset, at), -1;
+        at += o->tensors[i].rows * o->tensors[i].cols;
+    }
+    if (at != d->count)
+        return snprintf(err, errlen, "ddp: the tensors hold %zu floats, the parameters %zu", at, d->count), -1;
+    return 0;
+}
+
+/* PowerSGD's buckets end at tensor boundaries (a matrix is compressed
+ * whole): tensors are added until a bucket holds bf floats; the padding
+ * joins the last. Then each bucket's P, Q and uncompressed sizes. */
+static int psgd_setup(ddp_t *d, size_t bf, char *err, size_t errlen) {
+    const ddp_options_t *o = &d->opt;
+    const int r = o->powersgd_rank;
+    d->mat = calloc((size_t)o->ntensors, sizeof *d->mat);
+    d->state = calloc(d->padded ? d->padded : 1, sizeof *d->state);
+    if (!d->mat || !d->state) return snprintf(err, errlen, "ddp: out of memory for PowerSGD's state"), -1;
+    int nb = 0;
+    size_t lo = 0, ptotal = 0;
+    for (int i = 0; i < o->ntensors; i++) {
+        const ddp_tensor_t *t = &o->tensors[i];
+        const size_t end = t->offset + t->rows * t->cols;
+        bucket_t *b = &d->b[nb];
+        if (b->m1 == 0 && b->m0 == 0 && b->plen == 0 && b->ulen == 0) b->m0 = b->m1 = d->nmat, b->lo = lo;
+        if (psgd_worth_it(t->rows, t->cols, r)) {
+            d->mat[d->nmat++] = (mat_t){.off = t->offset, .n = t->rows, .m = t->cols, .p_at = b->plen, .q_at = b->qlen};
+            b->m1 = d->nmat;
+            b->plen += t->rows * (size_t)r;
+            b->qlen += t->cols * (size_t)r;
+        } else {
+            b->ulen += t->rows * t->cols;
+        }
+        if (end - lo >= bf || i == o->ntensors - 1) {
+            b->hi = i == o->ntensors - 1 ? d->padded : end;
+            b->ulen += b->hi - end; /* the padding */
+            ptotal += b->plen + b->ulen;
+            d->qt_len += b->qlen;
+            lo = end;
+            nb++;
+        }
+    }
+    d->nb = nb;
+    d->pq_all = calloc(ptotal ? ptotal : 1, sizeof(float)); /* P = 0: no residual yet */
+    d->qt_all = malloc((d->qt_len ? d->qt_len : 1) * sizeof(float));
+    if (!d->pq_all || !d->qt_all) return snprintf(err, errlen, "ddp: out of memory for PowerSGD's factors"), -1;
+    size_t pa = 0, qa = 0;
+    for (int i = 0; i < nb; i++) {
+        d->b[i].pq = d->pq_all + pa;
+        d->b[i].qt = d->qt_all + qa;
+        pa += d->b[i].plen + d->b[i].ulen;
+        qa += d->b[i].qlen;
+        for (int k = d->b[i].m0; k < d->b[i].m1; k++)
+            psgd_init_q(d->b[i].qt + d->mat[k].q_at, d->mat[k].m, r, o->seed, k);
+    }
+    return 0;
 }
 
 int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t count, size_t padded,
@@ -78,11 +184,16 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
         ddp_destroy(d);
         return -1;
     }
+    if (check_compress(d, opt, err, errlen)) {
+        ddp_destroy(d);
+        return -1;
+    }
     /* bucket length: bucket_mb rounded down to a multiple of P (at least P) */
     size_t bf = (size_t)(opt->bucket_mb * (1 << 20) / sizeof(float)) / P * P;
     if (bf < P) bf = P;
     if (!opt->overlap || bf > padded) bf = padded ? padded : P;
     d->nb = padded ? (int)((padded + bf - 1) / bf) : 0;
+    if (opt->compress == DDP_COMPRESS_POWERSGD) d->nb = opt->ntensors + 1; /* at most; whole tensors each */
     d->b = calloc((size_t)d->nb + 1, sizeof *d->b);
     d->shard_lo = calloc((size_t)d->nb + 1, sizeof *d->shard_lo);
     d->shard_hi = calloc((size_t)d->nb + 1, sizeof *d->shard_hi);
@@ -91,9 +202,22 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
         ddp_destroy(d);
         return -1;
     }
-    for (int i = 0; i < d->nb; i++) {
-        d->b[i].lo = (size_t)i * bf;
-        d->b[i].hi = d->b[i].lo + bf < padded ? d->b[i].lo + bf : padded;
+    if (opt->compress == DDP_COMPRESS_POWERSGD) {
+        if (psgd_setup(d, bf, err, errlen)) {
+            ddp_destroy(d);
+            return -1;
+        }
+    } else {
+        for (int i = 0; i < d->nb; i++) {
+            d->b[i].lo = (size_t)i * bf;
+            d->b[i].hi = d->b[i].lo + bf < padded ? d->b[i].lo + bf : padded;
+        }
+    }
+    if ((opt->compress == DDP_COMPRESS_BF16 || opt->compress == DDP_COMPRESS_FP16) &&
+        !(d->h16 = malloc((padded ? padded : 1) * sizeof *d->h16))) {
+        snprintf(err, errlen, "ddp: out of memory for the 16-bit gradient copy");
+        ddp_destroy(d);
+        return -1;
     }
     if (opt->zero) {
         for (int i = 0; i < d->nb; i++) {
@@ -126,6 +250,11 @@ void ddp_destroy(ddp_t *d) {
     free(d->shard_lo);
     free(d->shard_hi);
     free(d->stage);
+    free(d->h16);
+    free(d->mat);
+    free(d->state);
+    free(d->pq_all);
+    free(d->qt_all);
     free(d);
 }
 
@@ -140,7 +269,9 @@ int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi) {
     return d->nshard;
 }
 
-ddp_stats_t ddp_last_stats(const ddp_t *d) { return (ddp_stats_t){d->comm_ms, d->exposed_ms}; }
+ddp_stats_t ddp_last_stats(const ddp_t *d) { return (ddp_stats_t){d->comm_ms, d->exposed_ms, d->compress_ms, d->wire}; }
+void ddp_set_steps(ddp_t *d, long steps) { d->steps = steps; }
+size_t ddp_compress_q_len(const ddp_t *d) { return d->opt.compress == DDP_COMPRESS_POWERSGD ? d->qt_len : 0; }
 
 int ddp_broadcast(ddp_t *d, void *buf, size_t count, coll_dtype_t dtype) {
     coll_result_t rc = coll_broadcast(buf, count, dtype, 0, d->comm);
@@ -182,18 +313,98 @@ int ddp_allreduce_double(ddp_t *d, double *v, int n, coll_op_t op) {
 int ddp_backward_begin(ddp_t *d, int sync) {
     d->syncing = sync;
     d->next = 0;
-    d->comm_ms = d->exposed_ms = 0;
+    d->comm_ms = d->exposed_ms = d->compress_ms = 0;
+    d->bytes0 = coll_comm_bytes_sent(d->comm);
+    d->wire = 0;
+    d->psgd_now = d->opt.compress == DDP_COMPRESS_POWERSGD && d->steps >= d->opt.powersgd_start;
     return d->failed ? -1 : 0;
+}
+
+static int is16(const ddp_t *d) { return d->opt.compress == DDP_COMPRESS_BF16 || d->opt.compress == DDP_COMPRESS_FP16; }
+static coll_dtype_t type16(const ddp_t *d) { return d->opt.compress == DDP_COMPRESS_FP16 ? COLL_FLOAT16 : COLL_BFLOAT16; }
+
+/* A PowerSGD bucket's values that are not compressed matrices (vectors,
+ * small matrices, padding): into buf after the P's, or back (back = 1). */
+static void psgd_pack(ddp_t *d, bucket_t *b, int back) {
+    float *buf = b->pq + b->plen;
+    size_t at = b->lo, k = 0;
+    for (int i = b->m0; i <= b->m1; i++) {
+        const size_t end = i < b->m1 ? d->mat[i].off : b->hi, len = end - at;
+        if (back) memcpy(d->grads + at, buf + k, len * sizeof(float));
+        else memcpy(buf + k, d->grads + at, len * sizeof(float));
+        k += len;
+        if (i < b->m1) at = d->mat[i].off + d->mat[i].n * d->mat[i].m;
+    }
+}
+
+/* Compression work since t0, counted apart from the collectives' calls. */
+static void spent(ddp_t *d, double t0) { d->compress_ms += 1e3 * (now_s() - t0); }
+
+/* First round: error feedback and P = M Q for each matrix (over the last
+ * step's P), sent with the uncompressed values in one all-reduce. */
+static coll_result_t psgd_first(ddp_t *d, bucket_t *b) {
+    const int r = d->opt.powersgd_rank;
+    const double t0 = now_s();
+    for (int i = b->m0; i < b->m1; i++) {
+        const mat_t *M = &d->mat[i];
+        float *p = b->pq + M->p_at;
+        psgd_feedback_project(d->grads + M->off, d->state + M->off, p, M->n, M->m, b->qt + M->q_at, r, p);
+    }
+    psgd_pack(d, b, 0);
+    spent(d, t0);
+    b->phase = 1;
+    return coll_iallreduce(b->pq, b->pq, b->plen + b->ulen, COLL_FLOAT32, COLL_AVG, d->comm, &b->req);
+}
+
+/* Second round, once the P's are averaged: orthonormal P, Q = M^T P. */
+static coll_result_t psgd_second(ddp_t *d, bucket_t *b) {
+    const int r = d->opt.powersgd_rank;
+    const double t0 = now_s();
+    psgd_pack(d, b, 1);
+    for (int i = b->m0; i < b->m1; i++) {
+        const mat_t *M = &d->mat[i];
+        psgd_orthogonalise(b->pq + M->p_at, M->n, r, PSGD_EPS);
+        psgd_project_back(d->state + M->off, M->n, M->m, b->pq + M->p_at, r, b->qt + M->q_at);
+    }
+    spent(d, t0);
+    b->phase = 2;
+    if (!b->qlen) return COLL_SUCCESS;
+    return coll_iallreduce(b->qt, b->qt, b->qlen, COLL_FLOAT32, COLL_AVG, d->comm, &b->req);
+}
+
+static void psgd_third(ddp_t *d, bucket_t *b) {
+    const int r = d->opt.powersgd_rank;
+    const double t0 = now_s();
+    for (int i = b->m0; i < b->m1; i++) {
+        const mat_t *M = &d->mat[i];
+        psgd_reconstruct(d->grads + M->off, M->n, M->m, b->pq + M->p_at, b->qt + M->q_at, r);
+    }
+    spent(d, t0);
+    b->phase = 0;
 }
 
 static void launch(ddp_t *d, int i) {
     bucket_t *b = &d->b[i];
     const size_t len = b->hi - b->lo;
     coll_result_t rc;
+    b->phase = 0;
     if (d->opt.zero) {
-        const size_t piece = len / (size_t)d->size;
-        rc = coll_ireduce_scatter(d->grads + b->lo, d->grads + b->lo + (size_t)d->rank * piece, piece, COLL_FLOAT32,
-                                  COLL_AVG, d->comm, &b->req);
+        const size_t piece = len / (size_t)d->size, mine = b->lo + (size_t)d->rank * piece;
+        if (is16(d)) {
+            const double t0 = now_s();
+            compress_to16((compress_t)d->opt.compress, d->h16 + b->lo, d->grads + b->lo, len, 1.0f / (float)d->size);
+            spent(d, t0);
+            rc = coll_ireduce_scatter(d->h16 + b->lo, d->h16 + mine, piece, type16(d), COLL_SUM, d->comm, &b->req);
+        } else {
+            rc = coll_ireduce_scatter(d->grads + b->lo, d->grads + mine, piece, COLL_FLOAT32, COLL_AVG, d->comm, &b->req);
+        }
+    } else if (is16(d)) {
+        const double t0 = now_s();
+        compress_to16((compress_t)d->opt.compress, d->h16 + b->lo, d->grads + b->lo, len, 1.0f / (float)d->size);
+        spent(d, t0);
+        rc = coll_iallreduce(d->h16 + b->lo, d->h16 + b->lo, len, type16(d), COLL_SUM, d->comm, &b->req);
+    } else if (d->psgd_now) {
+        rc = psgd_first(d, b);
     } else {
         rc = coll_iallreduce(d->grads + b->lo, d->grads + b->lo, len, COLL_FLOAT32, COLL_AVG, d->comm, &b->req);
     }
@@ -203,6 +414,27 @@ static void launch(ddp_t *d, int i) {
         fail(d, what, rc);
         b->req = NULL;
     }
+}
+
+/* After a gradient bucket's collective: widen the 16-bit result, or take
+ * PowerSGD's next round (which may launch another collective). */
+static coll_result_t finish(ddp_t *d, bucket_t *b) {
+    const double t0 = now_s();
+    const int widen = is16(d);
+    coll_result_t rc = COLL_SUCCESS;
+    const size_t len = b->hi - b->lo, piece = len / (size_t)d->size;
+    if (is16(d) && d->opt.zero) {
+        const size_t mine = b->lo + (size_t)d->rank * piece;
+        compress_from16((compress_t)d->opt.compress, d->grads + mine, d->h16 + mine, piece);
+    } else if (is16(d)) {
+        compress_from16((compress_t)d->opt.compress, d->grads + b->lo, d->h16 + b->lo, len);
+    } else if (b->phase == 1) {
+        rc = psgd_second(d, b);
+    } else if (b->phase == 2) {
+        psgd_third(d, b);
+    }
+    if (widen) spent(d, t0);
+    return rc;
 }
 
 void ddp_grad_ready(void *user, int param, size_t offset, size_t count) {
@@ -220,25 +452,37 @@ void ddp_grad_ready(void *user, int param, size_t offset, size_t count) {
     }
 }
 
-/* Waits for every launched bucket; adds to comm and exposed time. */
-static int wait_all(ddp_t *d, const char *what) {
-    const double t0 = now_s();
+/* Waits for every launched bucket, in order; adds to comm and exposed time.
+ * With grads, each finished bucket is finished (compression), which may
+ * launch PowerSGD's second round: the loop then goes over them again. Every
+ * rank launches the same collectives in the same order, whatever the
+ * timing, so they match. */
+static int wait_all(ddp_t *d, const char *what, int grads) {
+    const double t0 = now_s(), z0 = d->compress_ms;
     double busy = 0;
-    int rc = d->failed ? -1 : 0;
-    for (int i = 0; i < d->nb; i++) {
-        if (!d->b[i].req) continue;
-        double s = 0, e = 0;
-        coll_result_t r = coll_wait_timed(d->b[i].req, &s, &e);
-        d->b[i].req = NULL;
-        if (r != COLL_SUCCESS && !rc) {
-            char w[96];
-            snprintf(w, sizeof w, "%s, bucket %d of %d", what, i + 1, d->nb);
-            rc = fail(d, w, r);
+    int rc = d->failed ? -1 : 0, again = 1;
+    while (again) {
+        again = 0;
+        for (int i = 0; i < d->nb; i++) {
+            if (!d->b[i].req) continue;
+            double s = 0, e = 0;
+            coll_result_t r = coll_wait_timed(d->b[i].req, &s, &e);
+            d->b[i].req = NULL;
+            if (r == COLL_SUCCESS && grads && !rc) r = finish(d, &d->b[i]);
+            if (r != COLL_SUCCESS && !rc) {
+                char w[96];
+                snprintf(w, sizeof w, "%s, bucket %d of %d", what, i + 1, d->nb);
+                rc = fail(d, w, r);
+            }
+            if (d->b[i].req) again = 1;
+            else if (grads && !rc && d->b[i].phase == 2) finish(d, &d->b[i]); /* no Q's to send */
+            busy += e - s;
         }
-        busy += e - s;
     }
-    d->exposed_ms += 1e3 * (now_s() - t0);
+    /* the compression kernels run here count as compute, not as waiting */
+    d->exposed_ms += 1e3 * (now_s() - t0) - (d->compress_ms - z0);
     d->comm_ms += 1e3 * busy; /* the progress thread runs them one at a time */
+    d->wire = coll_comm_bytes_sent(d->comm) - d->bytes0;
     return rc;
 }
 
@@ -246,10 +490,11 @@ int ddp_sync(ddp_t *d) {
     if (d->failed) return -1;
     /* without overlap every bucket (one) starts here; launching counts as
      * exposed time since the caller is blocked in it all the same */
-    const double t0 = now_s();
+    const double t0 = now_s(), z0 = d->compress_ms;
     while (d->next < d->nb && !d->failed) launch(d, d->next++);
-    d->exposed_ms += 1e3 * (now_s() - t0);
-    return wait_all(d, d->opt.zero ? "gradient reduce-scatter" : "gradient all-reduce");
+    d->exposed_ms += 1e3 * (now_s() - t0) - (d->compress_ms - z0);
+    d->steps++;
+    return wait_all(d, d->opt.zero ? "gradient reduce-scatter" : "gradient all-reduce", 1);
 }
 
 int ddp_gather(ddp_t *d) {
@@ -264,7 +509,7 @@ int ddp_gather(ddp_t *d) {
             fail(d, "parameter all-gather", rc);
         }
     }
-    return wait_all(d, "parameter all-gather");
+    return wait_all(d, "parameter all-gather", 0);
 }
 
 static int need_stage(ddp_t *d) {
@@ -315,5 +560,66 @@ int ddp_scatter_shards(ddp_t *d, const float *full, float *shard) {
         memcpy(shard + at, buf + (size_t)d->rank * piece, piece * sizeof(float));
         at += piece;
     }
+    return 0;
+}
+
+/* ---- PowerSGD's state in checkpoints ---- */
+
+/* Rank src's v[0, count) to rank 0's out, a bucket at a time through the
+ * integer-sum reduction of ddp_gather_shards (exact for any bits). */
+static int to_root(ddp_t *d, int src, const float *v, float *out) {
+    for (int i = 0; i < d->nb; i++) {
+        const size_t lo = d->b[i].lo, hi = d->b[i].hi < d->count ? d->b[i].hi : d->count;
+        if (hi <= lo) continue;
+        const float *send = v + lo;
+        if (d->rank != src) memset(d->stage, 0, (hi - lo) * sizeof(float)), send = d->stage;
+        coll_result_t rc = coll_reduce(send, d->rank == 0 ? out + lo : NULL, hi - lo, COLL_INT32, COLL_SUM, 0, d->comm);
+        if (rc != COLL_SUCCESS) return fail(d, "gathering PowerSGD's residuals on rank 0", rc);
+    }
+    return 0;
+}
+
+/* This rank's residuals, flat layout (count floats; zero outside matrices). */
+static void residuals(const ddp_t *d, float *e) {
+    memset(e, 0, d->count * sizeof *e);
+    for (int k = 0; k < d->nb; k++)
+        for (int i = d->b[k].m0; i < d->b[k].m1; i++) {
+            const mat_t *M = &d->mat[i];
+            psgd_residual(d->state + M->off, M->n, M->m, d->b[k].pq + M->p_at, d->b[k].qt + M->q_at, d->opt.powersgd_rank,
+                          e + M->off);
+        }
+}
+
+int ddp_compress_save(ddp_t *d, float *q, float *const *resid) {
+    if (d->opt.compress != DDP_COMPRESS_POWERSGD) return 0;
+    if (d->rank == 0) memcpy(q, d->qt_all, d->qt_len * sizeof(float));
+    float *e = d->rank == 0 ? resid[0] : malloc((d->count ? d->count : 1) * sizeof *e);
+    if (!e) return snprintf(d->err, sizeof d->err, "ddp: out of memory for PowerSGD's residuals"), d->failed = 1, -1;
+    residuals(d, e);
+    int rc = d->size > 1 ? need_stage(d) : 0;
+    for (int r = 1; r < d->size && !rc; r++) rc = to_root(d, r, e, d->rank == 0 ? resid[r] : NULL);
+    if (d->rank != 0) free(e);
+    return rc;
+}
+
+int ddp_compress_load(ddp_t *d, const float *q, float *const *resid, int with_resid) {
+    if (d->opt.compress != DDP_COMPRESS_POWERSGD) return 0;
+    if (d->rank == 0) memcpy(d->qt_all, q, d->qt_len * sizeof(float));
+    coll_result_t rc = d->qt_len ? coll_broadcast(d->qt_all, d->qt_len, COLL_FLOAT32, 0, d->comm) : COLL_SUCCESS;
+    if (rc != COLL_SUCCESS) return fail(d, "broadcasting PowerSGD's Q from rank 0", rc);
+    /* with P = 0 the state is the residual itself (compress.h) */
+    for (int k = 0; k < d->nb; k++) memset(d->b[k].pq, 0, d->b[k].plen * sizeof(float));
+    memset(d->state, 0, d->padded * sizeof(float));
+    if (!with_resid) return 0;
+    if (d->rank == 0) memcpy(d->state, resid[0], d->count * sizeof(float));
+    if (d->size > 1 && need_stage(d)) return -1;
+    for (int r = 1; r < d->size; r++)
+        for (int i = 0; i < d->nb; i++) {
+            const size_t lo = d->b[i].lo, hi = d->b[i].hi < d->count ? d->b[i].hi : d->count;
+            if (hi <= lo) continue;
+            float *buf = d->rank == 0 ? resid[r] + lo : d->rank == r ? d->state + lo : d->stage;
+            if ((rc = coll_broadcast(buf, hi - lo, COLL_FLOAT32, 0, d->comm)) != COLL_SUCCESS)
+                return fail(d, "sending PowerSGD's residuals from rank 0", rc);
+        }
     return 0;
 }

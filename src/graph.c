@@ -9,10 +9,12 @@
 #include "ops.h"
 #include "rng.h"
 
-static int add_param(graph_t *g, node_t *nd, int node, const char *what, size_t count, int fan_in) {
+static int add_param(graph_t *g, node_t *nd, int node, const char *what, size_t rows, size_t cols, int fan_in) {
     param_info_t *p = &g->param[g->nparam];
     snprintf(p->name, sizeof p->name, "%s%d.%s", layers_op_name(nd->spec.kind), node, what);
-    p->count = count;
+    p->count = rows * cols;
+    p->rows = rows;
+    p->cols = cols;
     p->node = node;
     p->fan_in = fan_in;
     nd->param[nd->nparam++] = g->nparam;
@@ -29,8 +31,8 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
     switch (l->kind) {
     case OP_LINEAR:
         tensor_shape(&nd->out, 2, (int[]){B, l->n});
-        add_param(g, nd, i, "weight", (size_t)l->n * F, F);
-        add_param(g, nd, i, "bias", (size_t)l->n, F);
+        add_param(g, nd, i, "weight", (size_t)l->n, (size_t)F, F);
+        add_param(g, nd, i, "bias", (size_t)l->n, 1, F);
         return 0;
     case OP_RELU: case OP_GELU: case OP_TANH: case OP_DROPOUT:
         tensor_shape(&nd->out, in->ndim, in->dim);
@@ -56,8 +58,8 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
         tensor_shape(&nd->out, 4, (int[]){B, oc, oh, ow});
         if (l->kind == OP_CONV2D) {
             const int ckk = in->dim[1] * l->k * l->k;
-            add_param(g, nd, i, "weight", (size_t)oc * ckk, ckk);
-            add_param(g, nd, i, "bias", (size_t)oc, ckk);
+            add_param(g, nd, i, "weight", (size_t)oc, (size_t)ckk, ckk);
+            add_param(g, nd, i, "bias", (size_t)oc, 1, ckk);
         }
         return 0;
     }

@@ -38,6 +38,7 @@ typedef struct node {
 typedef struct param_info {
     char name[32];
     size_t offset, count;
+    size_t rows, cols; /* count = rows x cols: a weight as PyTorch's view(out, -1); a bias is rows x 1 */
     int node;
     int fan_in;
 } param_info_t;

@@ -39,11 +39,13 @@ static void num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
-static void timing(FILE *f, double compute, double comm, double exposed) {
+static void timing(FILE *f, double compute, double comm, double exposed, double wire, double compress) {
     if (compute < 0) return;
     num(f, "compute_ms", compute);
     num(f, "comm_ms", comm);
     num(f, "exposed_comm_ms", exposed);
+    num(f, "wire_bytes", wire);
+    if (compress >= 0) num(f, "compress_ms", compress);
 }
 
 void metrics_step(metrics_t *m, const step_record_t *r) {
@@ -52,7 +54,7 @@ void metrics_step(metrics_t *m, const step_record_t *r) {
     num(m->f, "loss", r->loss);
     num(m->f, "step_ms", r->step_ms);
     num(m->f, "lr", r->lr);
-    timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms);
+    timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms, r->wire_bytes, r->compress_ms);
     fputs("}\n", m->f);
     fflush(m->f);
 }
@@ -77,7 +79,8 @@ void metrics_done(metrics_t *m, const done_record_t *r) {
     if (r->test_acc >= 0) num(m->f, "test_acc", r->test_acc);
     else fputs(",\"test_acc\":null", m->f);
     num(m->f, "wall_s", r->wall_s);
-    timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms);
+    if (r->compress) fprintf(m->f, ",\"compress\":\"%s\"", r->compress);
+    timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms, r->wire_bytes, r->compress_ms);
     fputs("}\n", m->f);
     fflush(m->f);
 }

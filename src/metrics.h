@@ -24,6 +24,8 @@ typedef struct step_record {
     int epoch;        /* 1-based */
     double loss, step_ms, lr;
     double compute_ms, comm_ms, exposed_comm_ms; /* < 0: not written */
+    double wire_bytes;  /* bytes this rank sent in the step; written with the timing */
+    double compress_ms; /* time in gradient compression; < 0: not written */
 } step_record_t;
 
 void metrics_step(metrics_t *m, const step_record_t *r);
@@ -34,6 +36,8 @@ typedef struct done_record {
     long steps;
     double median_step_ms, samples_per_s, test_acc /* < 0: null */, wall_s;
     double compute_ms, comm_ms, exposed_comm_ms; /* medians; < 0: not written */
+    double wire_bytes, compress_ms;              /* medians, as in step_record_t */
+    const char *compress;                        /* [ddp] compress, or NULL */
 } done_record_t;
 void metrics_done(metrics_t *m, const done_record_t *r);
 

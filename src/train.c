@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "compress.h"
 #include "faults.h"
 #include "model.h"
 #include "paths.h"
@@ -61,8 +62,32 @@ static int bcast_params(trainer_t *t, float *host, char *err, size_t errlen) {
     return 0;
 }
 
+/* PowerSGD's state in a checkpoint's extra arrays: array 0 holds a header
+ * {mode, powersgd_rank, ranks, Q floats} and then Q; array 1 + r holds rank
+ * r's residual. Q is at most half the weights (psgd_worth_it), so it fits. */
+#define PSGD_HDR 4
+
+static int psgd_fits(const trainer_t *t) { return PSGD_HDR + ddp_compress_q_len(t->ddp) <= t->g->nweights; }
+
+/* x = {arrays in the file, its PowerSGD header}, the same on every rank. */
+static int psgd_resume(trainer_t *t, const double *x, float *const *extra, char *err, size_t errlen) {
+    const int has_q = x[0] >= 1 && x[1] == CFG_COMPRESS_POWERSGD && x[2] == t->cfg.powersgd_rank &&
+                      x[4] == (double)ddp_compress_q_len(t->ddp) && psgd_fits(t);
+    const int has_resid = has_q && x[3] == t->ranks && x[0] == 1 + t->ranks;
+    if (has_q && ddp_compress_load(t->ddp, extra ? extra[0] + PSGD_HDR : NULL, extra ? extra + 1 : NULL, has_resid))
+        return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+    if (t->rank == 0 && !has_resid)
+        printf("ddp-train: note: %s: PowerSGD's error feedback starts from zero%s\n",
+               has_q ? "the checkpoint was written by another number of ranks" : "the checkpoint holds no PowerSGD state for "
+               "this powersgd_rank", has_q ? "" : " and Q afresh");
+    return 0;
+}
+
 /* Rank 0 reads the newest checkpoint; everyone gets its parameters, optimiser
  * state and position. Returns 0 (resumed or nothing to resume) or -1. */
+static int resume_rest(trainer_t *t, double *meta, float *const *full, float *params, float *const *extra,
+                       const char *path, char *err, size_t errlen);
+
 static int resume(trainer_t *t, char *err, size_t errlen) {
     const int ns = optim_state_arrays(&t->opt);
     const int zero = t->cfg.zero && t->ddp;
@@ -74,19 +99,39 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
         full[k] = zero ? (t->rank == 0 ? t->ckpt_state + (size_t)k * N : NULL)
                        : t->dev != DEV_CPU ? t->host_state + (size_t)k * N : state_array(t, k);
     float *params = t->dev == DEV_CPU ? t->g->params : t->host_params;
-    double meta[6] = {0}; /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t, global batch */
+    /* status (1 loaded, 0 none, -1 failed), step, seed hi, seed lo, optim_t, global batch,
+     * extra arrays in the file, and the PowerSGD header of its first extra array */
+    double meta[6 + 1 + PSGD_HDR] = {0};
     char path[4300] = "";
+    float **extra = NULL;
     if (t->rank == 0) {
         const int found = ckpt_find(t->cfg.ckpt_dir, path, sizeof path, err, errlen);
         ckpt_meta_t m = {.nweights = t->g->nweights, .state_arrays = ns};
+        if (t->ckpt_extra && (extra = malloc((size_t)(1 + t->ranks) * sizeof *extra))) {
+            m.extra_arrays = 1 + t->ranks;
+            for (int k = 0; k < m.extra_arrays; k++) extra[k] = t->ckpt_extra + (size_t)k * N;
+        }
         if (found < 0) meta[0] = -1;
-        else if (found == 1 && ckpt_load(path, &m, t->model_text, params, full, err, errlen)) meta[0] = -1;
+        else if (found == 1 && ckpt_load(path, &m, t->model_text, params, full, extra, err, errlen)) meta[0] = -1;
         else if (found == 1) {
             meta[0] = 1, meta[1] = (double)m.step, meta[4] = (double)m.optim_t, meta[5] = (double)m.global_batch;
             meta[2] = (double)(m.seed >> 32), meta[3] = (double)(m.seed & 0xffffffffu);
+            meta[6] = m.extra_arrays;
+            for (int k = 0; extra && m.extra_arrays > 0 && k < PSGD_HDR; k++) meta[7 + k] = t->ckpt_extra[k];
         }
     }
-    if (bcast(t, meta, 6, COLL_FLOAT64, err, errlen)) return -1;
+    const int rc = resume_rest(t, meta, full, params, extra, path, err, errlen);
+    free(extra);
+    return rc;
+}
+
+/* resume, after rank 0 has read the checkpoint: everyone gets it */
+static int resume_rest(trainer_t *t, double *meta, float *const *full, float *params, float *const *extra,
+                       const char *path, char *err, size_t errlen) {
+    const int ns = optim_state_arrays(&t->opt);
+    const int zero = t->cfg.zero && t->ddp;
+    const size_t N = t->g->nalloc;
+    if (bcast(t, meta, 6 + 1 + PSGD_HDR, COLL_FLOAT64, err, errlen)) return -1;
     if (meta[0] < 0) {
         if (t->rank != 0) snprintf(err, errlen, "rank 0 could not resume from its checkpoint (see its message)");
         return -1;
@@ -106,6 +151,8 @@ static int resume(trainer_t *t, char *err, size_t errlen) {
         if (rc) return snprintf(err, errlen, "resume: copying the optimiser state to the device: %s", device_error()), -1;
     }
     t->step = (long)meta[1];
+    if (t->cfg.compress == CFG_COMPRESS_POWERSGD && psgd_resume(t, meta + 6, extra, err, errlen)) return -1;
+    if (t->ddp) ddp_set_steps(t->ddp, t->step);
     t->opt.t = (long)meta[4];
     t->seed = (uint64_t)meta[2] << 32 | (uint64_t)meta[3];
     t->g->seed = t->seed;
@@ -207,7 +254,10 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     t->step_ms = calloc((size_t)t->total_steps + 1, sizeof *t->step_ms);
     t->exposed_ms = calloc((size_t)t->total_steps + 1, sizeof *t->exposed_ms);
     t->comm_ms = calloc((size_t)t->total_steps + 1, sizeof *t->comm_ms);
-    if (!t->perm || !t->step_ms || !t->exposed_ms || !t->comm_ms) SETUP_FAIL("out of memory");
+    t->wire_bytes = calloc((size_t)t->total_steps + 1, sizeof *t->wire_bytes);
+    t->compress_ms = calloc((size_t)t->total_steps + 1, sizeof *t->compress_ms);
+    if (!t->perm || !t->step_ms || !t->exposed_ms || !t->comm_ms || !t->wire_bytes || !t->compress_ms)
+        SETUP_FAIL("out of memory");
     /* the metrics file is opened after a possible resume (to append then);
      * check now, while a failure can still be agreed on, that it can be written */
     if (t->rank == 0 && cfg->metrics[0]) {
@@ -221,11 +271,21 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
      * would wait for it forever */
     const int agreed = trainer_agree(comm, 0, err, errlen);
     if (agreed) return agreed;
-    if (t->ranks > 1) {
+    /* compression runs at one rank too, so a run's result does not depend on
+     * the rank count beyond the averaging */
+    if (t->ranks > 1 || cfg->compress != CFG_COMPRESS_NONE) {
+        ddp_tensor_t *tens = calloc((size_t)t->g->nparam, sizeof *tens);
+        if (!tens) return snprintf(err, errlen, "out of memory"), -1;
+        for (int i = 0; i < t->g->nparam; i++)
+            tens[i] = (ddp_tensor_t){t->g->param[i].offset, t->g->param[i].rows, t->g->param[i].cols};
         const ddp_options_t o = {.bucket_mb = cfg->bucket_mb, .overlap = cfg->overlap, .zero = cfg->zero,
                                  .algorithm = (coll_algo_t)cfg->algorithm, .timeout_s = cfg->timeout_s,
-                                 .cuda_stream = device_stream(t->dev)};
-        if (ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen)) return -1;
+                                 .cuda_stream = device_stream(t->dev), .compress = (ddp_compress_t)cfg->compress,
+                                 .powersgd_rank = cfg->powersgd_rank, .powersgd_start = cfg->powersgd_start,
+                                 .seed = (uint64_t)cfg->seed, .tensors = tens, .ntensors = t->g->nparam};
+        const int rc = ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen);
+        free(tens);
+        if (rc) return -1;
         t->g->on_grad = ddp_grad_ready;
         t->g->on_grad_user = t->ddp;
         /* every replica starts from rank 0's parameters, whatever its seed */
@@ -244,6 +304,9 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     if (t->ddp && cfg->zero && cfg->ckpt_dir[0] && t->rank == 0 &&
         !(t->ckpt_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc + 1)))
         return snprintf(err, errlen, "out of memory for checkpoint staging"), -1;
+    if (cfg->compress == CFG_COMPRESS_POWERSGD && cfg->ckpt_dir[0] && t->rank == 0 &&
+        !(t->ckpt_extra = tensor_alloc((size_t)(1 + t->ranks) * t->g->nweights)))
+        return snprintf(err, errlen, "out of memory for checkpoint staging of PowerSGD's state"), -1;
     if (cfg->ckpt_dir[0] && cfg->resume == CFG_RESUME_AUTO && resume(t, err, errlen)) return -1;
     return metrics_open(&t->m, t->rank == 0 ? cfg->metrics : "", t->rank == 0 ? cfg->progress : CFG_PROGRESS_OFF,
                         t->step > 0, err, errlen);
@@ -262,6 +325,9 @@ void trainer_free(trainer_t *t) {
     free(t->step_ms);
     free(t->exposed_ms);
     free(t->comm_ms);
+    free(t->wire_bytes);
+    free(t->compress_ms);
+    tensor_free(t->ckpt_extra);
     tensor_free(t->ckpt_state);
     tensor_free(t->host_params);
     tensor_free(t->host_state);
@@ -330,13 +396,34 @@ static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
     }
     const float *params = trainer_params_host(t);
     if (!params) return snprintf(err, errlen, "checkpoint: reading the parameters: %s", device_error()), -1;
+    const float **extra = NULL;
+    int nx = 0;
+    if (t->cfg.compress == CFG_COMPRESS_POWERSGD && psgd_fits(t)) {
+        nx = 1 + t->ranks;
+        if (t->rank == 0 && !(extra = malloc((size_t)nx * sizeof *extra)))
+            return snprintf(err, errlen, "checkpoint: out of memory"), -1;
+        float *x = t->ckpt_extra;
+        for (int k = 0; extra && k < nx; k++) extra[k] = x + (size_t)k * t->g->nweights;
+        if (t->rank == 0) {
+            const size_t q = ddp_compress_q_len(t->ddp);
+            const float hdr[PSGD_HDR] = {CFG_COMPRESS_POWERSGD, (float)t->cfg.powersgd_rank, (float)t->ranks, (float)q};
+            memcpy(x, hdr, sizeof hdr);
+            memset(x + PSGD_HDR + q, 0, (t->g->nweights - PSGD_HDR - q) * sizeof *x);
+        }
+        if (ddp_compress_save(t->ddp, x ? x + PSGD_HDR : NULL, (float *const *)(extra ? extra + 1 : NULL))) {
+            free(extra);
+            return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+        }
+    }
     if (t->rank == 0) {
         const ckpt_meta_t m = {.step = t->step, .epoch = t->step / t->steps_per_epoch,
                                .batch_in_epoch = t->step % t->steps_per_epoch, .global_batch = t->global_batch,
-                               .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights};
+                               .seed = t->seed, .optim_t = t->opt.t, .state_arrays = ns, .nweights = t->g->nweights,
+                               .extra_arrays = nx};
         FAULT_HOOK_CHECKPOINT_BEGIN(t->step);
-        if (ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, params, (const float *const *)state, err, errlen))
-            return -1;
+        const int rc = ckpt_save(t->cfg.ckpt_dir, &m, t->model_text, params, (const float *const *)state, extra, err, errlen);
+        free(extra);
+        if (rc) return -1;
     }
     /* The others wait here for rank 0's write, which may take longer than the
      * step watchdog allows (a slow file system): up to CKPT_WAIT_S, as long
@@ -415,7 +502,7 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
         if (train_step(t, b, &loss, &lr, err, errlen)) return -1;
         const double ms = 1e3 * (now_s() - s0);
         const long i = t->step - first;
-        ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0};
+        ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0, 0, 0};
         /* Exposed communication is the part of the step this thread did not
          * compute: blocked in a wait, or pre-empted by the progress thread
          * when both share a core (then it never appears as waiting). It is
@@ -424,6 +511,8 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
         t->step_ms[i] = ms;
         t->exposed_ms[i] = st.exposed_ms;
         t->comm_ms[i] = st.comm_ms;
+        t->wire_bytes[i] = (double)st.wire_bytes;
+        t->compress_ms[i] = st.compress_ms;
         t->step++;
         if (t->step % c->every_steps == 0 || t->step == t->total_steps) {
             double v = loss; /* the global batch's mean: every rank's mean averaged */
@@ -431,7 +520,8 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
             logged_loss = v;
             const step_record_t r = {.step = t->step, .epoch = (int)epoch + 1, .loss = v, .step_ms = ms, .lr = lr,
                                      .compute_ms = ms - st.exposed_ms, .comm_ms = st.comm_ms,
-                                     .exposed_comm_ms = st.exposed_ms};
+                                     .exposed_comm_ms = st.exposed_ms, .wire_bytes = (double)st.wire_bytes,
+                                     .compress_ms = c->compress != CFG_COMPRESS_NONE ? st.compress_ms : -1};
             metrics_step(&t->m, &r);
         }
         metrics_progress(&t->m, (int)epoch + 1, epochs, t->step, t->total_steps, isnan(logged_loss) ? loss : logged_loss,
@@ -454,7 +544,10 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
     const done_record_t d = {.ranks = t->ranks, .steps = t->step, .median_step_ms = med,
                              .samples_per_s = 1e3 * (double)t->global_batch / med, .test_acc = t->last_acc,
                              .wall_s = now_s() - t->t_begin, .compute_ms = med - exp_med,
-                             .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med};
+                             .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med,
+                             .wire_bytes = median_after(t->wire_bytes, ran, WARMUP_STEPS),
+                             .compress_ms = c->compress != CFG_COMPRESS_NONE ? median_after(t->compress_ms, ran, WARMUP_STEPS) : -1,
+                             .compress = compress_name((compress_t)c->compress)};
     metrics_done(&t->m, &d);
     if (t->rank == 0) {
         printf("ddp-train: %ld steps, median step %.3f ms", t->step, med);

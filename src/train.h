@@ -28,7 +28,7 @@ typedef struct trainer {
     int rank, ranks;
     dataset_t train, test;
     graph_t *g;
-    ddp_t *ddp;            /* NULL at one rank */
+    ddp_t *ddp;            /* NULL at one rank without compression */
     optim_cfg_t ocfg;
     optim_t opt;
     uint64_t seed;         /* data order and dropout (from the checkpoint when resumed) */
@@ -37,8 +37,9 @@ typedef struct trainer {
     long steps_per_epoch;  /* full global batches per epoch */
     long total_steps;
     long step;             /* optimiser steps done (> 0 after a resume) */
-    double *step_ms, *exposed_ms, *comm_ms; /* per step, preallocated */
+    double *step_ms, *exposed_ms, *comm_ms, *wire_bytes, *compress_ms; /* per step, preallocated */
     float *ckpt_state;     /* ZeRO-1, rank 0: the full optimiser state, gathered for checkpoints */
+    float *ckpt_extra;     /* PowerSGD, rank 0: its state for checkpoints, 1 + ranks arrays (train.c) */
     device_t dev;          /* where the graph, parameters and optimiser state live */
     float *host_params;    /* GPU: host copy of the parameters (checkpoints, hashes, output) */
     float *host_state;     /* GPU: host copy of the optimiser state, as this rank holds it */

@@ -41,10 +41,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) {
         if (nw <= (1u << 16) && ns <= 2 && tl < n - 96) {
             char *text = strndup((const char *)buf + 96, tl);
             float *p = malloc((nw + 1) * sizeof *p), *s0 = malloc((nw + 1) * sizeof *s0), *s1 = malloc((nw + 1) * sizeof *s1);
-            float *state[2] = {s0, s1};
-            ckpt_meta_t m = {.nweights = nw, .state_arrays = (int)ns};
-            ckpt_load(path, &m, text, p, state, err, sizeof err);
-            free(text), free(p), free(s0), free(s1);
+            float *x0 = malloc((nw + 1) * sizeof *x0);
+            float *state[2] = {s0, s1}, *extra[1] = {x0};
+            ckpt_meta_t m = {.nweights = nw, .state_arrays = (int)ns, .extra_arrays = 1};
+            ckpt_load(path, &m, text, p, state, extra, err, sizeof err);
+            free(text), free(p), free(s0), free(s1), free(x0);
         }
     }
     free(buf);

@@ -103,109 +103,147 @@ static void orthogonalise_rank_deficient(void **state) {
     free(p);
 }
 
-/* One whole PowerSGD step of `R` simulated ranks on an n x m matrix, the
- * averages taken in double as an all-reduce would (up to its rounding). */
-static void psgd_step(float **g, float **e, int R, size_t n, size_t m, int r, float *qt) {
-    float *p = calloc(n * r, sizeof *p), *pi = malloc(n * r * sizeof *pi);
+/* One whole PowerSGD step of `R` simulated ranks on an n x m matrix: g[k]
+ * the gradients (replaced by the approximation), st[k] the states, p the
+ * shared P (n x r, zero before the first step), qt the shared Q; the
+ * averages as an all-reduce takes them (float, in rank order). */
+static void psgd_step(float **g, float **st, int R, size_t n, size_t m, int r, float *p, float *qt) {
+    float *pavg = calloc(n * r, sizeof *pavg), *pi = malloc(n * r * sizeof *pi);
     float *q = calloc(m * r, sizeof *q), *qi = malloc(m * r * sizeof *qi);
     for (int k = 0; k < R; k++) {
-        psgd_feedback_project(g[k], e[k], n, m, qt, r, pi);
-        for (size_t i = 0; i < n * r; i++) p[i] += pi[i] / (float)R;
+        memcpy(pi, p, n * r * sizeof *pi);
+        psgd_feedback_project(g[k], st[k], pi, n, m, qt, r, pi); /* in place, as the engine calls it */
+        for (size_t i = 0; i < n * r; i++) pavg[i] += pi[i] / (float)R;
     }
-    psgd_orthogonalise(p, n, r, 1e-4f);
+    psgd_orthogonalise(pavg, n, r, 1e-4f);
     for (int k = 0; k < R; k++) {
-        psgd_project_back(g[k], n, m, p, r, qi);
+        psgd_project_back(st[k], n, m, pavg, r, qi);
         for (size_t i = 0; i < m * r; i++) q[i] += qi[i] / (float)R;
     }
-    for (int k = 0; k < R; k++) psgd_reconstruct(g[k], e[k], n, m, p, q, r);
+    for (int k = 0; k < R; k++) psgd_reconstruct(g[k], n, m, pavg, q, r);
     memcpy(qt, q, m * r * sizeof *q);
-    free(p), free(pi), free(q), free(qi);
+    memcpy(p, pavg, n * r * sizeof *p);
+    free(pavg), free(pi), free(q), free(qi);
 }
 
 static void exact_when_rank_suffices(void **state) {
     (void)state;
     const size_t n = 40, m = 30;
     const int r = 4;
-    float *a = randv(n * 2), *b = randv(m * 2), *g = malloc(n * m * sizeof *g), *e = calloc(n * m, sizeof *e);
-    float *want = malloc(n * m * sizeof *want), *qt = malloc(m * r * sizeof *qt);
+    float *a = randv(n * 2), *b = randv(m * 2), *g = malloc(n * m * sizeof *g), *st = calloc(n * m, sizeof *st);
+    float *want = malloc(n * m * sizeof *want), *qt = malloc(m * r * sizeof *qt), *p = calloc(n * r, sizeof *p);
+    float *e = malloc(n * m * sizeof *e);
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < m; j++) want[i * m + j] = g[i * m + j] = a[i * 2] * b[j * 2] + a[i * 2 + 1] * b[j * 2 + 1];
     psgd_init_q(qt, m, r, 7, 0);
-    psgd_step(&g, &e, 1, n, m, r, qt);
+    psgd_step(&g, &st, 1, n, m, r, p, qt);
+    psgd_residual(st, n, m, p, qt, r, e);
     for (size_t i = 0; i < n * m; i++) {
         assert_true(fabsf(g[i] - want[i]) < 1e-5f);
         assert_true(fabsf(e[i]) < 1e-5f);
     }
-    free(a), free(b), free(g), free(e), free(want), free(qt);
+    free(a), free(b), free(g), free(st), free(want), free(qt), free(p), free(e);
 }
 
 /* sum_i (G_i + E_i) = R * approx + sum_i E_i': nothing is lost. Over several
- * steps with warm start, with R = 3 ranks. */
+ * steps with warm start, with R = 3 ranks and r = 2 and 6 (two blocks). */
 static void error_feedback_invariant(void **state) {
     (void)state;
-    const int R = 3, r = 2;
+    const int R = 3;
     const size_t n = 33, m = 19;
-    float *g[3], *e[3], *qt = malloc(m * r * sizeof *qt);
-    for (int k = 0; k < R; k++) g[k] = randv(n * m), e[k] = calloc(n * m, sizeof(float));
-    psgd_init_q(qt, m, r, 1, 3);
-    for (int step = 0; step < 4; step++) {
-        double *before = calloc(n * m, sizeof *before);
-        for (int k = 0; k < R; k++) {
-            float *fresh = randv(n * m);
-            memcpy(g[k], fresh, n * m * sizeof(float));
-            free(fresh);
-            for (size_t i = 0; i < n * m; i++) before[i] += (double)g[k][i] + e[k][i];
+    for (int r = 2; r <= 6; r += 4) {
+        float *g[3], *st[3], *e[3], *qt = malloc(m * r * sizeof *qt), *p = calloc(n * r, sizeof *p);
+        for (int k = 0; k < R; k++)
+            g[k] = malloc(n * m * sizeof(float)), st[k] = calloc(n * m, sizeof(float)), e[k] = calloc(n * m, sizeof(float));
+        psgd_init_q(qt, m, r, 1, 3);
+        for (int step = 0; step < 4; step++) {
+            double *before = calloc(n * m, sizeof *before);
+            for (int k = 0; k < R; k++) {
+                float *fresh = randv(n * m);
+                memcpy(g[k], fresh, n * m * sizeof(float));
+                free(fresh);
+                psgd_residual(st[k], n, m, p, qt, r, e[k]); /* what pass 1 will add */
+                for (size_t i = 0; i < n * m; i++) before[i] += (double)g[k][i] + e[k][i];
+            }
+            psgd_step(g, st, R, n, m, r, p, qt);
+            for (int k = 0; k < R; k++) psgd_residual(st[k], n, m, p, qt, r, e[k]);
+            for (size_t i = 0; i < n * m; i++) {
+                for (int k = 1; k < R; k++) assert_true(g[k][i] == g[0][i]); /* every rank applies the same */
+                double after = (double)R * g[0][i];
+                for (int k = 0; k < R; k++) after += e[k][i];
+                assert_true(fabs(after - before[i]) < 1e-4 * (1 + fabs(before[i])));
+            }
+            free(before);
         }
-        psgd_step(g, e, R, n, m, r, qt);
-        for (size_t i = 0; i < n * m; i++) {
-            for (int k = 1; k < R; k++) assert_true(g[k][i] == g[0][i]); /* every rank applies the same */
-            double after = (double)R * g[0][i];
-            for (int k = 0; k < R; k++) after += e[k][i];
-            assert_true(fabs(after - before[i]) < 1e-4 * (1 + fabs(before[i])));
-        }
-        free(before);
+        for (int k = 0; k < R; k++) free(g[k]), free(st[k]), free(e[k]);
+        free(qt), free(p);
     }
-    for (int k = 0; k < R; k++) free(g[k]), free(e[k]);
-    free(qt);
+}
+
+/* Resuming from a checkpoint stores the residual as the state with P = 0:
+ * the next step must then be bitwise the same as without the interruption. */
+static void residual_restart_is_exact(void **state) {
+    (void)state;
+    const size_t n = 21, m = 37;
+    for (int r = 3; r <= 7; r += 4) {
+        float *g = randv(n * m), *g2 = malloc(n * m * sizeof *g2), *st = calloc(n * m, sizeof *st);
+        float *p = calloc(n * r, sizeof *p), *qt = malloc(m * r * sizeof *qt);
+        psgd_init_q(qt, m, r, 3, 0);
+        psgd_step(&g, &st, 1, n, m, r, p, qt); /* a first step leaves a residual */
+        float *st2 = malloc(n * m * sizeof *st2), *p2 = calloc(n * r, sizeof *p2), *qt2 = malloc(m * r * sizeof *qt2);
+        psgd_residual(st, n, m, p, qt, r, st2); /* the checkpoint */
+        memcpy(qt2, qt, m * r * sizeof *qt2);
+        float *fresh = randv(n * m);
+        memcpy(g, fresh, n * m * sizeof *g);
+        memcpy(g2, fresh, n * m * sizeof *g2);
+        psgd_step(&g, &st, 1, n, m, r, p, qt);
+        psgd_step(&g2, &st2, 1, n, m, r, p2, qt2);
+        assert_memory_equal(g, g2, n * m * sizeof *g);
+        assert_memory_equal(st, st2, n * m * sizeof *st);
+        free(g), free(g2), free(st), free(st2), free(p), free(p2), free(qt), free(qt2), free(fresh);
+    }
 }
 
 /* The fused kernels against plain double loops, at sizes that are not
- * multiples of the vector width. */
+ * multiples of the vector width, with one block of Q rows and with two. */
 static void kernels_match_naive(void **state) {
     (void)state;
     const size_t n = 7, m = 13;
-    const int r = 3;
-    float *g = randv(n * m), *e = randv(n * m), *qt = randv(m * r), *p = malloc(n * r * sizeof *p);
-    float *g0 = malloc(n * m * sizeof *g0), *q2 = malloc(m * r * sizeof *q2);
-    memcpy(g0, g, n * m * sizeof *g0);
-    psgd_feedback_project(g, e, n, m, qt, r, p);
-    for (size_t i = 0; i < n; i++) {
-        for (size_t j = 0; j < m; j++) assert_true(g[i * m + j] == g0[i * m + j] + e[i * m + j]);
-        for (int k = 0; k < r; k++) {
-            double s = 0;
-            for (size_t j = 0; j < m; j++) s += (double)g[i * m + j] * qt[k * m + j];
-            assert_true(fabs(p[i * r + k] - s) < 1e-5);
+    for (int r = 3; r <= 6; r += 3) {
+        float *g = randv(n * m), *st = randv(n * m), *qt = randv(m * r), *pold = randv(n * r), *p = malloc(n * r * sizeof *p);
+        float *st0 = malloc(n * m * sizeof *st0), *q2 = malloc(m * r * sizeof *q2), *e = malloc(n * m * sizeof *e);
+        memcpy(st0, st, n * m * sizeof *st0);
+        psgd_feedback_project(g, st, pold, n, m, qt, r, p);
+        for (size_t i = 0; i < n; i++) {
+            for (size_t j = 0; j < m; j++) {
+                double a = 0;
+                for (int k = 0; k < r; k++) a += (double)pold[i * r + k] * qt[k * m + j];
+                assert_true(fabs(st[i * m + j] - (g[i * m + j] + st0[i * m + j] - a)) < 1e-5);
+            }
+            for (int k = 0; k < r; k++) {
+                double s = 0;
+                for (size_t j = 0; j < m; j++) s += (double)st[i * m + j] * qt[k * m + j];
+                assert_true(fabs(p[i * r + k] - s) < 1e-4);
+            }
         }
+        psgd_project_back(st, n, m, p, r, q2);
+        for (int k = 0; k < r; k++)
+            for (size_t j = 0; j < m; j++) {
+                double s = 0;
+                for (size_t i = 0; i < n; i++) s += (double)st[i * m + j] * p[i * r + k];
+                assert_true(fabs(q2[k * m + j] - s) < 1e-4);
+            }
+        psgd_reconstruct(g, n, m, p, q2, r);
+        psgd_residual(st, n, m, p, q2, r, e);
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < m; j++) {
+                double a = 0;
+                for (int k = 0; k < r; k++) a += (double)p[i * r + k] * q2[k * m + j];
+                assert_true(fabs(g[i * m + j] - a) < 1e-4);
+                assert_true(fabs(e[i * m + j] - (st[i * m + j] - a)) < 1e-4);
+            }
+        free(g), free(st), free(qt), free(pold), free(p), free(st0), free(q2), free(e);
     }
-    psgd_project_back(g, n, m, p, r, q2);
-    for (int k = 0; k < r; k++)
-        for (size_t j = 0; j < m; j++) {
-            double s = 0;
-            for (size_t i = 0; i < n; i++) s += (double)g[i * m + j] * p[i * r + k];
-            assert_true(fabs(q2[k * m + j] - s) < 1e-4);
-        }
-    memcpy(g0, g, n * m * sizeof *g0);
-    psgd_reconstruct(g, e, n, m, p, q2, r);
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = 0; j < m; j++) {
-            double a = 0;
-            for (int k = 0; k < r; k++) a += (double)p[i * r + k] * q2[k * m + j];
-            assert_true(fabs(g[i * m + j] - a) < 1e-4);
-            assert_true(e[i * m + j] == g0[i * m + j] - g[i * m + j]);
-        }
-    psgd_reconstruct(g0, NULL, n, m, p, q2, r); /* without error feedback: only the approximation */
-    for (size_t i = 0; i < n * m; i++) assert_true(g0[i] == g[i]);
-    free(g), free(e), free(qt), free(p), free(g0), free(q2);
 }
 
 static void init_q_is_deterministic(void **state) {
@@ -229,6 +267,7 @@ int main(void) {
         cmocka_unit_test(orthogonalise_rank_deficient),
         cmocka_unit_test(exact_when_rank_suffices),
         cmocka_unit_test(error_feedback_invariant),
+        cmocka_unit_test(residual_restart_is_exact),
         cmocka_unit_test(kernels_match_naive),
         cmocka_unit_test(init_q_is_deterministic),
     };
