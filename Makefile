@@ -49,7 +49,7 @@ TRAIN := $(BUILD)/bin/ddp-train
 
 BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
 TEST_BINS := $(BUILD)/tests/soak $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
-	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress $(BUILD)/tests/cmp-params
+	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress $(BUILD)/tests/test_ddp_compress $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean fuzz fuzz-build soak
 all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS) $(CUDA_PLUGIN)
@@ -114,7 +114,12 @@ $(BUILD)/tests/cmp-params: $(BUILD)/obj/tests/e2e/cmp_params.o
 $(BUILD)/tests/test_graph: LDFLAGS_WRAP := -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
 
 # runtime unit tests see src/ headers
-$(BUILD)/obj/tests/unit/test_%.o $(BUILD)/obj/tests/gpu/test_%.o: CFLAGS += -Isrc
+$(BUILD)/obj/tests/unit/test_%.o $(BUILD)/obj/tests/gpu/test_%.o $(BUILD)/obj/tests/mpi/test_ddp_%.o: CFLAGS += -Isrc
+
+# the data-parallel engine at several ranks (compression against serial references)
+$(BUILD)/tests/test_ddp_compress: $(BUILD)/obj/tests/mpi/test_ddp_compress.o $(RT_OBJ) $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 
 # GPU against CPU (tests/gpu/run); built everywhere, skips without a GPU
 $(BUILD)/tests/test_gpu_ops: $(BUILD)/obj/tests/gpu/test_gpu_ops.o $(RT_OBJ) $(LIB_A)
@@ -173,7 +178,7 @@ soak: deps
 
 # Installs missing Debian packages first, then builds and runs every suite;
 # the last line is "N passed, N failed".
-SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress
+SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress test_ddp_compress
 test: deps
 	@$(MAKE) --no-print-directory all fuzz-build
 	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%)

@@ -44,7 +44,7 @@ static void timing(FILE *f, double compute, double comm, double exposed, double 
     num(f, "compute_ms", compute);
     num(f, "comm_ms", comm);
     num(f, "exposed_comm_ms", exposed);
-    num(f, "wire_bytes", wire);
+    if (isfinite(wire)) fprintf(f, ",\"wire_bytes\":%.0f", wire); /* exact: a byte count */
     if (compress >= 0) num(f, "compress_ms", compress);
 }
 

@@ -70,6 +70,12 @@ static void config_errors(void **st) {
     bad("[model]\n\narch = layers\n", 3, "[model] arch = layers needs [model] layers");
     bad("[model]\nlayers = relu\n", 2, "[model] layers is set but [model] arch is not 'layers'");
     bad("[optim]\nmomentum = 0\nnesterov = true\n", 3, "[optim] nesterov needs momentum > 0");
+    bad("[ddp]\ncompress = zstd\n", 2, "[ddp] compress: expected one of none|bf16|fp16|powersgd, got 'zstd'");
+    bad("[ddp]\npowersgd_rank = 0\n", 2, "[ddp] powersgd_rank: 0 is out of range");
+    bad("[ddp]\npowersgd_rank = 65\n", 2, "[ddp] powersgd_rank: 65 is out of range");
+    bad("[ddp]\npowersgd_start = -1\n", 2, "[ddp] powersgd_start: -1 is out of range");
+    bad("[ddp]\nzero = 1\n\ncompress = powersgd\n", 4, "[ddp] compress = powersgd cannot be combined with [ddp] zero = 1 (set at ");
+    bad("[train]\ndevice = cuda\n[ddp]\ncompress = bf16\n", 4, "[ddp] compress runs on the host");
 
     config_t c;
     char err[512];
