@@ -49,7 +49,7 @@ TRAIN := $(BUILD)/bin/ddp-train
 
 BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt
 TEST_BINS := $(BUILD)/tests/soak $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
-	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress $(BUILD)/tests/test_ddp_compress $(BUILD)/tests/cmp-params
+	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress $(BUILD)/tests/test_ddp_compress $(BUILD)/tests/test_straggler $(BUILD)/tests/trace_scenarios $(BUILD)/tests/cmp-params
 
 .PHONY: all deps test run bench install clean fuzz fuzz-build soak
 all: $(LIB_A) $(LIB_SO) $(TRAIN) $(BENCH) $(TEST_BINS) $(CUDA_PLUGIN)
@@ -126,7 +126,7 @@ $(BUILD)/tests/test_gpu_ops: $(BUILD)/obj/tests/gpu/test_gpu_ops.o $(RT_OBJ) $(L
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 
-$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress: $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(RT_OBJ) $(LIB_A)
+$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress $(BUILD)/tests/test_straggler: $(BUILD)/tests/test_%: $(BUILD)/obj/tests/unit/test_%.o $(RT_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) $(LDFLAGS_WRAP) -o $@ $^ -lcmocka $(RT_LIBS) $(LDLIBS)
 
@@ -139,6 +139,10 @@ $(BUILD)/tests/test_api: $(BUILD)/obj/tests/unit/test_api.o $(LIB_A)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ -lcmocka $(LDLIBS)
 
 $(BUILD)/tests/soak: $(BUILD)/obj/tests/soak/soak.o $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/trace_scenarios: $(BUILD)/obj/tests/mpi/trace_scenarios.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
@@ -178,7 +182,7 @@ soak: deps
 
 # Installs missing Debian packages first, then builds and runs every suite;
 # the last line is "N passed, N failed".
-SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress test_ddp_compress
+SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress test_ddp_compress test_straggler
 test: deps
 	@$(MAKE) --no-print-directory all fuzz-build
 	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%)
@@ -197,6 +201,7 @@ bench: deps
 	@BUILD=$(BUILD) tests/bench/ddp-scaling
 	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/vcluster-bench 1gbit 2; \
 	else echo "vcluster-bench: skipped (network namespaces need root)"; fi
+	@BUILD=$(BUILD) tests/bench/compress-bench
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

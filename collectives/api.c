@@ -2,7 +2,18 @@
  * caller's thread (blocking) or hand to the progress thread (non-blocking). */
 #include "coll_internal.h"
 
+static coll_result_t execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local);
+
+/* Runs one operation on ctx, recorded by the flight recorder. */
 coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local) {
+    coll_trace_run(ctx, a->tr);
+    coll_result_t rc = execute(ctx, a, local);
+    coll_trace_end(ctx, a->tr, rc);
+    if (rc == COLL_ERR_MISMATCH) coll_trace_failure(ctx->comm, "mismatch");
+    return rc;
+}
+
+static coll_result_t execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local) {
     coll_result_t rc;
     if (coll_tun.check) {
         rc = coll_check_agree(ctx, a, local);
@@ -23,10 +34,12 @@ static coll_result_t nccl_call(coll_comm_t c, const coll_args_t *a, coll_request
         coll_result_t rc = coll_check_agree(&c->sync, a, COLL_SUCCESS);
         if (rc != COLL_SUCCESS) return rc;
     }
+    coll_trace_started(a->tr);
     if (req) return coll_progress_event_request(c, a, req);
     coll_result_t rc = coll_nccl_start(c, a, &c->sync_done);
     int done;
     if (rc == COLL_SUCCESS) rc = coll_cuda_event_wait(c, c->sync_done, 1, &done);
+    coll_trace_finished(a->tr, rc);
     return rc;
 }
 
@@ -42,7 +55,7 @@ static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
                                "coll_%s: algorithm nccl needs device (GPU) buffers, and these are host memory",
                                coll_kind_name(a.kind));
         else if (a.algo == COLL_ALGO_NCCL && (a.count || a.kind == COLL_K_BARRIER))
-            return nccl_call(c, &a, req);
+            return a.tr = coll_trace_begin(c, &a), nccl_call(c, &a, req);
         else if (a.algo == COLL_ALGO_NCCL) /* nothing to move: no NCCL needed */
             a.algo = COLL_ALGO_RD;
     }
@@ -52,11 +65,12 @@ static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
         if (rc != COLL_SUCCESS) return rc;
         a.ready = c->sync_ready;
     }
+    a.tr = coll_trace_begin(c, &a);
     if (req) return coll_progress_submit(c, &a, local, req);
     return coll_execute(&c->sync, &a, local);
 }
 
-#define ARGS(K, S, R, N, D, O, ROOT) ((coll_args_t){K, S, R, N, D, O, ROOT, COLL_ALGO_AUTO, 0, NULL})
+#define ARGS(K, S, R, N, D, O, ROOT) ((coll_args_t){K, S, R, N, D, O, ROOT, COLL_ALGO_AUTO, 0, NULL, NULL})
 
 coll_result_t coll_allreduce(const void *s, void *r, size_t n, coll_dtype_t d, coll_op_t o, coll_comm_t c) {
     return start(c, ARGS(COLL_K_ALLREDUCE, s, r, n, d, o, 0), NULL);

@@ -27,6 +27,7 @@ typedef struct {
     size_t max_msg_bytes; /* COLL_MAX_MSG_BYTES: largest single MPI message */
     int spin;             /* COLL_SPIN: polls before a wait starts yielding */
     int spin_oversub;     /* COLL_SPIN_OVERSUBSCRIBED: the same, more ranks than cores */
+    int trace;            /* COLL_TRACE: flight recorder entries per comm, 0 = off */
 } coll_tunables_t;
 
 COLL_HIDDEN extern coll_tunables_t coll_tun;
@@ -55,6 +56,7 @@ typedef struct {
     coll_algo_t algo; /* resolved: never AUTO */
     int device;       /* a buffer is in GPU memory (cuda.c) */
     void *ready;      /* device: event marking the inputs ready, or NULL */
+    struct coll_trace_entry *tr; /* its flight-recorder entry, or NULL (trace.c) */
 } coll_args_t;
 
 COLL_HIDDEN const char *coll_kind_name(coll_kind_t k);
@@ -112,6 +114,7 @@ typedef struct coll_ctx {
     int rank, size;
     char *scratch; /* grown on demand, kept for reuse */
     size_t scratch_bytes;
+    struct coll_trace_entry *cur; /* the flight-recorder entry of the operation running here */
 } coll_ctx_t;
 
 /* Returns a scratch area of at least bytes (64-byte aligned). */
@@ -138,6 +141,44 @@ COLL_HIDDEN float coll_half_to_float(uint16_t h);
 COLL_HIDDEN uint16_t coll_float_to_half(float f);
 COLL_HIDDEN float coll_bf16_to_float(uint16_t h);
 COLL_HIDDEN uint16_t coll_float_to_bf16(float f);
+
+/* ---- flight recorder (trace.c) ---- */
+enum { COLL_TS_EMPTY = 0, COLL_TS_QUEUED, COLL_TS_RUNNING, COLL_TS_DONE, COLL_TS_FAILED };
+#define COLL_TRACE_STEPS 16 /* waits kept per entry (more are only summed) */
+
+typedef struct coll_trace_entry {
+    uint64_t seq; /* issue order on the comm: the same call has the same seq on every rank */
+    coll_kind_t kind;
+    coll_dtype_t dtype;
+    coll_op_t op;
+    coll_algo_t algo;
+    int root, result;
+    size_t count;
+    char tag[32];
+    double t_enq, t_start, t_end; /* CLOCK_REALTIME seconds */
+    atomic_int state;
+    int nsteps;    /* transfer waits seen */
+    double wait_s; /* their total */
+    struct {
+        int32_t peer; /* -1: a wait inside MPI's own collective */
+        int8_t send;
+        float wait_s;
+    } step[COLL_TRACE_STEPS];
+} coll_trace_entry_t;
+
+COLL_HIDDEN coll_result_t coll_trace_init(struct coll_comm *c);
+COLL_HIDDEN void coll_trace_free(struct coll_comm *c);
+/* on the issuing thread, in issue order; NULL when recording is off */
+COLL_HIDDEN coll_trace_entry_t *coll_trace_begin(struct coll_comm *c, const coll_args_t *a);
+COLL_HIDDEN void coll_trace_run(coll_ctx_t *ctx, coll_trace_entry_t *e);
+COLL_HIDDEN void coll_trace_end(coll_ctx_t *ctx, coll_trace_entry_t *e, coll_result_t rc);
+/* the same for operations that run on no context (NCCL's) */
+COLL_HIDDEN void coll_trace_started(coll_trace_entry_t *e);
+COLL_HIDDEN void coll_trace_finished(coll_trace_entry_t *e, coll_result_t rc);
+/* a transfer wait of `seconds` on peer (send or receive), on ctx's running operation */
+COLL_HIDDEN void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds);
+/* the comm failed: its record is written once (reason: what happened) */
+COLL_HIDDEN void coll_trace_failure(struct coll_comm *c, const char *reason);
 
 /* ---- algorithms: each runs one whole operation on a context ---- */
 typedef coll_result_t (*coll_algo_fn)(coll_ctx_t *ctx, const coll_args_t *a);
@@ -192,6 +233,14 @@ struct coll_comm {
     coll_ctx_t async; /* non-blocking calls, on the progress thread */
     atomic_int failed; /* set after a timeout or MPI error: no further calls */
     _Atomic uint64_t bytes_sent; /* coll_comm_bytes_sent: by either context's thread */
+    /* flight recorder (trace.c) */
+    coll_trace_entry_t *trace; /* ring of trace_n entries, or NULL */
+    size_t trace_n;
+    uint64_t trace_seq; /* calls issued (the caller's thread) */
+    int trace_id;       /* this process's comm number, in creation order */
+    char tag[32];       /* coll_comm_set_tag */
+    atomic_int trace_dumped;
+    _Atomic uint64_t *peer_wait_ns; /* coll_comm_peer_waits: ns waited on each peer */
     pthread_mutex_t err_lock;
     char last_error[COLL_ERRLEN];
     char first_error[COLL_ERRLEN]; /* the failure that made the comm unusable */

@@ -108,6 +108,7 @@ coll_result_t coll_comm_fail(coll_comm_t c, coll_result_t code) {
         pthread_mutex_lock(&c->err_lock);
         memcpy(c->first_error, c->last_error, sizeof c->first_error);
         pthread_mutex_unlock(&c->err_lock);
+        coll_trace_failure(c, coll_strerror(code));
     }
     return code;
 }
@@ -248,10 +249,13 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
 
     coll_result_t rc = ctx_init(c, &c->sync, mpi_comm);
     if (rc == COLL_SUCCESS) rc = ctx_init(c, &c->async, mpi_comm);
+    if (rc == COLL_SUCCESS && coll_trace_init(c) != COLL_SUCCESS)
+        rc = coll_error(NULL, COLL_ERR_NO_MEMORY, "coll_comm_init: flight recorder (COLL_TRACE=%d entries)", coll_tun.trace);
     if (rc == COLL_SUCCESS && reg_add(c)) rc = coll_error(NULL, COLL_ERR_NO_MEMORY, "coll_comm_init: registry");
     if (rc != COLL_SUCCESS) {
         ctx_free(&c->sync);
         ctx_free(&c->async);
+        coll_trace_free(c);
         free(c);
         return rc;
     }
@@ -271,6 +275,7 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
         return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_destroy: comm is not a live communicator (destroyed twice?)");
     coll_progress_shutdown(c);
     size_t left = reg_remove(c);
+    coll_trace_free(c);
     coll_cuda_comm_free(c);
     coll_cuda_event_free(c->sync_ready);
     int finalized = 0;

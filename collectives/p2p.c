@@ -15,6 +15,13 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* Waits are timed only while the flight recorder is on (COLL_TRACE > 0):
+ * off, they cost nothing. */
+static double wait_clock(void) { return coll_tun.trace > 0 ? now_s() : 0; }
+static void waited(coll_ctx_t *ctx, int peer, int send, double t0) {
+    if (coll_tun.trace > 0) coll_trace_wait(ctx, peer, send, now_s() - t0);
+}
+
 typedef struct {
     long polls;
     double t0;
@@ -40,8 +47,12 @@ static coll_result_t timed_out(coll_ctx_t *ctx, const coll_treq_t *r) {
     return coll_comm_fail(ctx->comm, COLL_ERR_TIMEOUT);
 }
 
+/* Every wait is timed for the flight recorder and the per-peer totals
+ * (trace.c): two clock reads, against transfers of microseconds or more. */
 coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {
     waiter_t w = {0, 0};
+    const double t0 = wait_clock();
+    const int peer = r->peer, send = r->is_send;
     while (r->active) {
         int done;
         coll_result_t rc = ctx->tp->test(ctx, r, &done);
@@ -49,14 +60,20 @@ coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {
         if (done) break;
         if (idle(ctx, &w)) {
             ctx->tp->cancel(ctx, r);
+            waited(ctx, peer, send, t0);
             return timed_out(ctx, r);
         }
     }
+    waited(ctx, peer, send, t0);
     return COLL_SUCCESS;
 }
 
+/* The wait is charged to the request that completed last: the peer this
+ * rank was waiting on. */
 coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
     waiter_t w = {0, 0};
+    const double t0 = wait_clock();
+    int last = -1, last_peer = -1, last_send = 0;
     for (;;) {
         int pending = -1;
         for (int i = 0; i < n; i++) {
@@ -69,10 +86,15 @@ coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
             }
             if (!done) pending = i;
         }
-        if (pending < 0) return COLL_SUCCESS;
+        if (pending < 0) {
+            if (last >= 0) waited(ctx, last_peer, last_send, t0);
+            return COLL_SUCCESS;
+        }
+        last = pending, last_peer = reqs[pending].peer, last_send = reqs[pending].is_send;
         if (idle(ctx, &w)) {
             coll_treq_t r = reqs[pending];
             coll_p2p_cancel_all(ctx, reqs, n);
+            waited(ctx, r.peer, r.is_send, t0);
             return timed_out(ctx, &r);
         }
     }
@@ -80,12 +102,14 @@ coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
 
 coll_result_t coll_p2p_wait_mpi(coll_ctx_t *ctx, MPI_Request *rq, const char *what) {
     waiter_t w = {0, 0};
+    const double t0 = wait_clock();
     for (;;) {
         int flag = 0;
         const int mrc = MPI_Test(rq, &flag, MPI_STATUS_IGNORE);
         if (mrc != MPI_SUCCESS) return coll_comm_fail(ctx->comm, coll_mpi_error(ctx->comm, mrc, what));
-        if (flag) return COLL_SUCCESS;
+        if (flag) return waited(ctx, -1, 0, t0), COLL_SUCCESS;
         if (idle(ctx, &w)) {
+            waited(ctx, -1, 0, t0);
             /* a collective request cannot be cancelled; the comm is failed anyway */
             coll_error(ctx->comm, COLL_ERR_TIMEOUT, "%s: not every rank arrived within %.1f s (a rank lost, or calling another collective?)",
                        what, ctx->comm->timeout);

@@ -233,6 +233,7 @@ static void event_progress(struct coll_request *r, int block) {
     if (rc != COLL_SUCCESS || done) {
         r->result = rc;
         r->t_end = mono_s();
+        coll_trace_finished(r->args.tr, rc);
         atomic_store(&r->done, 1);
     }
 }

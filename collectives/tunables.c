@@ -20,6 +20,7 @@ coll_tunables_t coll_tun = {
     .max_msg_bytes = (size_t)1 << 30,
     .spin = 2000,
     .spin_oversub = 100,
+    .trace = 2000,
 };
 
 typedef enum { T_ALGO, T_DEBUG, T_BOOL, T_SECONDS, T_BYTES, T_INT } tun_type_t;
@@ -42,6 +43,7 @@ static const struct {
     {"COLL_MAX_MSG_BYTES", T_BYTES, &coll_tun.max_msg_bytes, 8, 2147483647.0},
     {"COLL_SPIN", T_INT, &coll_tun.spin, 0, 1e9},
     {"COLL_SPIN_OVERSUBSCRIBED", T_INT, &coll_tun.spin_oversub, 0, 1e9},
+    {"COLL_TRACE", T_INT, &coll_tun.trace, 0, 1e7},
 };
 
 /* "64K", "1M", "2G", plain bytes */

@@ -123,6 +123,34 @@ int coll_comm_size(coll_comm_t comm); /* -1 for an invalid comm */
  * (all-reduce 2(P-1)/P of the buffer). 0 for an invalid comm. */
 uint64_t coll_comm_bytes_sent(coll_comm_t comm);
 
+/* ---- Flight recorder ----
+ * Every communicator keeps a ring buffer of its last N collectives
+ * (COLL_TRACE=N, default 2000; COLL_TRACE=0 turns it off): the sequence
+ * number (issue order, so the same call has the same number on every rank),
+ * kind, count, dtype, op, algorithm, root, the caller's tag, the wall-clock
+ * times it was called, started and ended, its state (queued, running, done,
+ * failed) and, for each transfer it waited on, the peer and how long. It is
+ * written as JSON lines to DIR/coll-trace-r<rank>-c<comm>.jsonl, DIR being
+ * COLL_TRACE_DIR or coll_trace_set_dir's (no directory: nothing is written),
+ * when a call times out or fails, when COLL_CHECK finds arguments that differ
+ * between ranks, on a fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT,
+ * SIGTERM: written, then the previous handler or the default action runs),
+ * and on SIGUSR1 (the job goes on). Survivors of a failure write theirs
+ * whatever happened to the culprit; launch/trace-report merges them and
+ * names the rank that is missing, late or out of step. <comm> numbers the
+ * process's communicators in creation order. */
+/* A label for the calls issued after it on comm (31 characters kept), e.g.
+ * "step 12 bucket 3/4"; "" clears it. */
+coll_result_t coll_comm_set_tag(coll_comm_t comm, const char *tag);
+void coll_trace_set_dir(const char *dir); /* overrides COLL_TRACE_DIR; NULL or "": no dumps */
+/* Writes comm's record now (reason goes into the file's header). */
+coll_result_t coll_trace_dump(coll_comm_t comm, const char *reason);
+/* Seconds this rank has waited on each peer's transfers (wait_s[comm size])
+ * since the communicator was made or the last reset (reset = 1 zeroes the
+ * totals after reading). Kept while the flight recorder is on (COLL_TRACE >
+ * 0, the default); with COLL_TRACE=0 nothing is timed and they stay 0. */
+coll_result_t coll_comm_peer_waits(coll_comm_t comm, double *wait_s, int reset);
+
 /* Algorithm for later calls on this comm (overrides COLL_ALGO). */
 coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);
 coll_result_t coll_comm_get_algorithm(coll_comm_t comm, coll_algo_t *algo);

@@ -143,6 +143,18 @@ typedef struct ddp_stats {
 } ddp_stats_t;
 ddp_stats_t ddp_last_stats(const ddp_t *d);
 
+/* Straggler probe of the last synchronised step (src/straggler.h): how long
+ * this rank computed before launching the step's first gradient collective
+ * (from the end of its previous step's collectives, so a late start caused
+ * by the others does not count), how long its transfers waited in all, the
+ * peer it waited on most, and how long (seconds). */
+void ddp_probe(ddp_t *d, double probe[4]);
+/* all[r * n + i] = rank r's mine[i], on every rank. */
+int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n);
+/* Writes libcoll's flight recorder (coll.h) now, unless a failure inside
+ * libcoll has written it already. */
+void ddp_trace_dump(ddp_t *d, const char *reason);
+
 /* Synchronised steps done so far (PowerSGD starts at powersgd_start): set
  * when resuming. */
 void ddp_set_steps(ddp_t *d, long steps);

@@ -47,6 +47,7 @@ typedef struct config {
     long every_steps;
     int progress;               /* CFG_PROGRESS_* */
     char params_out[CFG_STR_MAX]; /* final parameters, raw float32 */
+    char trace_dir[CFG_STR_MAX];  /* libcoll's flight recorder dumps (COLL_TRACE_DIR) */
     /* [ddp] */
     double bucket_mb;
     int overlap;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "compress.h"
 #include "liveness.h"
@@ -60,6 +61,10 @@ struct ddp {
     float *pq_all, *qt_all;
     size_t qt_len;
     long steps;     /* synchronised steps done */
+    /* straggler probes */
+    double arrival;   /* wall clock at this step's first gradient launch */
+    double prev_end;  /* ... and when the last step's collectives were done here */
+    double *waits;    /* per peer, this step (coll_comm_peer_waits) */
     int psgd_now;   /* this step is compressed with PowerSGD */
     float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
     /* slow phases (checkpoints): a barrier and liveness pings on communicators of their own */
@@ -73,6 +78,8 @@ static int fail(ddp_t *d, const char *what, coll_result_t rc) {
     d->failed = 1;
     return -1;
 }
+
+static double wall_s(void);
 
 static int check_compress(ddp_t *d, const ddp_options_t *o, char *err, size_t errlen) {
     if ((unsigned)o->compress > DDP_COMPRESS_POWERSGD)
@@ -147,6 +154,12 @@ static int psgd_setup(ddp_t *d, size_t bf, char *err, size_t errlen) {
             psgd_init_q(d->b[i].qt + d->mat[k].q_at, d->mat[k].m, r, o->seed, k);
     }
     return 0;
+}
+
+static double wall_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t count, size_t padded,
@@ -233,6 +246,12 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
         d->shard_size = padded;
         d->nshard = 1;
     }
+    if (!(d->waits = calloc(P, sizeof *d->waits))) {
+        snprintf(err, errlen, "ddp: out of memory");
+        ddp_destroy(d);
+        return -1;
+    }
+    d->prev_end = wall_s();
     *out = d;
     return 0;
 }
@@ -255,6 +274,7 @@ void ddp_destroy(ddp_t *d) {
     free(d->state);
     free(d->pq_all);
     free(d->qt_all);
+    free(d->waits);
     free(d);
 }
 
@@ -306,6 +326,7 @@ int ddp_slow_phase_end(ddp_t *d, double max_s) {
 }
 
 int ddp_allreduce_double(ddp_t *d, double *v, int n, coll_op_t op) {
+    coll_comm_set_tag(d->comm, "step statistics");
     coll_result_t rc = coll_allreduce(v, v, (size_t)n, COLL_FLOAT64, op, d->comm);
     return rc == COLL_SUCCESS ? 0 : fail(d, "all-reduce of step statistics", rc);
 }
@@ -317,7 +338,32 @@ int ddp_backward_begin(ddp_t *d, int sync) {
     d->bytes0 = coll_comm_bytes_sent(d->comm);
     d->wire = 0;
     d->psgd_now = d->opt.compress == DDP_COMPRESS_POWERSGD && d->steps >= d->opt.powersgd_start;
+    if (sync) coll_comm_peer_waits(d->comm, d->waits, 1); /* this step's waits from here */
     return d->failed ? -1 : 0;
+}
+
+void ddp_probe(ddp_t *d, double probe[4]) {
+    coll_comm_peer_waits(d->comm, d->waits, 0);
+    double total = 0;
+    int top = -1;
+    for (int p = 0; p < d->size; p++) {
+        total += d->waits[p];
+        if (d->waits[p] > 0 && (top < 0 || d->waits[p] > d->waits[top])) top = p;
+    }
+    probe[0] = d->arrival - d->prev_end;
+    probe[1] = total;
+    probe[2] = top;
+    probe[3] = top >= 0 ? d->waits[top] : 0;
+}
+
+int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n) {
+    coll_comm_set_tag(d->comm, "straggler probes");
+    coll_result_t rc = coll_allgather(mine, all, n, COLL_FLOAT64, d->comm);
+    return rc == COLL_SUCCESS ? 0 : fail(d, "all-gather of step statistics", rc);
+}
+
+void ddp_trace_dump(ddp_t *d, const char *reason) {
+    if (d && !d->failed) coll_trace_dump(d->comm, reason);
 }
 
 static int is16(const ddp_t *d) { return d->opt.compress == DDP_COMPRESS_BF16 || d->opt.compress == DDP_COMPRESS_FP16; }
@@ -388,6 +434,10 @@ static void launch(ddp_t *d, int i) {
     const size_t len = b->hi - b->lo;
     coll_result_t rc;
     b->phase = 0;
+    if (i == 0) d->arrival = wall_s();
+    char tag[64]; /* libcoll keeps 31 characters */
+    snprintf(tag, sizeof tag, "step %ld bucket %d/%d", d->steps, i + 1, d->nb);
+    coll_comm_set_tag(d->comm, tag);
     if (d->opt.zero) {
         const size_t piece = len / (size_t)d->size, mine = b->lo + (size_t)d->rank * piece;
         if (is16(d)) {
@@ -483,6 +533,7 @@ static int wait_all(ddp_t *d, const char *what, int grads) {
     d->exposed_ms += 1e3 * (now_s() - t0) - (d->compress_ms - z0);
     d->comm_ms += 1e3 * busy; /* the progress thread runs them one at a time */
     d->wire = coll_comm_bytes_sent(d->comm) - d->bytes0;
+    d->prev_end = wall_s();
     return rc;
 }
 
@@ -499,6 +550,9 @@ int ddp_sync(ddp_t *d) {
 
 int ddp_gather(ddp_t *d) {
     if (!d->opt.zero || d->size == 1) return d->failed ? -1 : 0;
+    char tag[48]; /* libcoll keeps 31 characters */
+    snprintf(tag, sizeof tag, "step %ld gather", d->steps - 1);
+    coll_comm_set_tag(d->comm, tag);
     for (int i = 0; i < d->nb && !d->failed; i++) {
         bucket_t *b = &d->b[i];
         const size_t piece = (b->hi - b->lo) / (size_t)d->size;

@@ -186,6 +186,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "ddp-train: rank %d: %s\n", rank, who);
         fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
         fflush(stderr);
+        ddp_trace_dump(t.ddp, "abort"); /* unless libcoll's own failure wrote it */
         MPI_Abort(MPI_COMM_WORLD, 1); /* the other ranks may be blocked in a collective */
     }
     rc = replicas_identical(&t);

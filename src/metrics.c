@@ -55,6 +55,11 @@ void metrics_step(metrics_t *m, const step_record_t *r) {
     num(m->f, "step_ms", r->step_ms);
     num(m->f, "lr", r->lr);
     timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms, r->wire_bytes, r->compress_ms);
+    if (r->straggler && r->straggler->rank >= 0)
+        fprintf(m->f, ",\"slowest_rank\":%d,\"lateness_ms\":%.3f,\"cause\":\"%s\"", r->straggler->rank,
+                r->straggler->lateness_ms, straggler_cause_name(r->straggler->cause));
+    else if (r->straggler)
+        fputs(",\"slowest_rank\":null,\"lateness_ms\":0,\"cause\":\"none\"", m->f);
     fputs("}\n", m->f);
     fflush(m->f);
 }
@@ -81,6 +86,13 @@ void metrics_done(metrics_t *m, const done_record_t *r) {
     num(m->f, "wall_s", r->wall_s);
     if (r->compress) fprintf(m->f, ",\"compress\":\"%s\"", r->compress);
     timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms, r->wire_bytes, r->compress_ms);
+    if (r->named) { /* steps each rank was named the straggler, by cause */
+        for (int c = STRAGGLER_COMPUTE; c <= STRAGGLER_LINK; c++) {
+            fprintf(m->f, ",\"straggler_%s_steps\":[", straggler_cause_name(c));
+            for (int k = 0; k < r->ranks; k++) fprintf(m->f, "%s%ld", k ? "," : "", r->named[k * 3 + c]);
+            fputc(']', m->f);
+        }
+    }
     fputs("}\n", m->f);
     fflush(m->f);
 }

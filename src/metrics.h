@@ -6,6 +6,8 @@
 
 #include <stdio.h>
 
+#include "straggler.h"
+
 typedef struct metrics {
     FILE *f;          /* JSON lines, or NULL */
     int live;         /* rewrite one line on stderr */
@@ -26,6 +28,7 @@ typedef struct step_record {
     double compute_ms, comm_ms, exposed_comm_ms; /* < 0: not written */
     double wire_bytes;  /* bytes this rank sent in the step; written with the timing */
     double compress_ms; /* time in gradient compression; < 0: not written */
+    const straggler_t *straggler; /* the steps since the last record (straggler.h); NULL: not written */
 } step_record_t;
 
 void metrics_step(metrics_t *m, const step_record_t *r);
@@ -38,6 +41,7 @@ typedef struct done_record {
     double compute_ms, comm_ms, exposed_comm_ms; /* medians; < 0: not written */
     double wire_bytes, compress_ms;              /* medians, as in step_record_t */
     const char *compress;                        /* [ddp] compress, or NULL */
+    const long *named; /* [rank * 3 + cause]: steps each rank was named a straggler; NULL: not written */
 } done_record_t;
 void metrics_done(metrics_t *m, const done_record_t *r);
 

@@ -14,6 +14,7 @@
 #include "faults.h"
 #include "model.h"
 #include "paths.h"
+#include "straggler.h"
 
 static int load_data(trainer_t *t, char *err, size_t errlen) {
     const config_t *c = &t->cfg;
@@ -266,6 +267,11 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
         if (!probe) SETUP_FAIL("[log] metrics: cannot write %s: %s", cfg->metrics, strerror(errno));
         fclose(probe);
     }
+    /* every rank writes its own flight-recorder dump there (each node's own directory) */
+    if (cfg->trace_dir[0]) {
+        if (path_make_dir(cfg->trace_dir, "[log] trace_dir", err, errlen)) goto setup_failed;
+        coll_trace_set_dir(cfg->trace_dir);
+    }
 
     /* every rank must get here before the first collective, or the others
      * would wait for it forever */
@@ -304,6 +310,14 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     if (t->ddp && cfg->zero && cfg->ckpt_dir[0] && t->rank == 0 &&
         !(t->ckpt_state = tensor_alloc((size_t)optim_state_arrays(&t->opt) * t->g->nalloc + 1)))
         return snprintf(err, errlen, "out of memory for checkpoint staging"), -1;
+    if (t->ddp && t->ranks > 1) {
+        /* probes of the steps between two step records (at most 1000: older ones are dropped) */
+        t->probe_cap = cfg->every_steps < 1000 ? (int)cfg->every_steps : 1000;
+        t->probes = calloc((size_t)t->probe_cap * PROBE_FIELDS, sizeof *t->probes);
+        t->probes_all = calloc((size_t)t->probe_cap * PROBE_FIELDS * (size_t)t->ranks, sizeof *t->probes_all);
+        t->named = calloc((size_t)t->ranks * 3, sizeof *t->named);
+        if (!t->probes || !t->probes_all || !t->named) return snprintf(err, errlen, "out of memory"), -1;
+    }
     if (cfg->compress == CFG_COMPRESS_POWERSGD && cfg->ckpt_dir[0] && t->rank == 0 &&
         !(t->ckpt_extra = tensor_alloc((size_t)(1 + t->ranks) * t->g->nweights)))
         return snprintf(err, errlen, "out of memory for checkpoint staging of PowerSGD's state"), -1;
@@ -327,6 +341,9 @@ void trainer_free(trainer_t *t) {
     free(t->comm_ms);
     free(t->wire_bytes);
     free(t->compress_ms);
+    free(t->probes);
+    free(t->probes_all);
+    free(t->named);
     tensor_free(t->ckpt_extra);
     tensor_free(t->ckpt_state);
     tensor_free(t->host_params);
@@ -481,6 +498,25 @@ fail:
 
 #define WARMUP_STEPS 20
 
+/* Straggler attribution for the steps since the last record: one all-gather
+ * of every rank's probes (no collective in the other steps), judged on rank
+ * 0 against a threshold of 10% of the median step (at least 0.5 ms). */
+static int attribute(trainer_t *t, long last, straggler_t *out) {
+    const int K = t->probe_n, P = t->ranks;
+    if (K == 0) return 0;
+    if (ddp_allgather_double(t->ddp, t->probes, t->probes_all, (size_t)t->probe_cap * PROBE_FIELDS)) return -1;
+    if (t->rank == 0) {
+        const double thr = fmax(0.5, 0.1 * median_after(t->step_ms + last + 1 - K, K, 0));
+        /* each rank's K probes sit at the start of its probe_cap slots: pack them */
+        for (int r = 1; r < P && K < t->probe_cap; r++)
+            memmove(t->probes_all + (size_t)r * K * PROBE_FIELDS, t->probes_all + (size_t)r * t->probe_cap * PROBE_FIELDS,
+                    (size_t)K * PROBE_FIELDS * sizeof *t->probes_all);
+        *out = straggler_window(t->probes_all, P, K, thr, t->named);
+    }
+    t->probe_n = 0;
+    return 0;
+}
+
 static double thread_cpu_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -513,15 +549,24 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
         t->comm_ms[i] = st.comm_ms;
         t->wire_bytes[i] = (double)st.wire_bytes;
         t->compress_ms[i] = st.compress_ms;
+        if (t->probes) { /* the newest probe_cap steps since the last record */
+            if (t->probe_n == t->probe_cap) memmove(t->probes, t->probes + PROBE_FIELDS,
+                                                    (size_t)(t->probe_cap - 1) * PROBE_FIELDS * sizeof *t->probes);
+            else t->probe_n++;
+            ddp_probe(t->ddp, t->probes + (size_t)(t->probe_n - 1) * PROBE_FIELDS);
+        }
         t->step++;
         if (t->step % c->every_steps == 0 || t->step == t->total_steps) {
             double v = loss; /* the global batch's mean: every rank's mean averaged */
             if (t->ddp && ddp_allreduce_double(t->ddp, &v, 1, COLL_AVG)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
             logged_loss = v;
+            straggler_t sg = {-1, STRAGGLER_NONE, 0};
+            if (t->probes && attribute(t, i, &sg)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
             const step_record_t r = {.step = t->step, .epoch = (int)epoch + 1, .loss = v, .step_ms = ms, .lr = lr,
                                      .compute_ms = ms - st.exposed_ms, .comm_ms = st.comm_ms,
                                      .exposed_comm_ms = st.exposed_ms, .wire_bytes = (double)st.wire_bytes,
-                                     .compress_ms = c->compress != CFG_COMPRESS_NONE ? st.compress_ms : -1};
+                                     .compress_ms = c->compress != CFG_COMPRESS_NONE ? st.compress_ms : -1,
+                                     .straggler = t->probes ? &sg : NULL};
             metrics_step(&t->m, &r);
         }
         metrics_progress(&t->m, (int)epoch + 1, epochs, t->step, t->total_steps, isnan(logged_loss) ? loss : logged_loss,
@@ -547,7 +592,7 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
                              .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med,
                              .wire_bytes = median_after(t->wire_bytes, ran, WARMUP_STEPS),
                              .compress_ms = c->compress != CFG_COMPRESS_NONE ? median_after(t->compress_ms, ran, WARMUP_STEPS) : -1,
-                             .compress = compress_name((compress_t)c->compress)};
+                             .compress = compress_name((compress_t)c->compress), .named = t->named};
     metrics_done(&t->m, &d);
     if (t->rank == 0) {
         printf("ddp-train: %ld steps, median step %.3f ms", t->step, med);

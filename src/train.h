@@ -40,6 +40,11 @@ typedef struct trainer {
     double *step_ms, *exposed_ms, *comm_ms, *wire_bytes, *compress_ms; /* per step, preallocated */
     float *ckpt_state;     /* ZeRO-1, rank 0: the full optimiser state, gathered for checkpoints */
     float *ckpt_extra;     /* PowerSGD, rank 0: its state for checkpoints, 1 + ranks arrays (train.c) */
+    /* straggler attribution (straggler.h): this rank's probes since the last
+     * step record, all ranks' gathered there, and how often each rank was named */
+    int probe_cap, probe_n;
+    double *probes, *probes_all;
+    long *named;           /* rank 0: [rank * 3 + cause] */
     device_t dev;          /* where the graph, parameters and optimiser state live */
     float *host_params;    /* GPU: host copy of the parameters (checkpoints, hashes, output) */
     float *host_state;     /* GPU: host copy of the optimiser state, as this rank holds it */

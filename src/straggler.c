@@ -1,0 +1,103 @@
+#include "straggler.h"
+
+#include <stdlib.h>
+
+const char *straggler_cause_name(int cause) {
+    return cause == STRAGGLER_COMPUTE ? "compute" : cause == STRAGGLER_LINK ? "link" : "none";
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* median of v[0, n) (reorders v) */
+static double median(double *v, int n) {
+    if (n <= 0) return 0;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+#define MAX_P 4096 /* beyond this only the compute cause is judged (the charges need P doubles) */
+
+straggler_t straggler_step(const double *pr, int P, double thr_ms) {
+    straggler_t s = {-1, STRAGGLER_NONE, 0};
+    if (P < 2) return s;
+    double first = pr[0], last = pr[0];
+    int who = 0;
+    for (int r = 1; r < P; r++) {
+        const double a = pr[r * PROBE_FIELDS];
+        if (a < first) first = a;
+        if (a > last) last = a, who = r;
+    }
+    const double late_ms = 1e3 * (last - first);
+    if (late_ms > thr_ms) return (straggler_t){who, STRAGGLER_COMPUTE, late_ms};
+    if (P > MAX_P) return s;
+    static _Thread_local double charge[MAX_P], sorted[MAX_P];
+    for (int r = 0; r < P; r++) charge[r] = 0;
+    for (int r = 0; r < P; r++) {
+        const int peer = (int)pr[r * PROBE_FIELDS + 2];
+        const double w = pr[r * PROBE_FIELDS + 3];
+        if (peer < 0 || peer >= P || !(w > 0)) continue;
+        charge[r] += w;
+        charge[peer] += w;
+    }
+    int top = 0;
+    for (int r = 0; r < P; r++) sorted[r] = charge[r], top = charge[r] > charge[top] ? r : top;
+    const double med = median(sorted, P), excess_ms = 1e3 * (charge[top] - med) / 2;
+    if (excess_ms > thr_ms && charge[top] > 1.5 * med) return (straggler_t){top, STRAGGLER_LINK, excess_ms};
+    return s;
+}
+
+/* Per-rank medians over the window, so one noisy step does not name a
+ * rank: compute, when a rank's median lateness exceeds the threshold and it
+ * arrived last in at least 2 of 3 steps; link,
+ * when every rank's median lateness is under it but a rank's median charge
+ * stands out as in straggler_step. */
+straggler_t straggler_window(const double *pr, int P, int K, double thr_ms, long *counts) {
+    straggler_t best = {-1, STRAGGLER_NONE, 0};
+    if (P < 2 || K < 1) return best;
+    double *late = malloc((size_t)P * K * sizeof *late), *charge = calloc((size_t)P * K, sizeof *charge);
+    double *med_late = malloc((size_t)P * sizeof *med_late), *med_charge = malloc((size_t)P * sizeof *med_charge);
+    long *last_n = calloc((size_t)P, sizeof *last_n); /* steps each rank arrived last */
+    if (!late || !charge || !med_late || !med_charge || !last_n) {
+        free(late), free(charge), free(med_late), free(med_charge), free(last_n);
+        return best;
+    }
+#define AT(r, k, f) pr[((size_t)(r) * K + (k)) * PROBE_FIELDS + (f)]
+    for (int k = 0; k < K; k++) {
+        double first = AT(0, k, 0);
+        for (int r = 1; r < P; r++) first = AT(r, k, 0) < first ? AT(r, k, 0) : first;
+        for (int r = 0; r < P; r++) {
+            late[(size_t)r * K + k] = 1e3 * (AT(r, k, 0) - first);
+            const int peer = (int)AT(r, k, 2);
+            const double w = AT(r, k, 3);
+            if (peer < 0 || peer >= P || !(w > 0)) continue;
+            charge[(size_t)r * K + k] += 1e3 * w;
+            charge[(size_t)peer * K + k] += 1e3 * w;
+        }
+        int last = 0;
+        for (int r = 1; r < P; r++) last = AT(r, k, 0) > AT(last, k, 0) ? r : last;
+        last_n[last]++;
+    }
+#undef AT
+    int top_late = 0, top_charge = 0, latest_n = 0;
+    for (int r = 0; r < P; r++) {
+        med_late[r] = median(late + (size_t)r * K, K);
+        med_charge[r] = median(charge + (size_t)r * K, K);
+        if (med_late[r] > med_late[top_late]) top_late = r;
+        if (med_charge[r] > med_charge[top_charge]) top_charge = r;
+    }
+    latest_n = (int)last_n[top_late];
+    /* a straggler is late persistently: the last to arrive in 2 steps of 3
+     * (a transient stall of one core, common on shared machines, is not) */
+    if (med_late[top_late] > thr_ms && 3 * latest_n >= 2 * K) {
+        best = (straggler_t){top_late, STRAGGLER_COMPUTE, med_late[top_late]};
+    } else {
+        const double top = med_charge[top_charge], mid = median(med_charge, P); /* reorders med_charge */
+        if ((top - mid) / 2 > thr_ms && top > 1.5 * mid) best = (straggler_t){top_charge, STRAGGLER_LINK, (top - mid) / 2};
+    }
+    if (counts && best.rank >= 0) counts[best.rank * 3 + best.cause] += K;
+    free(late), free(charge), free(med_late), free(med_charge), free(last_n);
+    return best;
+}

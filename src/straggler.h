@@ -1,0 +1,51 @@
+/* Straggler attribution: from each rank's per-step probe, which rank held
+ * the step back, and why.
+ *
+ * A probe (ddp_probe) is four numbers per rank and step:
+ *   compute   how long the rank computed before reaching the step's first
+ *             gradient collective, from the end of its previous step's
+ *             collectives (seconds): its arrival, less the start skew the
+ *             previous step's collectives left
+ *   wait      how long its transfers waited, in all
+ *   peer      the peer it waited on most, and
+ *   peer_wait how long it waited on that peer.
+ * cause compute: a rank arrived late (computed longer than the fastest by
+ *   more than the threshold): it computed slowly. The latest is named.
+ * cause link: every rank arrived on time, but the transfers waited: each
+ *   wait is charged to both its ends (the waiting rank and the peer it
+ *   waited on), since a slow link delays what a rank receives and what it
+ *   sends; the rank whose charge exceeds the median charge by more than the
+ *   threshold (and by half) is named. Equal waits everywhere (a uniformly
+ *   slow network) name nobody.
+ * Limits of the link cause: a pipelined ring runs every hop at the pace of
+ * its slowest, so all ranks wait about equally on their predecessors and a
+ * slow link is not localised from these sums (measured across 3 emulated
+ * nodes: docs/RELIABILITY.md); algorithms that do not pipeline (recursive
+ * doubling, trees) charge the slow ends. With two nodes a slow link of
+ * either looks the same from the ranks anyway (every transfer between them
+ * crosses both links). */
+#ifndef DDP_STRAGGLER_H
+#define DDP_STRAGGLER_H
+
+enum { STRAGGLER_NONE = 0, STRAGGLER_COMPUTE, STRAGGLER_LINK };
+#define PROBE_FIELDS 4
+
+typedef struct straggler {
+    int rank;           /* -1: none */
+    int cause;          /* STRAGGLER_* */
+    double lateness_ms; /* how late it arrived (compute), or the extra wait it caused (link) */
+} straggler_t;
+
+const char *straggler_cause_name(int cause);
+
+/* One step: probes[r * PROBE_FIELDS ...] for r < P. */
+straggler_t straggler_step(const double *probes, int P, double threshold_ms);
+
+/* A window of K steps: probes[(r * K + k) * PROBE_FIELDS ...] (each rank's
+ * K probes end to end, as an all-gather of per-rank windows lays them out).
+ * Judged on each rank's median lateness and median charge over the window,
+ * so a single noisy step names nobody; counts[r * 3 + cause] (if not NULL)
+ * adds K to the named rank's count for its cause. */
+straggler_t straggler_window(const double *probes, int P, int K, double threshold_ms, long *counts);
+
+#endif

@@ -1,0 +1,95 @@
+/* Unit tests of straggler attribution (src/straggler.c) on hand-made
+ * probes with known answers. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "straggler.h"
+
+enum { P = 4, K = 12 };
+static double pr[P * K * PROBE_FIELDS];
+
+/* every rank computes 10 ms, waits 2 ms on its ring predecessor */
+static void healthy(void) {
+    for (int r = 0; r < P; r++)
+        for (int k = 0; k < K; k++) {
+            double *q = pr + ((size_t)r * K + k) * PROBE_FIELDS;
+            q[0] = 0.010 + 1e-5 * ((r * 7 + k * 3) % 5); /* 0-40 us of jitter */
+            q[1] = q[3] = 0.002;
+            q[2] = (r + P - 1) % P;
+        }
+}
+
+static void none_when_healthy(void **st) {
+    (void)st;
+    healthy();
+    straggler_t s = straggler_window(pr, P, K, 0.5, NULL);
+    assert_int_equal(s.rank, -1);
+    assert_int_equal(s.cause, STRAGGLER_NONE);
+}
+
+static void compute_named(void **st) {
+    (void)st;
+    healthy();
+    long counts[P * 3] = {0};
+    for (int k = 0; k < K; k++) pr[((size_t)2 * K + k) * PROBE_FIELDS] += 0.003; /* rank 2 computes 3 ms longer */
+    straggler_t s = straggler_window(pr, P, K, 0.5, counts);
+    assert_int_equal(s.rank, 2);
+    assert_int_equal(s.cause, STRAGGLER_COMPUTE);
+    assert_true(s.lateness_ms > 2.9 && s.lateness_ms < 3.1);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], K);
+}
+
+/* late in only a third of the steps: a transient stall, not a straggler */
+static void transient_not_named(void **st) {
+    (void)st;
+    healthy();
+    for (int k = 0; k < K; k += 3) pr[((size_t)1 * K + k) * PROBE_FIELDS] += 0.005;
+    assert_int_equal(straggler_window(pr, P, K, 0.5, NULL).rank, -1);
+}
+
+/* rank 3 both waits long and is waited on long (its link is slow both
+ * ways); the others' waits are short */
+static void link_named(void **st) {
+    (void)st;
+    healthy();
+    for (int k = 0; k < K; k++) {
+        double *w3 = pr + ((size_t)3 * K + k) * PROBE_FIELDS, *w0 = pr + ((size_t)0 * K + k) * PROBE_FIELDS;
+        w3[1] = w3[3] = 0.020, w3[2] = 2; /* rank 3 waits on 2 */
+        w0[1] = w0[3] = 0.020, w0[2] = 3; /* rank 0 waits on 3 */
+    }
+    straggler_t s = straggler_window(pr, P, K, 0.5, NULL);
+    assert_int_equal(s.rank, 3);
+    assert_int_equal(s.cause, STRAGGLER_LINK);
+}
+
+/* every rank waits long and equally (a uniformly slow network): nobody */
+static void uniform_waits_not_named(void **st) {
+    (void)st;
+    healthy();
+    for (int i = 0; i < P * K; i++) pr[i * PROBE_FIELDS + 1] = pr[i * PROBE_FIELDS + 3] = 0.080;
+    assert_int_equal(straggler_window(pr, P, K, 0.5, NULL).rank, -1);
+}
+
+static void one_step(void **st) {
+    (void)st;
+    double q[2 * PROBE_FIELDS] = {0.010, 0, -1, 0, 0.016, 0, -1, 0};
+    straggler_t s = straggler_step(q, 2, 1.0);
+    assert_int_equal(s.rank, 1);
+    assert_int_equal(s.cause, STRAGGLER_COMPUTE);
+    assert_int_equal(straggler_step(q, 1, 1.0).rank, -1); /* one rank: nobody to compare */
+    assert_string_equal(straggler_cause_name(STRAGGLER_LINK), "link");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(none_when_healthy), cmocka_unit_test(compute_named),
+        cmocka_unit_test(transient_not_named), cmocka_unit_test(link_named),
+        cmocka_unit_test(uniform_waits_not_named), cmocka_unit_test(one_step),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
