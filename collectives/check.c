@@ -14,39 +14,40 @@ static int overlap(const void *a, size_t an, const void *b, size_t bn) {
 }
 
 coll_result_t coll_check_args(coll_comm_t c, const coll_args_t *a) {
-    char fn[40];
-    snprintf(fn, sizeof fn, "coll_%s", coll_kind_name(a->kind));
-    if (!coll_comm_valid(c)) return coll_error(NULL, COLL_ERR_INVALID_ARG, "%s: comm is NULL or destroyed", fn);
+    /* the function's name is formatted only into an error message (a
+     * snprintf per call cost ~0.1 us of a 0.7 us small all-reduce) */
+    const char *fn = coll_kind_name(a->kind);
+    if (!coll_comm_valid(c)) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_%s: comm is NULL or destroyed", fn);
     int failed = atomic_load(&c->failed);
     if (failed) {
         char first[COLL_ERRLEN];
         pthread_mutex_lock(&c->err_lock);
         memcpy(first, c->first_error, sizeof first);
         pthread_mutex_unlock(&c->err_lock);
-        return coll_error(c, (coll_result_t)failed, "%s: comm failed earlier and cannot be used (%s)", fn, first);
+        return coll_error(c, (coll_result_t)failed, "coll_%s: comm failed earlier and cannot be used (%s)", fn, first);
     }
     if (a->kind == COLL_K_BARRIER) return COLL_SUCCESS;
     if ((unsigned)a->dtype >= COLL_NUM_DTYPES)
-        return coll_error(c, COLL_ERR_INVALID_ARG, "%s: dtype=%d is not a coll_dtype_t", fn, (int)a->dtype);
+        return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: dtype=%d is not a coll_dtype_t", fn, (int)a->dtype);
     int reduces = a->kind == COLL_K_ALLREDUCE || a->kind == COLL_K_REDUCE_SCATTER || a->kind == COLL_K_REDUCE;
     if (reduces && (unsigned)a->op >= COLL_NUM_OPS)
-        return coll_error(c, COLL_ERR_INVALID_ARG, "%s: op=%d is not a coll_op_t", fn, (int)a->op);
+        return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: op=%d is not a coll_op_t", fn, (int)a->op);
     if ((a->kind == COLL_K_BROADCAST || a->kind == COLL_K_REDUCE) && (a->root < 0 || a->root >= c->size))
-        return coll_error(c, COLL_ERR_INVALID_ARG, "%s: root=%d is outside the communicator (size %d)", fn,
+        return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: root=%d is outside the communicator (size %d)", fn,
                           a->root, c->size);
     const size_t es = coll_dtype_size(a->dtype), P = (size_t)c->size;
     if (a->count > SIZE_MAX / es / P / 2)
-        return coll_error(c, COLL_ERR_INVALID_ARG, "%s: count=%zu is too large", fn, a->count);
+        return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: count=%zu is too large", fn, a->count);
     if (!a->count) return COLL_SUCCESS;
     const size_t n = a->count * es;
     const char *s = a->sendbuf, *d = a->recvbuf;
     const int is_root = a->kind != COLL_K_REDUCE || c->rank == a->root;
     if (a->kind == COLL_K_BROADCAST) {
-        if (!d) return coll_error(c, COLL_ERR_INVALID_ARG, "%s: buf is NULL with count %zu", fn, a->count);
+        if (!d) return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: buf is NULL with count %zu", fn, a->count);
         return COLL_SUCCESS;
     }
-    if (!s) return coll_error(c, COLL_ERR_INVALID_ARG, "%s: sendbuf is NULL with count %zu", fn, a->count);
-    if (is_root && !d) return coll_error(c, COLL_ERR_INVALID_ARG, "%s: recvbuf is NULL with count %zu", fn, a->count);
+    if (!s) return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: sendbuf is NULL with count %zu", fn, a->count);
+    if (is_root && !d) return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: recvbuf is NULL with count %zu", fn, a->count);
     const char *rule = "sendbuf == recvbuf";
     int bad = 0;
     switch (a->kind) {
@@ -67,7 +68,7 @@ coll_result_t coll_check_args(coll_comm_t c, const coll_args_t *a) {
     default: break;
     }
     if (bad)
-        return coll_error(c, COLL_ERR_INVALID_ARG, "%s: recvbuf overlaps sendbuf but is not the in-place form (%s)",
+        return coll_error(c, COLL_ERR_INVALID_ARG, "coll_%s: recvbuf overlaps sendbuf but is not the in-place form (%s)",
                           fn, rule);
     return COLL_SUCCESS;
 }

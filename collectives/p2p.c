@@ -15,11 +15,15 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Waits are timed only while the flight recorder is on (COLL_TRACE > 0):
- * off, they cost nothing. */
-static double wait_clock(void) { return coll_tun.trace > 0 ? now_s() : 0; }
+/* Waits are timed only while the flight recorder is on (COLL_TRACE > 0;
+ * off, they cost nothing), and the clock is read only once a first poll has
+ * found the transfer unfinished: a wait that never waited records 0 and
+ * costs no clock read (t0 = 0 then means "not started"). */
+static void wait_started(double *t0) {
+    if (*t0 == 0 && coll_tun.trace > 0) *t0 = now_s();
+}
 static void waited(coll_ctx_t *ctx, int peer, int send, double t0) {
-    if (coll_tun.trace > 0) coll_trace_wait(ctx, peer, send, now_s() - t0);
+    if (coll_tun.trace > 0) coll_trace_wait(ctx, peer, send, t0 > 0 ? now_s() - t0 : 0);
 }
 
 typedef struct {
@@ -51,13 +55,14 @@ static coll_result_t timed_out(coll_ctx_t *ctx, const coll_treq_t *r) {
  * (trace.c): two clock reads, against transfers of microseconds or more. */
 coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {
     waiter_t w = {0, 0};
-    const double t0 = wait_clock();
+    double t0 = 0;
     const int peer = r->peer, send = r->is_send;
     while (r->active) {
         int done;
         coll_result_t rc = ctx->tp->test(ctx, r, &done);
         if (rc != COLL_SUCCESS) return rc;
         if (done) break;
+        wait_started(&t0);
         if (idle(ctx, &w)) {
             ctx->tp->cancel(ctx, r);
             waited(ctx, peer, send, t0);
@@ -72,7 +77,7 @@ coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {
  * rank was waiting on. */
 coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
     waiter_t w = {0, 0};
-    const double t0 = wait_clock();
+    double t0 = 0;
     int last = -1, last_peer = -1, last_send = 0;
     for (;;) {
         int pending = -1;
@@ -91,6 +96,7 @@ coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
             return COLL_SUCCESS;
         }
         last = pending, last_peer = reqs[pending].peer, last_send = reqs[pending].is_send;
+        wait_started(&t0);
         if (idle(ctx, &w)) {
             coll_treq_t r = reqs[pending];
             coll_p2p_cancel_all(ctx, reqs, n);
@@ -102,12 +108,13 @@ coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
 
 coll_result_t coll_p2p_wait_mpi(coll_ctx_t *ctx, MPI_Request *rq, const char *what) {
     waiter_t w = {0, 0};
-    const double t0 = wait_clock();
+    double t0 = 0;
     for (;;) {
         int flag = 0;
         const int mrc = MPI_Test(rq, &flag, MPI_STATUS_IGNORE);
         if (mrc != MPI_SUCCESS) return coll_comm_fail(ctx->comm, coll_mpi_error(ctx->comm, mrc, what));
         if (flag) return waited(ctx, -1, 0, t0), COLL_SUCCESS;
+        wait_started(&t0);
         if (idle(ctx, &w)) {
             waited(ctx, -1, 0, t0);
             /* a collective request cannot be cancelled; the comm is failed anyway */

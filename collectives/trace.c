@@ -105,7 +105,14 @@ void coll_trace_finished(coll_trace_entry_t *e, coll_result_t rc) {
 
 void coll_trace_run(coll_ctx_t *ctx, coll_trace_entry_t *e) {
     ctx->cur = e;
-    coll_trace_started(e);
+    if (!e) return;
+    /* a blocking call starts as it is issued: no second clock read */
+    if (ctx == &ctx->comm->sync) {
+        e->t_start = e->t_enq;
+        atomic_store_explicit(&e->state, COLL_TS_RUNNING, memory_order_release);
+    } else {
+        coll_trace_started(e);
+    }
 }
 
 void coll_trace_end(coll_ctx_t *ctx, coll_trace_entry_t *e, coll_result_t rc) {
