@@ -241,6 +241,7 @@ struct coll_comm {
     char tag[32];       /* coll_comm_set_tag */
     atomic_int trace_dumped;
     _Atomic uint64_t *peer_wait_ns; /* coll_comm_peer_waits: ns waited on each peer */
+    _Atomic uint64_t *peer_send_ns; /* ... of which on sends to it (back-pressure of that hop) */
     pthread_mutex_t err_lock;
     char last_error[COLL_ERRLEN];
     char first_error[COLL_ERRLEN]; /* the failure that made the comm unusable */

@@ -38,7 +38,8 @@ static pthread_once_t handlers_once = PTHREAD_ONCE_INIT;
 coll_result_t coll_trace_init(coll_comm_t c) {
     c->trace_id = atomic_fetch_add(&next_id, 1);
     c->peer_wait_ns = calloc((size_t)c->size, sizeof *c->peer_wait_ns);
-    if (!c->peer_wait_ns) return COLL_ERR_NO_MEMORY;
+    c->peer_send_ns = calloc((size_t)c->size, sizeof *c->peer_send_ns);
+    if (!c->peer_wait_ns || !c->peer_send_ns) return COLL_ERR_NO_MEMORY;
     if (coll_tun.trace > 0) {
         c->trace = calloc((size_t)coll_tun.trace, sizeof *c->trace);
         if (!c->trace) return COLL_ERR_NO_MEMORY;
@@ -60,8 +61,9 @@ void coll_trace_free(coll_comm_t c) {
     }
     free(c->trace);
     free((void *)c->peer_wait_ns);
+    free((void *)c->peer_send_ns);
     c->trace = NULL;
-    c->peer_wait_ns = NULL;
+    c->peer_wait_ns = c->peer_send_ns = NULL;
 }
 
 coll_result_t coll_comm_set_tag(coll_comm_t c, const char *tag) {
@@ -122,8 +124,10 @@ void coll_trace_end(coll_ctx_t *ctx, coll_trace_entry_t *e, coll_result_t rc) {
 
 void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds) {
     coll_comm_t c = ctx->comm;
-    if (peer >= 0 && peer < c->size && c->peer_wait_ns)
+    if (peer >= 0 && peer < c->size && c->peer_wait_ns) {
         atomic_fetch_add_explicit(&c->peer_wait_ns[peer], (uint64_t)(seconds * 1e9), memory_order_relaxed);
+        if (send) atomic_fetch_add_explicit(&c->peer_send_ns[peer], (uint64_t)(seconds * 1e9), memory_order_relaxed);
+    }
     coll_trace_entry_t *e = ctx->cur;
     if (!e) return;
     if (e->nsteps < COLL_TRACE_STEPS) {
@@ -135,11 +139,15 @@ void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds) {
     e->wait_s += seconds;
 }
 
-coll_result_t coll_comm_peer_waits(coll_comm_t c, double *wait_s, int reset) {
+static double take(_Atomic uint64_t *v, int reset) { return 1e-9 * (double)(reset ? atomic_exchange(v, 0) : atomic_load(v)); }
+
+coll_result_t coll_comm_peer_waits(coll_comm_t c, double *wait_s, double *send_s, int reset) {
     if (!coll_comm_valid(c)) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_peer_waits: comm is NULL or destroyed");
-    if (!wait_s) return coll_error(c, COLL_ERR_INVALID_ARG, "coll_comm_peer_waits: wait_s is NULL");
-    for (int p = 0; p < c->size; p++)
-        wait_s[p] = 1e-9 * (double)(reset ? atomic_exchange(&c->peer_wait_ns[p], 0) : atomic_load(&c->peer_wait_ns[p]));
+    for (int p = 0; p < c->size; p++) {
+        const double w = take(&c->peer_wait_ns[p], reset), s = take(&c->peer_send_ns[p], reset);
+        if (wait_s) wait_s[p] = w;
+        if (send_s) send_s[p] = s;
+    }
     return COLL_SUCCESS;
 }
 
@@ -222,10 +230,12 @@ void coll_trace_failure(coll_comm_t c, const char *reason) {
     if (atomic_compare_exchange_strong(&c->trace_dumped, &no, 1)) dump_comm(c, reason);
 }
 
-static void dump_all(const char *reason) {
+/* fatal = 1 keeps a failure's dump (its reason says more than the signal
+ * the launcher sends afterwards) */
+static void dump_all(const char *reason, int fatal) {
     for (int i = 0; i < MAX_LIVE; i++) {
         coll_comm_t c = atomic_load(&live[i]);
-        if (c) dump_comm(c, reason);
+        if (c && !(fatal && atomic_load(&c->trace_dumped))) dump_comm(c, reason);
     }
 }
 
@@ -237,7 +247,7 @@ static struct sigaction previous[NFATAL + 1];
 static atomic_int in_fatal;
 
 static void on_usr1(int sig, siginfo_t *si, void *uc) {
-    dump_all("SIGUSR1");
+    dump_all("SIGUSR1", 0);
     const struct sigaction *p = &previous[NFATAL];
     if ((p->sa_flags & SA_SIGINFO) && p->sa_sigaction) p->sa_sigaction(sig, si, uc);
     else if (p->sa_handler != SIG_DFL && p->sa_handler != SIG_IGN && p->sa_handler) p->sa_handler(sig);
@@ -248,7 +258,7 @@ static void on_fatal(int sig, siginfo_t *si, void *uc) {
     if (!atomic_exchange(&in_fatal, 1)) {
         char why[32];
         snprintf(why, sizeof why, "signal %d (%s)", sig, sig == SIGTERM ? "SIGTERM" : sig == SIGABRT ? "SIGABRT" : sig == SIGSEGV ? "SIGSEGV" : "fatal");
-        dump_all(why);
+        dump_all(why, 1);
     }
     for (int i = 0; i < NFATAL; i++)
         if (fatal[i] == sig) sigaction(sig, &previous[i], NULL);

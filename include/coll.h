@@ -145,11 +145,14 @@ coll_result_t coll_comm_set_tag(coll_comm_t comm, const char *tag);
 void coll_trace_set_dir(const char *dir); /* overrides COLL_TRACE_DIR; NULL or "": no dumps */
 /* Writes comm's record now (reason goes into the file's header). */
 coll_result_t coll_trace_dump(coll_comm_t comm, const char *reason);
-/* Seconds this rank has waited on each peer's transfers (wait_s[comm size])
- * since the communicator was made or the last reset (reset = 1 zeroes the
- * totals after reading). Kept while the flight recorder is on (COLL_TRACE >
- * 0, the default); with COLL_TRACE=0 nothing is timed and they stay 0. */
-coll_result_t coll_comm_peer_waits(coll_comm_t comm, double *wait_s, int reset);
+/* Seconds this rank has waited on each peer's transfers (wait_s[comm size]),
+ * and of those on its sends to each peer (send_s: the back-pressure of that
+ * hop; a pipelined ring makes every rank wait about equally on receives, so
+ * only the sends tell a slow hop), since the communicator was made or the
+ * last reset (reset = 1 zeroes the totals after reading). Either array may
+ * be NULL. Kept while the flight recorder is on (COLL_TRACE > 0, the
+ * default); with COLL_TRACE=0 nothing is timed and they stay 0. */
+coll_result_t coll_comm_peer_waits(coll_comm_t comm, double *wait_s, double *send_s, int reset);
 
 /* Algorithm for later calls on this comm (overrides COLL_ALGO). */
 coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);

@@ -147,7 +147,8 @@ ddp_stats_t ddp_last_stats(const ddp_t *d);
  * this rank computed before launching the step's first gradient collective
  * (from the end of its previous step's collectives, so a late start caused
  * by the others does not count), how long its transfers waited in all, the
- * peer it waited on most, and how long (seconds). */
+ * peer its sends waited on most (the slowest hop out of it), and how long
+ * (seconds). */
 void ddp_probe(ddp_t *d, double probe[4]);
 /* all[r * n + i] = rank r's mine[i], on every rank. */
 int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n);

@@ -64,7 +64,7 @@ struct ddp {
     /* straggler probes */
     double arrival;   /* wall clock at this step's first gradient launch */
     double prev_end;  /* ... and when the last step's collectives were done here */
-    double *waits;    /* per peer, this step (coll_comm_peer_waits) */
+    double *waits, *sends; /* per peer, this step (coll_comm_peer_waits) */
     int psgd_now;   /* this step is compressed with PowerSGD */
     float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
     /* slow phases (checkpoints): a barrier and liveness pings on communicators of their own */
@@ -246,7 +246,7 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
         d->shard_size = padded;
         d->nshard = 1;
     }
-    if (!(d->waits = calloc(P, sizeof *d->waits))) {
+    if (!(d->waits = calloc(P, sizeof *d->waits)) || !(d->sends = calloc(P, sizeof *d->sends))) {
         snprintf(err, errlen, "ddp: out of memory");
         ddp_destroy(d);
         return -1;
@@ -275,6 +275,7 @@ void ddp_destroy(ddp_t *d) {
     free(d->pq_all);
     free(d->qt_all);
     free(d->waits);
+    free(d->sends);
     free(d);
 }
 
@@ -338,22 +339,22 @@ int ddp_backward_begin(ddp_t *d, int sync) {
     d->bytes0 = coll_comm_bytes_sent(d->comm);
     d->wire = 0;
     d->psgd_now = d->opt.compress == DDP_COMPRESS_POWERSGD && d->steps >= d->opt.powersgd_start;
-    if (sync) coll_comm_peer_waits(d->comm, d->waits, 1); /* this step's waits from here */
+    if (sync) coll_comm_peer_waits(d->comm, NULL, NULL, 1); /* this step's waits from here */
     return d->failed ? -1 : 0;
 }
 
 void ddp_probe(ddp_t *d, double probe[4]) {
-    coll_comm_peer_waits(d->comm, d->waits, 0);
+    coll_comm_peer_waits(d->comm, d->waits, d->sends, 0);
     double total = 0;
     int top = -1;
     for (int p = 0; p < d->size; p++) {
         total += d->waits[p];
-        if (d->waits[p] > 0 && (top < 0 || d->waits[p] > d->waits[top])) top = p;
+        if (d->sends[p] > 0 && (top < 0 || d->sends[p] > d->sends[top])) top = p;
     }
     probe[0] = d->arrival - d->prev_end;
     probe[1] = total;
     probe[2] = top;
-    probe[3] = top >= 0 ? d->waits[top] : 0;
+    probe[3] = top >= 0 ? d->sends[top] : 0;
 }
 
 int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n) {

@@ -7,21 +7,20 @@
  *             collectives (seconds): its arrival, less the start skew the
  *             previous step's collectives left
  *   wait      how long its transfers waited, in all
- *   peer      the peer it waited on most, and
- *   peer_wait how long it waited on that peer.
+ *   peer      the peer its sends waited on most (back-pressure: the hop from
+ *             it to that peer drains slowly), and
+ *   peer_wait how long its sends to that peer waited.
  * cause compute: a rank arrived late (computed longer than the fastest by
  *   more than the threshold): it computed slowly. The latest is named.
- * cause link: every rank arrived on time, but the transfers waited: each
- *   wait is charged to both its ends (the waiting rank and the peer it
- *   waited on), since a slow link delays what a rank receives and what it
- *   sends; the rank whose charge exceeds the median charge by more than the
- *   threshold (and by half) is named. Equal waits everywhere (a uniformly
- *   slow network) name nobody.
- * Limits of the link cause: a pipelined ring runs every hop at the pace of
- * its slowest, so all ranks wait about equally on their predecessors and a
- * slow link is not localised from these sums (measured across 3 emulated
- * nodes: docs/RELIABILITY.md); algorithms that do not pipeline (recursive
- * doubling, trees) charge the slow ends. With two nodes a slow link of
+ * cause link: every rank arrived on time, but sends waited: each send wait
+ *   is charged to both ends of its hop (a node's slow link slows the hops
+ *   into it and out of it, so its ranks collect both charges); the rank
+ *   whose charge exceeds the median charge by more than the threshold (and
+ *   by half) is named. Equal waits everywhere (a uniformly slow network)
+ *   name nobody.
+ * Receive waits are not used for the link cause: a pipelined ring runs every
+ * hop at the pace of its slowest, so every rank waits about equally on its
+ * predecessor (measured: docs/RELIABILITY.md). With two nodes a slow link of
  * either looks the same from the ranks anyway (every transfer between them
  * crosses both links). */
 #ifndef DDP_STRAGGLER_H

@@ -153,5 +153,5 @@ if ! $BIN configs/fmnist-mlp.ini ddp.powersgd_rank=0 >"$TMP/o" 2>&1 && grep -q "
 else
     no "powersgd_rank = 0: $(cat "$TMP/o")"
 fi
-echo "$P passed, $F failed"
+echo "compress: $P passed, $F failed"
 [ "$F" -eq 0 ]

@@ -4,7 +4,7 @@
 #    dumps appear within timeout + 5 s; the stopped rank is killed before it
 #    can write one; launch/trace-report names it from the survivors' alone;
 #  - a desync under COLL_CHECK=0 (tests/mpi/trace_scenarios): the report
-#    names both calls;
+#    names both calls; under COLL_CHECK=1 the mismatch itself writes them;
 #  - SIGUSR1 to a healthy job: every rank writes its record and goes on, the
 #    job ends with status 0;
 #  - a rank's CPU throttled to about 1.3x (SIGSTOP/SIGCONT, 3 ms of every 13):
@@ -82,6 +82,20 @@ else
     no "desync: report above"
 fi
 
+# 2b. the same calls under COLL_CHECK=1: a mismatch, written as such
+D=$TMP/mismatch
+mkdir -p "$D"
+COLL_CHECK=1 COLL_TIMEOUT=10 COLL_TRACE_DIR=$D timeout 120 $MPIRUN -x COLL_CHECK -x COLL_TIMEOUT -x COLL_TRACE_DIR -np 3 \
+    "$BUILD/tests/trace_scenarios" desync >"$TMP/mismatch.log" 2>&1
+rep=$(launch/trace-report "$D" 2>&1)
+echo "$rep" | sed 's/^/    /'
+if grep -q '"reason":"arguments differ between ranks"\|"reason":"mismatch"' "$D"/coll-trace-r*-c0.jsonl &&
+    echo "$rep" | grep -q "DESYNC at seq 10: rank 0 called allreduce"; then
+    ok "mismatch (COLL_CHECK=1): dumps written at once, both calls named"
+else
+    no "mismatch: report above; $(grep -h '"type":"header"' "$D"/*.jsonl | cut -c1-160)"
+fi
+
 # 3. SIGUSR1 to a healthy job
 D=$TMP/usr1
 mkdir -p "$D"
@@ -137,5 +151,5 @@ else
     kill $job 2>/dev/null; wait $job
     no "throttle: the job did not start"
 fi
-echo "$P passed, $F failed"
+echo "flight: $P passed, $F failed"
 [ "$F" -eq 0 ]

@@ -269,7 +269,7 @@ int main(int argc, char **argv) {
     wire_bytes();
     state_round_trip();
     bad_arguments();
-    if (rank == 0) printf("%d passed, %d failed\n", npass, nfail);
+    if (rank == 0) printf("test_ddp_compress np=%d: %d passed, %d failed\n", size, npass, nfail);
     MPI_Finalize();
     return nfail ? 1 : 0;
 }

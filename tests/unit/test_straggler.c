@@ -13,14 +13,14 @@
 enum { P = 4, K = 12 };
 static double pr[P * K * PROBE_FIELDS];
 
-/* every rank computes 10 ms, waits 2 ms on its ring predecessor */
+/* every rank computes 10 ms; its sends to its ring successor wait 2 ms */
 static void healthy(void) {
     for (int r = 0; r < P; r++)
         for (int k = 0; k < K; k++) {
             double *q = pr + ((size_t)r * K + k) * PROBE_FIELDS;
             q[0] = 0.010 + 1e-5 * ((r * 7 + k * 3) % 5); /* 0-40 us of jitter */
             q[1] = q[3] = 0.002;
-            q[2] = (r + P - 1) % P;
+            q[2] = (r + 1) % P;
         }
 }
 
@@ -52,15 +52,15 @@ static void transient_not_named(void **st) {
     assert_int_equal(straggler_window(pr, P, K, 0.5, NULL).rank, -1);
 }
 
-/* rank 3 both waits long and is waited on long (its link is slow both
- * ways); the others' waits are short */
+/* rank 3's link is slow both ways: the hop into it (2 -> 3) and the hop
+ * out of it (3 -> 0) back-pressure their senders */
 static void link_named(void **st) {
     (void)st;
     healthy();
     for (int k = 0; k < K; k++) {
-        double *w3 = pr + ((size_t)3 * K + k) * PROBE_FIELDS, *w0 = pr + ((size_t)0 * K + k) * PROBE_FIELDS;
-        w3[1] = w3[3] = 0.020, w3[2] = 2; /* rank 3 waits on 2 */
-        w0[1] = w0[3] = 0.020, w0[2] = 3; /* rank 0 waits on 3 */
+        double *w2 = pr + ((size_t)2 * K + k) * PROBE_FIELDS, *w3 = pr + ((size_t)3 * K + k) * PROBE_FIELDS;
+        w2[1] = w2[3] = 0.020; /* rank 2's sends to 3 */
+        w3[1] = w3[3] = 0.020; /* rank 3's sends to 0 */
     }
     straggler_t s = straggler_window(pr, P, K, 0.5, NULL);
     assert_int_equal(s.rank, 3);
