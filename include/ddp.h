@@ -143,12 +143,13 @@ typedef struct ddp_stats {
 } ddp_stats_t;
 ddp_stats_t ddp_last_stats(const ddp_t *d);
 
-/* Straggler probe of the last synchronised step (src/straggler.h): how long
- * this rank computed before launching the step's first gradient collective
- * (from the end of its previous step's collectives, so a late start caused
- * by the others does not count), how long its transfers waited in all, the
- * peer its sends waited on most (the slowest hop out of it), and how long
- * (seconds). */
+/* Straggler probe of the last synchronised step (src/straggler.h): when this
+ * rank launched the step's first gradient collective, counted back from when
+ * its last collective of the step was done (minus the time it spent in the
+ * step's collectives: every rank leaves them within a hop of the others, so
+ * the last to arrive spends the least, and no clocks need agreeing), how
+ * long its transfers waited in all, the peer its sends waited on most (the
+ * slowest hop out of it), and how long (seconds). */
 void ddp_probe(ddp_t *d, double probe[4]);
 /* all[r * n + i] = rank r's mine[i], on every rank. */
 int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n);

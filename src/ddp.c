@@ -63,7 +63,7 @@ struct ddp {
     long steps;     /* synchronised steps done */
     /* straggler probes */
     double arrival;   /* wall clock at this step's first gradient launch */
-    double prev_end;  /* ... and when the last step's collectives were done here */
+    double step_end;  /* ... and when its last collective was done here */
     double *waits, *sends; /* per peer, this step (coll_comm_peer_waits) */
     int psgd_now;   /* this step is compressed with PowerSGD */
     float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
@@ -251,7 +251,6 @@ int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t co
         ddp_destroy(d);
         return -1;
     }
-    d->prev_end = wall_s();
     *out = d;
     return 0;
 }
@@ -351,7 +350,7 @@ void ddp_probe(ddp_t *d, double probe[4]) {
         total += d->waits[p];
         if (d->sends[p] > 0 && (top < 0 || d->sends[p] > d->sends[top])) top = p;
     }
-    probe[0] = d->arrival - d->prev_end;
+    probe[0] = d->arrival - d->step_end; /* minus the time this rank spent in the step's collectives */
     probe[1] = total;
     probe[2] = top;
     probe[3] = top >= 0 ? d->sends[top] : 0;
@@ -534,7 +533,7 @@ static int wait_all(ddp_t *d, const char *what, int grads) {
     d->exposed_ms += 1e3 * (now_s() - t0) - (d->compress_ms - z0);
     d->comm_ms += 1e3 * busy; /* the progress thread runs them one at a time */
     d->wire = coll_comm_bytes_sent(d->comm) - d->bytes0;
-    d->prev_end = wall_s();
+    d->step_end = wall_s();
     return rc;
 }
 

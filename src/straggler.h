@@ -2,16 +2,17 @@
  * the step back, and why.
  *
  * A probe (ddp_probe) is four numbers per rank and step:
- *   compute   how long the rank computed before reaching the step's first
- *             gradient collective, from the end of its previous step's
- *             collectives (seconds): its arrival, less the start skew the
- *             previous step's collectives left
+ *   arrival   when the rank reached the step's first gradient collective,
+ *             as minus the time it then spent in the step's collectives
+ *             (seconds): all ranks leave them within a hop of each other,
+ *             so the latest to arrive spends the least, and its lead over
+ *             the earliest is how late it was, with no clocks compared
  *   wait      how long its transfers waited, in all
  *   peer      the peer its sends waited on most (back-pressure: the hop from
  *             it to that peer drains slowly), and
  *   peer_wait how long its sends to that peer waited.
- * cause compute: a rank arrived late (computed longer than the fastest by
- *   more than the threshold): it computed slowly. The latest is named.
+ * cause compute: a rank arrived late (after the earliest by more than the
+ *   threshold): it computed slowly. The latest is named.
  * cause link: every rank arrived on time, but sends waited: each send wait
  *   is charged to both ends of its hop (a node's slow link slows the hops
  *   into it and out of it, so its ranks collect both charges); the rank
