@@ -5,6 +5,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 
@@ -65,6 +66,7 @@ struct ddp {
     double arrival;   /* wall clock at this step's first gradient launch */
     double step_end;  /* ... and when its last collective was done here */
     double *waits, *sends; /* per peer, this step (coll_comm_peer_waits) */
+    char *hop_buf;         /* ddp_hop_probe's messages */
     int psgd_now;   /* this step is compressed with PowerSGD */
     float *stage; /* one bucket, for gathering shards to rank 0 (made at the first use) */
     /* slow phases (checkpoints): a barrier and liveness pings on communicators of their own */
@@ -275,6 +277,7 @@ void ddp_destroy(ddp_t *d) {
     free(d->qt_all);
     free(d->waits);
     free(d->sends);
+    free(d->hop_buf);
     free(d);
 }
 
@@ -354,6 +357,46 @@ void ddp_probe(ddp_t *d, double probe[4]) {
     probe[1] = total;
     probe[2] = top;
     probe[3] = top >= 0 ? d->sends[top] : 0;
+}
+
+#define HOP_BYTES (2 << 20) /* past a shaped link's burst (launch/vcluster: 0.5 MB at 1 Gbit/s) */
+#define HOP_TAG 0x0b0b
+
+/* Posts a receive from left and a send to right on the side communicator;
+ * returns when both are done (*recv_s: seconds until the receive was), -1
+ * after timeout_s without them. */
+static int hop_exchange(ddp_t *d, int n, int left, int right, double *recv_s) {
+    MPI_Request rq[2];
+    if (MPI_Irecv(d->hop_buf + HOP_BYTES, n, MPI_BYTE, left, HOP_TAG, d->side, &rq[0]) != MPI_SUCCESS) return -1;
+    if (MPI_Isend(d->hop_buf, n, MPI_BYTE, right, HOP_TAG, d->side, &rq[1]) != MPI_SUCCESS) {
+        MPI_Cancel(&rq[0]), MPI_Request_free(&rq[0]);
+        return -1;
+    }
+    const double t0 = wall_s();
+    int got = 0, sent = 0;
+    *recv_s = -1;
+    while (!got || !sent) {
+        if (!got && MPI_Test(&rq[0], &got, MPI_STATUS_IGNORE) == MPI_SUCCESS && got) *recv_s = wall_s() - t0;
+        if (!sent) MPI_Test(&rq[1], &sent, MPI_STATUS_IGNORE);
+        if (got && sent) break;
+        if (d->opt.timeout_s > 0 && wall_s() - t0 > d->opt.timeout_s) {
+            if (!got) MPI_Cancel(&rq[0]), MPI_Request_free(&rq[0]);
+            if (!sent) MPI_Cancel(&rq[1]), MPI_Request_free(&rq[1]);
+            return -1;
+        }
+        sched_yield();
+    }
+    return 0;
+}
+
+double ddp_hop_probe(ddp_t *d) {
+    if (d->size < 2 || d->side == MPI_COMM_NULL || d->failed) return 0;
+    if (!d->hop_buf && !(d->hop_buf = calloc(2, HOP_BYTES))) return -1;
+    const int right = (d->rank + 1) % d->size, left = (d->rank + d->size - 1) % d->size;
+    double t;
+    /* one byte first, so the neighbours start the timed transfer together */
+    if (hop_exchange(d, 1, left, right, &t) || hop_exchange(d, HOP_BYTES, left, right, &t)) return -1;
+    return t;
 }
 
 int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n) {

@@ -55,6 +55,32 @@ straggler_t straggler_step(const double *pr, int P, double thr_ms) {
  * when every rank's median lateness is under it but a rank's median charge
  * stands out as in straggler_step. */
 straggler_t straggler_window(const double *pr, int P, int K, double thr_ms, long *counts) {
+    return straggler_window_hops(pr, NULL, P, K, thr_ms, counts);
+}
+
+/* link from the timed hops: a node's slow link slows the hop into its rank
+ * and the hop out of it, so that rank collects two slow charges */
+static straggler_t hop_verdict(const double *hop, const double *pr, int P, int K, double thr_ms) {
+    straggler_t none = {-1, STRAGGLER_NONE, 0};
+    double *c = malloc((size_t)P * sizeof *c), *sorted = malloc((size_t)P * sizeof *sorted);
+    double *w = malloc((size_t)K * sizeof *w);
+    if (!c || !sorted || !w) return free(c), free(sorted), free(w), none;
+    int top = 0;
+    for (int r = 0; r < P; r++) {
+        c[r] = 1e3 * (hop[r] + hop[(r + 1) % P]); /* into r, and into r + 1 (out of r) */
+        sorted[r] = c[r];
+        if (c[r] > c[top]) top = r;
+    }
+    const double med = median(sorted, P);
+    for (int k = 0; k < K; k++) w[k] = 1e3 * pr[((size_t)top * K + k) * PROBE_FIELDS + 1];
+    const double waited = median(w, K);
+    straggler_t s = none;
+    if (c[top] > 1.4 * med && c[top] - med > 1.0 && waited > thr_ms) s = (straggler_t){top, STRAGGLER_LINK, waited};
+    free(c), free(sorted), free(w);
+    return s;
+}
+
+straggler_t straggler_window_hops(const double *pr, const double *hop, int P, int K, double thr_ms, long *counts) {
     straggler_t best = {-1, STRAGGLER_NONE, 0};
     if (P < 2 || K < 1) return best;
     double *late = malloc((size_t)P * K * sizeof *late), *charge = calloc((size_t)P * K, sizeof *charge);
@@ -91,8 +117,12 @@ straggler_t straggler_window(const double *pr, int P, int K, double thr_ms, long
     latest_n = (int)last_n[top_late];
     /* a straggler is late persistently: the last to arrive in 2 steps of 3
      * (a transient stall of one core, common on shared machines, is not) */
+    int hops_ok = hop != NULL;
+    for (int r = 0; hops_ok && r < P; r++) hops_ok = hop[r] >= 0;
     if (med_late[top_late] > thr_ms && 3 * latest_n >= 2 * K) {
         best = (straggler_t){top_late, STRAGGLER_COMPUTE, med_late[top_late]};
+    } else if (hops_ok) {
+        best = hop_verdict(hop, pr, P, K, thr_ms);
     } else {
         const double top = med_charge[top_charge], mid = median(med_charge, P); /* reorders med_charge */
         if ((top - mid) / 2 > thr_ms && top > 1.5 * mid) best = (straggler_t){top_charge, STRAGGLER_LINK, (top - mid) / 2};

@@ -47,5 +47,13 @@ straggler_t straggler_step(const double *probes, int P, double threshold_ms);
  * so a single noisy step names nobody; counts[r * 3 + cause] (if not NULL)
  * adds K to the named rank's count for its cause. */
 straggler_t straggler_window(const double *probes, int P, int K, double threshold_ms, long *counts);
+/* The same, with hop[r] = seconds the hop into rank r from rank r - 1 took
+ * in a timed exchange around the ring (ddp_hop_probe; NULL or any negative:
+ * not measured). The link cause is then judged on the hops: each hop is
+ * charged to both its ends, and a rank whose charge exceeds the median by
+ * 40% and by 1 ms is named, when its steps waited on transfers more than the
+ * threshold (median over the window); lateness_ms is then that wait. */
+straggler_t straggler_window_hops(const double *probes, const double *hop, int P, int K, double threshold_ms,
+                                  long *counts);
 
 #endif

@@ -313,10 +313,13 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     if (t->ddp && t->ranks > 1) {
         /* probes of the steps between two step records (at most 1000: older ones are dropped) */
         t->probe_cap = cfg->every_steps < 1000 ? (int)cfg->every_steps : 1000;
-        t->probes = calloc((size_t)t->probe_cap * PROBE_FIELDS, sizeof *t->probes);
-        t->probes_all = calloc((size_t)t->probe_cap * PROBE_FIELDS * (size_t)t->ranks, sizeof *t->probes_all);
+        /* each rank's window, then its timed hop (ddp_hop_probe) */
+        const size_t stride = (size_t)t->probe_cap * PROBE_FIELDS + 1;
+        t->probes = calloc(stride, sizeof *t->probes);
+        t->probes_all = calloc(stride * (size_t)t->ranks, sizeof *t->probes_all);
+        t->hops = calloc((size_t)t->ranks, sizeof *t->hops);
         t->named = calloc((size_t)t->ranks * 3, sizeof *t->named);
-        if (!t->probes || !t->probes_all || !t->named) return snprintf(err, errlen, "out of memory"), -1;
+        if (!t->probes || !t->probes_all || !t->hops || !t->named) return snprintf(err, errlen, "out of memory"), -1;
     }
     if (cfg->compress == CFG_COMPRESS_POWERSGD && cfg->ckpt_dir[0] && t->rank == 0 &&
         !(t->ckpt_extra = tensor_alloc((size_t)(1 + t->ranks) * t->g->nweights)))
@@ -343,6 +346,7 @@ void trainer_free(trainer_t *t) {
     free(t->compress_ms);
     free(t->probes);
     free(t->probes_all);
+    free(t->hops);
     free(t->named);
     tensor_free(t->ckpt_extra);
     tensor_free(t->ckpt_state);
@@ -504,14 +508,17 @@ fail:
 static int attribute(trainer_t *t, long last, straggler_t *out) {
     const int K = t->probe_n, P = t->ranks;
     if (K == 0) return 0;
-    if (ddp_allgather_double(t->ddp, t->probes, t->probes_all, (size_t)t->probe_cap * PROBE_FIELDS)) return -1;
+    const size_t stride = (size_t)t->probe_cap * PROBE_FIELDS + 1;
+    t->probes[stride - 1] = ddp_hop_probe(t->ddp);
+    if (ddp_allgather_double(t->ddp, t->probes, t->probes_all, stride)) return -1;
     if (t->rank == 0) {
         const double thr = fmax(0.5, 0.1 * median_after(t->step_ms + last + 1 - K, K, 0));
-        /* each rank's K probes sit at the start of its probe_cap slots: pack them */
-        for (int r = 1; r < P && K < t->probe_cap; r++)
-            memmove(t->probes_all + (size_t)r * K * PROBE_FIELDS, t->probes_all + (size_t)r * t->probe_cap * PROBE_FIELDS,
+        for (int r = 0; r < P; r++) t->hops[r] = t->probes_all[(size_t)r * stride + stride - 1];
+        /* each rank's K probes sit at the start of its block: pack them */
+        for (int r = 1; r < P; r++)
+            memmove(t->probes_all + (size_t)r * K * PROBE_FIELDS, t->probes_all + (size_t)r * stride,
                     (size_t)K * PROBE_FIELDS * sizeof *t->probes_all);
-        *out = straggler_window(t->probes_all, P, K, thr, t->named);
+        *out = straggler_window_hops(t->probes_all, t->hops, P, K, thr, t->named);
     }
     t->probe_n = 0;
     return 0;

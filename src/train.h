@@ -43,7 +43,7 @@ typedef struct trainer {
     /* straggler attribution (straggler.h): this rank's probes since the last
      * step record, all ranks' gathered there, and how often each rank was named */
     int probe_cap, probe_n;
-    double *probes, *probes_all;
+    double *probes, *probes_all, *hops;
     long *named;           /* rank 0: [rank * 3 + cause] */
     device_t dev;          /* where the graph, parameters and optimiser state live */
     float *host_params;    /* GPU: host copy of the parameters (checkpoints, hashes, output) */

@@ -75,6 +75,24 @@ static void uniform_waits_not_named(void **st) {
     assert_int_equal(straggler_window(pr, P, K, 0.5, NULL).rank, -1);
 }
 
+/* timed hops into 0, 1, 2, 3: rank 2's link is slow, so the hops into 2
+ * and out of 2 (into 3) are; nobody is late, the steps wait */
+static void link_from_hops(void **st) {
+    (void)st;
+    healthy();
+    for (int i = 0; i < P * K; i++) pr[i * PROBE_FIELDS + 1] = 0.050;
+    const double slow[P] = {0.002, 0.0025, 0.016, 0.015}, even[P] = {0.003, 0.002, 0.003, 0.0025};
+    straggler_t s = straggler_window_hops(pr, slow, P, K, 5.0, NULL);
+    assert_int_equal(s.rank, 2);
+    assert_int_equal(s.cause, STRAGGLER_LINK);
+    assert_int_equal(straggler_window_hops(pr, even, P, K, 5.0, NULL).rank, -1);
+    const double unmeasured[P] = {0.002, -1, 0.016, 0.015};
+    assert_int_equal(straggler_window_hops(pr, unmeasured, P, K, 5.0, NULL).cause, STRAGGLER_NONE);
+    /* steps that hardly waited: a slow hop that costs nothing is not named */
+    for (int i = 0; i < P * K; i++) pr[i * PROBE_FIELDS + 1] = 0.001;
+    assert_int_equal(straggler_window_hops(pr, slow, P, K, 5.0, NULL).rank, -1);
+}
+
 static void one_step(void **st) {
     (void)st;
     double q[2 * PROBE_FIELDS] = {0.010, 0, -1, 0, 0.016, 0, -1, 0};
@@ -89,7 +107,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(none_when_healthy), cmocka_unit_test(compute_named),
         cmocka_unit_test(transient_not_named), cmocka_unit_test(link_named),
-        cmocka_unit_test(uniform_waits_not_named), cmocka_unit_test(one_step),
+        cmocka_unit_test(uniform_waits_not_named), cmocka_unit_test(link_from_hops), cmocka_unit_test(one_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
