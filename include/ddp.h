@@ -77,7 +77,7 @@ typedef struct ddp_options {
     int powersgd_rank;     /* columns of P and Q (1..64) */
     long powersgd_start;   /* synchronised steps before PowerSGD starts */
     uint64_t seed;         /* PowerSGD's first Q (the same on every rank) */
-    const ddp_tensor_t *tensors; /* powersgd: every parameter, in increasing offset order */
+    const ddp_tensor_t *tensors; /* powersgd: every parameter, in increasing offset order (read by ddp_create only) */
     int ntensors;
 } ddp_options_t;
 

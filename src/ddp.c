@@ -3,9 +3,9 @@
  * timing. */
 #include "ddp.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sched.h>
 #include <string.h>
 #include <time.h>
 
@@ -155,6 +155,7 @@ static int psgd_setup(ddp_t *d, size_t bf, char *err, size_t errlen) {
         for (int k = d->b[i].m0; k < d->b[i].m1; k++)
             psgd_init_q(d->b[i].qt + d->mat[k].q_at, d->mat[k].m, r, o->seed, k);
     }
+    d->opt.tensors = NULL; /* the caller's, read only here */
     return 0;
 }
 
