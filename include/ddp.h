@@ -151,10 +151,10 @@ ddp_stats_t ddp_last_stats(const ddp_t *d);
  * long its transfers waited in all, the peer its sends waited on most (the
  * slowest hop out of it), and how long (seconds). */
 void ddp_probe(ddp_t *d, double probe[4]);
-/* The hop into this rank from its ring predecessor (rank - 1), timed: 256
- * KiB sent around the ring at once, after a one-byte exchange lines the
- * neighbours up; seconds until this rank's receive completed, or -1 when it
- * did not within timeout_s. Collective (every rank), on a communicator of
+/* The hop into this rank from its ring predecessor (rank - 1), timed: 2 MiB
+ * sent around the ring at once, three times, after a one-byte exchange lines
+ * the neighbours up; the fastest receive's seconds, or -1 when an exchange
+ * did not complete within timeout_s. Collective (every rank), on a communicator of
  * its own; for straggler attribution, once per step record. */
 double ddp_hop_probe(ddp_t *d);
 /* all[r * n + i] = rank r's mine[i], on every rank. */

@@ -394,10 +394,16 @@ double ddp_hop_probe(ddp_t *d) {
     if (d->size < 2 || d->side == MPI_COMM_NULL || d->failed) return 0;
     if (!d->hop_buf && !(d->hop_buf = calloc(2, HOP_BYTES))) return -1;
     const int right = (d->rank + 1) % d->size, left = (d->rank + d->size - 1) % d->size;
-    double t;
-    /* one byte first, so the neighbours start the timed transfer together */
-    if (hop_exchange(d, 1, left, right, &t) || hop_exchange(d, HOP_BYTES, left, right, &t)) return -1;
-    return t;
+    double t, best = 1e30;
+    /* one byte first, so the neighbours start the timed transfers together;
+     * the fastest of three, so a rank descheduled during one does not make
+     * its hop look slow (three ranks on two cores did, 2 records in 18) */
+    if (hop_exchange(d, 1, left, right, &t)) return -1;
+    for (int k = 0; k < 3; k++) {
+        if (hop_exchange(d, HOP_BYTES, left, right, &t)) return -1;
+        best = t < best ? t : best;
+    }
+    return best;
 }
 
 int ddp_allgather_double(ddp_t *d, const double *mine, double *all, size_t n) {

@@ -1,5 +1,6 @@
 #include "straggler.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 const char *straggler_cause_name(int cause) {
@@ -71,11 +72,13 @@ static straggler_t hop_verdict(const double *hop, const double *pr, int P, int K
         sorted[r] = c[r];
         if (c[r] > c[top]) top = r;
     }
-    const double med = median(sorted, P);
+    double fastest = hop[0];
+    for (int r = 1; r < P; r++) fastest = hop[r] < fastest ? hop[r] : fastest;
+    const double med = median(sorted, P), margin = fmax(1.0, 2e3 * fastest);
     for (int k = 0; k < K; k++) w[k] = 1e3 * pr[((size_t)top * K + k) * PROBE_FIELDS + 1];
     const double waited = median(w, K);
     straggler_t s = none;
-    if (c[top] > 1.4 * med && c[top] - med > 1.0 && waited > thr_ms) s = (straggler_t){top, STRAGGLER_LINK, waited};
+    if (c[top] > 1.4 * med && c[top] - med > margin && waited > thr_ms) s = (straggler_t){top, STRAGGLER_LINK, waited};
     free(c), free(sorted), free(w);
     return s;
 }

@@ -51,8 +51,10 @@ straggler_t straggler_window(const double *probes, int P, int K, double threshol
  * in a timed exchange around the ring (ddp_hop_probe; NULL or any negative:
  * not measured). The link cause is then judged on the hops: each hop is
  * charged to both its ends, and a rank whose charge exceeds the median by
- * 40% and by 1 ms is named, when its steps waited on transfers more than the
- * threshold (median over the window); lateness_ms is then that wait. */
+ * 40% and by twice the fastest hop (at least 1 ms: a hop has to be slow
+ * against what the network can do, not only against its neighbours) is
+ * named, when its steps waited on transfers more than the threshold (median
+ * over the window); lateness_ms is then that wait. */
 straggler_t straggler_window_hops(const double *probes, const double *hop, int P, int K, double threshold_ms,
                                   long *counts);
 

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""throttle.py MARK RANK [STOP_S RUN_S]
+
+Finds the process of MPI rank RANK whose command line contains MARK (waiting up to
+60 s for it), then throttles its CPU in a duty cycle, SIGSTOP for STOP_S and SIGCONT
+for RUN_S (default 0.003 and 0.010: 3 ms of every 13, a 1.3x slowdown), until it exits.
+Exits 1 if the process never appeared."""
+import os
+import signal
+import sys
+import time
+
+
+def find(mark, rank):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if mark.encode() not in f.read():
+                    continue
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                if ("OMPI_COMM_WORLD_RANK=%d" % rank).encode() in f.read().split(b"\0"):
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def main():
+    mark, rank = sys.argv[1], int(sys.argv[2])
+    stop = float(sys.argv[3]) if len(sys.argv) > 3 else 0.003
+    run = float(sys.argv[4]) if len(sys.argv) > 4 else 0.010
+    pid = None
+    for _ in range(600):
+        pid = find(mark, rank)
+        if pid:
+            break
+        time.sleep(0.1)
+    if not pid:
+        sys.exit(1)
+    try:
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(stop)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(run)
+    except ProcessLookupError:
+        pass
+
+
+if __name__ == "__main__":
+    main()
