@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "compress.h"
 #include "liveness.h"
@@ -63,7 +62,7 @@ struct ddp {
     size_t qt_len;
     long steps;     /* synchronised steps done */
     /* straggler probes */
-    double arrival;   /* wall clock at this step's first gradient launch */
+    double arrival;   /* now_s() at this step's first gradient launch */
     double step_end;  /* ... and when its last collective was done here */
     double *waits, *sends; /* per peer, this step (coll_comm_peer_waits) */
     char *hop_buf;         /* ddp_hop_probe's messages */
@@ -80,8 +79,6 @@ static int fail(ddp_t *d, const char *what, coll_result_t rc) {
     d->failed = 1;
     return -1;
 }
-
-static double wall_s(void);
 
 static int check_compress(ddp_t *d, const ddp_options_t *o, char *err, size_t errlen) {
     if ((unsigned)o->compress > DDP_COMPRESS_POWERSGD)
@@ -159,11 +156,6 @@ static int psgd_setup(ddp_t *d, size_t bf, char *err, size_t errlen) {
     return 0;
 }
 
-static double wall_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int ddp_create(ddp_t **out, MPI_Comm mpi, float *params, float *grads, size_t count, size_t padded,
                const ddp_options_t *opt, char *err, size_t errlen) {
@@ -373,14 +365,14 @@ static int hop_exchange(ddp_t *d, int n, int left, int right, double *recv_s) {
         MPI_Cancel(&rq[0]), MPI_Request_free(&rq[0]);
         return -1;
     }
-    const double t0 = wall_s();
+    const double t0 = now_s();
     int got = 0, sent = 0;
     *recv_s = -1;
     while (!got || !sent) {
-        if (!got && MPI_Test(&rq[0], &got, MPI_STATUS_IGNORE) == MPI_SUCCESS && got) *recv_s = wall_s() - t0;
+        if (!got && MPI_Test(&rq[0], &got, MPI_STATUS_IGNORE) == MPI_SUCCESS && got) *recv_s = now_s() - t0;
         if (!sent) MPI_Test(&rq[1], &sent, MPI_STATUS_IGNORE);
         if (got && sent) break;
-        if (d->opt.timeout_s > 0 && wall_s() - t0 > d->opt.timeout_s) {
+        if (d->opt.timeout_s > 0 && now_s() - t0 > d->opt.timeout_s) {
             if (!got) MPI_Cancel(&rq[0]), MPI_Request_free(&rq[0]);
             if (!sent) MPI_Cancel(&rq[1]), MPI_Request_free(&rq[1]);
             return -1;
@@ -484,7 +476,7 @@ static void launch(ddp_t *d, int i) {
     const size_t len = b->hi - b->lo;
     coll_result_t rc;
     b->phase = 0;
-    if (i == 0) d->arrival = wall_s();
+    if (i == 0) d->arrival = now_s();
     char tag[64]; /* libcoll keeps 31 characters */
     snprintf(tag, sizeof tag, "step %ld bucket %d/%d", d->steps, i + 1, d->nb);
     coll_comm_set_tag(d->comm, tag);
@@ -583,7 +575,7 @@ static int wait_all(ddp_t *d, const char *what, int grads) {
     d->exposed_ms += 1e3 * (now_s() - t0) - (d->compress_ms - z0);
     d->comm_ms += 1e3 * busy; /* the progress thread runs them one at a time */
     d->wire = coll_comm_bytes_sent(d->comm) - d->bytes0;
-    d->step_end = wall_s();
+    d->step_end = now_s();
     return rc;
 }
 

@@ -19,42 +19,13 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-#define MAX_P 4096 /* beyond this only the compute cause is judged (the charges need P doubles) */
-
-straggler_t straggler_step(const double *pr, int P, double thr_ms) {
-    straggler_t s = {-1, STRAGGLER_NONE, 0};
-    if (P < 2) return s;
-    double first = pr[0], last = pr[0];
-    int who = 0;
-    for (int r = 1; r < P; r++) {
-        const double a = pr[r * PROBE_FIELDS];
-        if (a < first) first = a;
-        if (a > last) last = a, who = r;
-    }
-    const double late_ms = 1e3 * (last - first);
-    if (late_ms > thr_ms) return (straggler_t){who, STRAGGLER_COMPUTE, late_ms};
-    if (P > MAX_P) return s;
-    static _Thread_local double charge[MAX_P], sorted[MAX_P];
-    for (int r = 0; r < P; r++) charge[r] = 0;
-    for (int r = 0; r < P; r++) {
-        const int peer = (int)pr[r * PROBE_FIELDS + 2];
-        const double w = pr[r * PROBE_FIELDS + 3];
-        if (peer < 0 || peer >= P || !(w > 0)) continue;
-        charge[r] += w;
-        charge[peer] += w;
-    }
-    int top = 0;
-    for (int r = 0; r < P; r++) sorted[r] = charge[r], top = charge[r] > charge[top] ? r : top;
-    const double med = median(sorted, P), excess_ms = 1e3 * (charge[top] - med) / 2;
-    if (excess_ms > thr_ms && charge[top] > 1.5 * med) return (straggler_t){top, STRAGGLER_LINK, excess_ms};
-    return s;
-}
-
 /* Per-rank medians over the window, so one noisy step does not name a
  * rank: compute, when a rank's median lateness exceeds the threshold and it
  * arrived last in at least 2 of 3 steps; link,
- * when every rank's median lateness is under it but a rank's median charge
- * stands out as in straggler_step. */
+ * when every rank's median lateness is under it: from the timed hops when
+ * there are any, else a rank whose median send-wait charge (its sends'
+ * waits plus those of sends to it) exceeds the median charge by the
+ * threshold and by half. */
 straggler_t straggler_window(const double *pr, int P, int K, double thr_ms, long *counts) {
     return straggler_window_hops(pr, NULL, P, K, thr_ms, counts);
 }

@@ -38,9 +38,6 @@ typedef struct straggler {
 
 const char *straggler_cause_name(int cause);
 
-/* One step: probes[r * PROBE_FIELDS ...] for r < P. */
-straggler_t straggler_step(const double *probes, int P, double threshold_ms);
-
 /* A window of K steps: probes[(r * K + k) * PROBE_FIELDS ...] (each rank's
  * K probes end to end, as an all-gather of per-rank windows lays them out).
  * Judged on each rank's median lateness and median charge over the window,

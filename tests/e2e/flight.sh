@@ -71,28 +71,21 @@ else
     no "stopped rank: the job did not start ($(tail -3 "$TMP/stop.log"))"
 fi
 
-# 2. a desync
-D=$TMP/desync
-mkdir -p "$D"
-COLL_CHECK=0 COLL_TIMEOUT=2 COLL_TRACE_DIR=$D timeout 120 $MPIRUN -x COLL_CHECK -x COLL_TIMEOUT -x COLL_TRACE_DIR -np 3 \
-    "$BUILD/tests/trace_scenarios" desync >"$TMP/desync.log" 2>&1
-rep=$(launch/trace-report "$D" 2>&1)
-echo "$rep" | sed 's/^/    /'
-if echo "$rep" | grep -q "DESYNC at seq 10: rank 0 called allreduce(count 1000, float32, sum); ranks 1, 2 called broadcast(count 1000, float32, root 0)"; then
-    ok "desync: both calls named"
-else
-    no "desync: report above"
-fi
-
-# 2b. the same calls under COLL_CHECK=1: a mismatch, written as such
-D=$TMP/mismatch
-mkdir -p "$D"
-COLL_CHECK=1 COLL_TIMEOUT=10 COLL_TRACE_DIR=$D timeout 120 $MPIRUN -x COLL_CHECK -x COLL_TIMEOUT -x COLL_TRACE_DIR -np 3 \
-    "$BUILD/tests/trace_scenarios" desync >"$TMP/mismatch.log" 2>&1
-rep=$(launch/trace-report "$D" 2>&1)
-echo "$rep" | sed 's/^/    /'
-if grep -q '"reason":"arguments differ between ranks"\|"reason":"mismatch"' "$D"/coll-trace-r*-c0.jsonl &&
-    echo "$rep" | grep -q "DESYNC at seq 10: rank 0 called allreduce"; then
+# 2. a desync: ranks call different collectives; under COLL_CHECK=0 they hang until
+# COLL_TIMEOUT, under COLL_CHECK=1 the mismatch itself writes the records
+desync() { # NAME CHECK TIMEOUT: runs the scenario, leaves the report in $rep and the dumps in $D
+    D=$TMP/$1
+    mkdir -p "$D"
+    COLL_CHECK=$2 COLL_TIMEOUT=$3 COLL_TRACE_DIR=$D timeout 120 $MPIRUN -x COLL_CHECK -x COLL_TIMEOUT -x COLL_TRACE_DIR \
+        -np 3 "$BUILD/tests/trace_scenarios" desync >"$TMP/$1.log" 2>&1
+    rep=$(launch/trace-report "$D" 2>&1)
+    echo "$rep" | sed 's/^/    /'
+}
+WANT="DESYNC at seq 10: rank 0 called allreduce(count 1000, float32, sum); ranks 1, 2 called broadcast(count 1000, float32, root 0)"
+desync desync 0 2
+if echo "$rep" | grep -qF "$WANT"; then ok "desync: both calls named"; else no "desync: report above"; fi
+desync mismatch 1 10
+if grep -q '"reason":"mismatch"' "$D"/coll-trace-r*-c0.jsonl && echo "$rep" | grep -qF "$WANT"; then
     ok "mismatch (COLL_CHECK=1): dumps written at once, both calls named"
 else
     no "mismatch: report above; $(grep -h '"type":"header"' "$D"/*.jsonl | cut -c1-160)"
@@ -149,10 +142,10 @@ fi
 # crosses both links); then all fast, where nobody may be named
 if tests/e2e/vcluster.sh --probe; then
     VC=1
-    link_run() { # OUT [SLOW_NODE]
+    link_run() { # OUT [SLOW_NODE [STEPS]]
         launch/vcluster up 3 --rate 10gbit >/dev/null || return 1
         [ -n "${2:-}" ] && { launch/vcluster rate "$2" 1gbit >/dev/null || return 1; }
-        launch/vcluster run -- -np 3 -x OPENBLAS_NUM_THREADS "$BIN" "${JOB[@]}" train.max_steps=300 log.every_steps=50 \
+        launch/vcluster run -- -np 3 -x OPENBLAS_NUM_THREADS "$BIN" "${JOB[@]}" train.max_steps="${3:-300}" log.every_steps=50 \
             log.metrics="$1" >"$1.log" 2>&1
         local rc=$?
         launch/vcluster down >/dev/null
@@ -174,10 +167,12 @@ if tests/e2e/vcluster.sh --probe; then
     # a rank's CPU throttled across the nodes: compute, not link
     tests/e2e/throttle.py "log.metrics=$TMP/xcpu.jsonl" 1 &
     thr=$!
-    if link_run "$TMP/xcpu.jsonl"; then
+    if link_run "$TMP/xcpu.jsonl" "" 600; then
         tail -n +2 "$TMP/xcpu.jsonl" | grep '"event":"step"' >"$TMP/xcpu-steps"
         n=$(records "$TMP/xcpu-steps") hit=$(named "$TMP/xcpu-steps" 1 compute) lk=$(grep -c '"cause":"link"' "$TMP/xcpu-steps")
-        if [ $((hit * 10)) -ge $((n * 8)) ] && [ "$lk" -eq 0 ]; then
+        # the steps are communication-bound here, so 1.3x of their compute is near the
+        # threshold (10% of the step): about 3 records in 4 (docs/RELIABILITY.md)
+        if [ $((hit * 10)) -ge $((n * 6)) ] && [ "$lk" -eq 0 ]; then
             ok "across 3 nodes, rank 1's CPU throttled: named with cause compute in $hit of $n records, no link named"
         else
             no "across 3 nodes, rank 1's CPU throttled: compute in $hit of $n records, link in $lk"

@@ -12,6 +12,7 @@
  * checkpoint state round trip, and bad arguments named. Prints
  * "N passed, N failed". */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,6 @@
 static int rank, size, npass, nfail;
 
 static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#include <stdarg.h>
 static void check(int ok, const char *fmt, ...) {
     int all = ok;
     MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);

@@ -96,10 +96,10 @@ static void link_from_hops(void **st) {
 static void one_step(void **st) {
     (void)st;
     double q[2 * PROBE_FIELDS] = {0.010, 0, -1, 0, 0.016, 0, -1, 0};
-    straggler_t s = straggler_step(q, 2, 1.0);
+    straggler_t s = straggler_window(q, 2, 1, 1.0, NULL);
     assert_int_equal(s.rank, 1);
     assert_int_equal(s.cause, STRAGGLER_COMPUTE);
-    assert_int_equal(straggler_step(q, 1, 1.0).rank, -1); /* one rank: nobody to compare */
+    assert_int_equal(straggler_window(q, 1, 1, 1.0, NULL).rank, -1); /* one rank: nobody to compare */
     assert_string_equal(straggler_cause_name(STRAGGLER_LINK), "link");
 }
 
