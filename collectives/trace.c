@@ -224,10 +224,14 @@ coll_result_t coll_trace_dump(coll_comm_t c, const char *reason) {
     return COLL_SUCCESS;
 }
 
-/* A failure (timeout, MPI error, mismatch): the comm's record, once. */
+/* A failure (timeout, MPI error, mismatch): the comm's record, once
+ * (trace_dumped: 0 not yet, 1 being written, 2 written). */
 void coll_trace_failure(coll_comm_t c, const char *reason) {
     int no = 0;
-    if (atomic_compare_exchange_strong(&c->trace_dumped, &no, 1)) dump_comm(c, reason);
+    if (atomic_compare_exchange_strong(&c->trace_dumped, &no, 1)) {
+        dump_comm(c, reason);
+        atomic_store(&c->trace_dumped, 2);
+    }
 }
 
 /* fatal = 1 keeps a failure's dump (its reason says more than the signal
@@ -235,7 +239,14 @@ void coll_trace_failure(coll_comm_t c, const char *reason) {
 static void dump_all(const char *reason, int fatal) {
     for (int i = 0; i < MAX_LIVE; i++) {
         coll_comm_t c = atomic_load(&live[i]);
-        if (c && !(fatal && atomic_load(&c->trace_dumped))) dump_comm(c, reason);
+        if (!c) continue;
+        if (fatal && atomic_load(&c->trace_dumped)) {
+            /* a failure's record being written on another thread (the launcher
+             * sends SIGTERM as soon as a rank aborts): let it finish, 2 s at most */
+            for (int k = 0; k < 200 && atomic_load(&c->trace_dumped) == 1; k++) nanosleep(&(struct timespec){0, 10000000}, NULL);
+            continue;
+        }
+        dump_comm(c, reason);
     }
 }
 
