@@ -388,10 +388,11 @@ double ddp_hop_probe(ddp_t *d) {
     const int right = (d->rank + 1) % d->size, left = (d->rank + d->size - 1) % d->size;
     double t, best = 1e30;
     /* one byte first, so the neighbours start the timed transfers together;
-     * the fastest of three, so a rank descheduled during one does not make
-     * its hop look slow (three ranks on two cores did, 2 records in 18) */
+     * the fastest of five, so a rank descheduled during some does not make
+     * its hop look slow (three ranks on two cores did: 2 records in 18 with
+     * one, 2 in 6 in a run with three) */
     if (hop_exchange(d, 1, left, right, &t)) return -1;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 5; k++) {
         if (hop_exchange(d, HOP_BYTES, left, right, &t)) return -1;
         best = t < best ? t : best;
     }

@@ -12,7 +12,8 @@
  *             it to that peer drains slowly), and
  *   peer_wait how long its sends to that peer waited.
  * cause compute: a rank arrived late (after the earliest by more than the
- *   threshold): it computed slowly. The latest is named.
+ *   threshold, and clearly later than every other rank): it computed
+ *   slowly. The latest is named.
  * cause link: every rank arrived on time, but sends waited: each send wait
  *   is charged to both ends of its hop (a node's slow link slows the hops
  *   into it and out of it, so its ranks collect both charges); the rank

@@ -52,6 +52,23 @@ static void transient_not_named(void **st) {
     assert_int_equal(straggler_window(pr, P, K, 0.5, NULL).rank, -1);
 }
 
+/* Across emulated nodes with more ranks than cores: rank 1 (throttled)
+ * is last in 8 steps of 12, rank 0 often late by a little; rank 1 is
+ * named. When the two are about equally late, nobody is. */
+static void late_among_late(void **st) {
+    (void)st;
+    healthy();
+    for (int k = 0; k < K; k++) {
+        pr[((size_t)1 * K + k) * PROBE_FIELDS] += k < 8 ? 0.009 : 0.003;
+        pr[((size_t)0 * K + k) * PROBE_FIELDS] += k < 8 ? 0.004 : 0.006;
+    }
+    straggler_t s = straggler_window(pr, P, K, 1.5, NULL);
+    assert_int_equal(s.rank, 1);
+    assert_int_equal(s.cause, STRAGGLER_COMPUTE);
+    for (int k = 0; k < K; k++) pr[((size_t)0 * K + k) * PROBE_FIELDS] += 0.004;
+    assert_int_equal(straggler_window(pr, P, K, 1.5, NULL).rank, -1);
+}
+
 /* rank 3's link is slow both ways: the hop into it (2 -> 3) and the hop
  * out of it (3 -> 0) back-pressure their senders */
 static void link_named(void **st) {
@@ -93,6 +110,22 @@ static void link_from_hops(void **st) {
     assert_int_equal(straggler_window_hops(pr, slow, P, K, 5.0, NULL).rank, -1);
 }
 
+/* rank 2 computes slowly, 3 ms late against a 5 ms threshold, and was
+ * pre-empted during the timed hop, so its hops look slow: not a link */
+static void late_rank_not_link(void **st) {
+    (void)st;
+    healthy();
+    for (int i = 0; i < P * K; i++) pr[i * PROBE_FIELDS + 1] = 0.050;
+    const double slow[P] = {0.002, 0.0025, 0.016, 0.015};
+    for (int k = 0; k < K; k++) pr[((size_t)2 * K + k) * PROBE_FIELDS] += 0.003;
+    assert_int_equal(straggler_window_hops(pr, slow, P, K, 5.0, NULL).rank, -1);
+    /* rank 3 late instead: rank 2's link is still named */
+    for (int k = 0; k < K; k++) pr[((size_t)2 * K + k) * PROBE_FIELDS] -= 0.003, pr[((size_t)3 * K + k) * PROBE_FIELDS] += 0.003;
+    straggler_t s = straggler_window_hops(pr, slow, P, K, 5.0, NULL);
+    assert_int_equal(s.rank, 2);
+    assert_int_equal(s.cause, STRAGGLER_LINK);
+}
+
 static void one_step(void **st) {
     (void)st;
     double q[2 * PROBE_FIELDS] = {0.010, 0, -1, 0, 0.016, 0, -1, 0};
@@ -106,8 +139,9 @@ static void one_step(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(none_when_healthy), cmocka_unit_test(compute_named),
-        cmocka_unit_test(transient_not_named), cmocka_unit_test(link_named),
-        cmocka_unit_test(uniform_waits_not_named), cmocka_unit_test(link_from_hops), cmocka_unit_test(one_step),
+        cmocka_unit_test(transient_not_named), cmocka_unit_test(late_among_late), cmocka_unit_test(link_named),
+        cmocka_unit_test(uniform_waits_not_named), cmocka_unit_test(link_from_hops), cmocka_unit_test(late_rank_not_link),
+        cmocka_unit_test(one_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
