@@ -28,6 +28,8 @@ typedef struct {
     int spin;             /* COLL_SPIN: polls before a wait starts yielding */
     int spin_oversub;     /* COLL_SPIN_OVERSUBSCRIBED: the same, more ranks than cores */
     int trace;            /* COLL_TRACE: flight recorder entries per comm, 0 = off */
+    size_t shm_chunk_bytes;   /* COLL_SHM_CHUNK_BYTES: a shared-memory round's region */
+    size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
 } coll_tunables_t;
 
 COLL_HIDDEN extern coll_tunables_t coll_tun;
@@ -115,6 +117,7 @@ typedef struct coll_ctx {
     char *scratch; /* grown on demand, kept for reuse */
     size_t scratch_bytes;
     struct coll_trace_entry *cur; /* the flight-recorder entry of the operation running here */
+    struct coll_shm *shm;         /* shared-memory workspaces (shm.c), or NULL */
 } coll_ctx_t;
 
 /* Returns a scratch area of at least bytes (64-byte aligned). */
@@ -197,6 +200,16 @@ COLL_HIDDEN coll_result_t coll_tree_reduce(coll_ctx_t *ctx, const coll_args_t *a
 COLL_HIDDEN coll_result_t coll_dissemination_barrier(coll_ctx_t *ctx, const coll_args_t *a);
 
 COLL_HIDDEN coll_result_t coll_native_run(coll_ctx_t *ctx, const coll_args_t *a);
+
+/* shm.c: node-local communicators (ctx->shm set) */
+COLL_HIDDEN coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx);
+COLL_HIDDEN void coll_shm_ctx_free(coll_ctx_t *ctx);
+COLL_HIDDEN coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_shm_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_shm_allgather(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_shm_barrier(coll_ctx_t *ctx, const coll_args_t *a);
 /* COLL_ALGO_NCCL never reaches coll_run: api.c hands it to cuda.c */
 COLL_HIDDEN void coll_native_release(void);
 
@@ -227,6 +240,7 @@ struct coll_comm {
     coll_algo_t algo;
     double timeout;
     int thread_multiple; /* MPI_THREAD_MULTIPLE available */
+    int local_size;      /* ranks of this comm on this node */
     int oversubscribed;  /* more local ranks than cores: spin less before yielding */
     char host[64];
     coll_ctx_t sync;  /* blocking calls, on the caller's thread */

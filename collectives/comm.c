@@ -129,7 +129,7 @@ static const char *dtype_names[COLL_NUM_DTYPES] = {"float32", "float64", "float1
                                                    "int32",   "int64",   "uint8"};
 static const size_t dtype_sizes[COLL_NUM_DTYPES] = {4, 8, 2, 2, 4, 8, 1};
 static const char *op_names[COLL_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
-static const char *algo_names[COLL_NUM_ALGOS] = {"auto", "ring", "rd", "native", "nccl"};
+static const char *algo_names[COLL_NUM_ALGOS] = {"auto", "ring", "rd", "native", "nccl", "shm"};
 static const char *kind_names[COLL_NUM_KINDS] = {"allreduce", "reduce_scatter", "allgather",
                                                  "broadcast", "reduce",         "barrier"};
 
@@ -163,10 +163,12 @@ static coll_result_t ctx_init(coll_comm_t c, coll_ctx_t *ctx, MPI_Comm parent) {
     }
     /* Errors come back as return codes, turned into coll_result_t. */
     MPI_Comm_set_errhandler(ctx->mpi, MPI_ERRORS_RETURN);
-    return COLL_SUCCESS;
+    ctx->shm = NULL;
+    return c->local_size == c->size && c->size > 1 ? coll_shm_ctx_init(ctx) : COLL_SUCCESS;
 }
 
 static void ctx_free(coll_ctx_t *ctx) {
+    coll_shm_ctx_free(ctx);
     if (ctx->mpi != MPI_COMM_NULL) MPI_Comm_free(&ctx->mpi);
     free(ctx->scratch);
     ctx->scratch = NULL;
@@ -245,7 +247,8 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
     MPI_Query_thread(&level);
     c->thread_multiple = level >= MPI_THREAD_MULTIPLE;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    c->oversubscribed = local_ranks(mpi_comm) > (cores > 0 ? cores : 1);
+    c->local_size = local_ranks(mpi_comm);
+    c->oversubscribed = c->local_size > (cores > 0 ? cores : 1);
 
     coll_result_t rc = ctx_init(c, &c->sync, mpi_comm);
     if (rc == COLL_SUCCESS) rc = ctx_init(c, &c->async, mpi_comm);

@@ -5,12 +5,14 @@
 #include "coll_internal.h"
 
 static const coll_algo_fn algos[COLL_NUM_KINDS][COLL_NUM_ALGOS] = {
-    [COLL_K_ALLREDUCE] = {NULL, coll_ring_allreduce, coll_rd_allreduce, coll_native_run},
-    [COLL_K_REDUCE_SCATTER] = {NULL, coll_ring_reduce_scatter, coll_rd_reduce_scatter, coll_native_run},
-    [COLL_K_ALLGATHER] = {NULL, coll_ring_allgather, coll_bruck_allgather, coll_native_run},
-    [COLL_K_BROADCAST] = {NULL, coll_chain_broadcast, coll_tree_broadcast, coll_native_run},
-    [COLL_K_REDUCE] = {NULL, coll_chain_reduce, coll_tree_reduce, coll_native_run},
-    [COLL_K_BARRIER] = {NULL, coll_dissemination_barrier, coll_dissemination_barrier, coll_native_run},
+    [COLL_K_ALLREDUCE] = {NULL, coll_ring_allreduce, coll_rd_allreduce, coll_native_run, NULL, coll_shm_allreduce},
+    [COLL_K_REDUCE_SCATTER] = {NULL, coll_ring_reduce_scatter, coll_rd_reduce_scatter, coll_native_run, NULL,
+                               coll_shm_reduce_scatter},
+    [COLL_K_ALLGATHER] = {NULL, coll_ring_allgather, coll_bruck_allgather, coll_native_run, NULL, coll_shm_allgather},
+    [COLL_K_BROADCAST] = {NULL, coll_chain_broadcast, coll_tree_broadcast, coll_native_run, NULL, coll_shm_broadcast},
+    [COLL_K_REDUCE] = {NULL, coll_chain_reduce, coll_tree_reduce, coll_native_run, NULL, coll_shm_reduce},
+    [COLL_K_BARRIER] = {NULL, coll_dissemination_barrier, coll_dissemination_barrier, coll_native_run, NULL,
+                        coll_shm_barrier},
 };
 
 /* Bytes a rank contributes to or receives from the whole operation. */
@@ -44,13 +46,48 @@ static size_t rd_max_bytes(const struct coll_comm *c, coll_kind_t k) {
     }
 }
 
-coll_algo_t coll_select(const struct coll_comm *c, const coll_args_t *a) {
-    if (c->algo != COLL_ALGO_AUTO) return c->algo;
+/* The point-to-point choice (also where shm was asked for and the
+ * communicator has no shared memory: it spans nodes, or has one rank). */
+static coll_algo_t p2p_choice(const struct coll_comm *c, const coll_args_t *a) {
     if (a->kind == COLL_K_BARRIER) return COLL_ALGO_RD;
     size_t b = op_bytes(c, a);
     if (!coll_tun.rd_max_bytes && a->kind == COLL_K_ALLREDUCE && b > EAGER_SPLIT_MIN && b <= EAGER_SPLIT_MAX)
         return COLL_ALGO_RING;
     return b <= rd_max_bytes(c, a->kind) ? COLL_ALGO_RD : COLL_ALGO_RING;
+}
+
+/* Where shared memory beats the point-to-point choice, from `coll-bench -a
+ * shm -x auto` at 2 and 4 ranks, three alternating runs of 8 B-64 MiB
+ * (docs/COLLECTIVES.md, "How auto chooses"). At 2 ranks shm wins small
+ * and mid sizes (2-3x up to 32 KiB) and loses or ties above (the ring's
+ * single CMA copy against a copy in and a copy out); at 4 ranks on two
+ * cores it wins from 512 B to 64 MiB, 2x and more, but every stage waits
+ * for a rank to be scheduled, so the smallest rooted calls lose to a tree. */
+static int shm_wins(const struct coll_comm *c, coll_kind_t k, size_t b) {
+    if (c->size == 2) {
+        switch (k) {
+        case COLL_K_ALLREDUCE: return b <= ((size_t)1 << 20);
+        case COLL_K_REDUCE_SCATTER:
+        case COLL_K_BROADCAST: return b <= 65536;
+        case COLL_K_ALLGATHER: return 1;
+        case COLL_K_REDUCE: return b >= 1024;
+        default: return 0;
+        }
+    }
+    switch (k) {
+    case COLL_K_ALLREDUCE:
+    case COLL_K_BROADCAST: return b >= 512;
+    case COLL_K_REDUCE_SCATTER:
+    case COLL_K_ALLGATHER: return 1;
+    case COLL_K_REDUCE: return b >= 1024 && b <= ((size_t)1 << 20);
+    default: return 0;
+    }
+}
+
+coll_algo_t coll_select(const struct coll_comm *c, const coll_args_t *a) {
+    if (c->algo != COLL_ALGO_AUTO) return c->algo;
+    if (c->sync.shm && !coll_tun.rd_max_bytes && shm_wins(c, a->kind, op_bytes(c, a))) return COLL_ALGO_SHM;
+    return p2p_choice(c, a);
 }
 
 uint64_t coll_nominal_bytes(const coll_args_t *a, int P) {
@@ -68,7 +105,11 @@ uint64_t coll_nominal_bytes(const coll_args_t *a, int P) {
 coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a) {
     COLL_LOG(ctx->comm, COLL_LOG_TRACE, "%s count=%zu %s %s root=%d algo=%s", coll_kind_name(a->kind),
              a->count, coll_dtype_name(a->dtype), coll_op_name(a->op), a->root, coll_algo_name(a->algo));
-    if (a->algo == COLL_ALGO_NATIVE)
+    coll_algo_t algo = a->algo;
+    if (algo == COLL_ALGO_SHM && !ctx->shm) algo = p2p_choice(ctx->comm, a);
+    /* what a ring would send, for the algorithms whose traffic libcoll
+     * does not post as messages */
+    if (algo == COLL_ALGO_NATIVE || algo == COLL_ALGO_SHM)
         atomic_fetch_add_explicit(&ctx->comm->bytes_sent, coll_nominal_bytes(a, ctx->size), memory_order_relaxed);
-    return algos[a->kind][a->algo](ctx, a);
+    return algos[a->kind][algo](ctx, a);
 }

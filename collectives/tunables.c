@@ -21,6 +21,8 @@ coll_tunables_t coll_tun = {
     .spin = 2000,
     .spin_oversub = 100,
     .trace = 2000,
+    .shm_chunk_bytes = 256 * 1024,
+    .shm_oneshot_bytes = 16 * 1024,
 };
 
 typedef enum { T_ALGO, T_DEBUG, T_BOOL, T_SECONDS, T_BYTES, T_INT } tun_type_t;
@@ -44,6 +46,8 @@ static const struct {
     {"COLL_SPIN", T_INT, &coll_tun.spin, 0, 1e9},
     {"COLL_SPIN_OVERSUBSCRIBED", T_INT, &coll_tun.spin_oversub, 0, 1e9},
     {"COLL_TRACE", T_INT, &coll_tun.trace, 0, 1e7},
+    {"COLL_SHM_CHUNK_BYTES", T_BYTES, &coll_tun.shm_chunk_bytes, 256, 1u << 30},
+    {"COLL_SHM_ONESHOT_BYTES", T_BYTES, &coll_tun.shm_oneshot_bytes, 0, 1u << 30},
 };
 
 /* "64K", "1M", "2G", plain bytes */

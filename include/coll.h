@@ -41,7 +41,7 @@
  * the call that starts them (no overlap), and COLL_DEBUG=WARN says so once.
  *
  * Environment (read once, at the first coll_comm_init):
- *  COLL_ALGO=auto|ring|rd|native|nccl   algorithm (default auto)
+ *  COLL_ALGO=auto|ring|rd|native|nccl|shm   algorithm (default auto)
  *  COLL_DEBUG=WARN|INFO|TRACE      logging to stderr (default: silent)
  *  COLL_CHECK=0|1                  verify call signatures agree across ranks
  *  COLL_TIMEOUT=SECONDS            fail a wait after this long (0 = never,
@@ -105,6 +105,8 @@ typedef enum {
     COLL_ALGO_RD,       /* latency-optimal: recursive doubling, trees */
     COLL_ALGO_NATIVE,   /* the MPI library's own collective (baseline) */
     COLL_ALGO_NCCL,     /* NCCL, on device buffers (a CUDA build, one GPU per rank) */
+    COLL_ALGO_SHM,      /* shared memory between the ranks of one node (a communicator
+                           spanning nodes, or one rank, runs the point-to-point ones) */
     COLL_NUM_ALGOS
 } coll_algo_t;
 

@@ -71,10 +71,10 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
             a->redop = (coll_op_t)v;
             break;
         case 'a':
-            if ((a->algo = coll_algo_parse(optarg)) < 0) BAD("-a: expected auto|ring|rd|native|nccl");
+            if ((a->algo = coll_algo_parse(optarg)) < 0) BAD("-a: expected auto|ring|rd|native|nccl|shm");
             break;
         case 'x':
-            if ((a->base = coll_algo_parse(optarg)) < 0) BAD("-x: expected auto|ring|rd|native|nccl");
+            if ((a->base = coll_algo_parse(optarg)) < 0) BAD("-x: expected auto|ring|rd|native|nccl|shm");
             break;
         case 'b': if (parse_size(optarg, "-b", &a->minb, why, len)) return -1; break;
         case 'e': if (parse_size(optarg, "-e", &a->maxb, why, len)) return -1; break;

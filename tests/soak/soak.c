@@ -167,7 +167,8 @@ int main(int argc, char **argv) {
             c->kind = (int)rng_below(&r, NK);
             c->dtype = (int)rng_below(&r, COLL_NUM_DTYPES);
             c->op = (int)rng_below(&r, COLL_NUM_OPS);
-            c->algo = (int)rng_below(&r, COLL_ALGO_NCCL); /* host algorithms */
+            c->algo = (int)rng_below(&r, COLL_ALGO_NCCL + 1); /* host algorithms: auto..native, then shm */
+            if (c->algo == COLL_ALGO_NCCL) c->algo = COLL_ALGO_SHM;
             c->root = (int)rng_below(&r, (uint64_t)P);
             c->inplace = (int)rng_below(&r, 2);
             c->n = pick_count(&r, (int)coll_dtype_size((coll_dtype_t)c->dtype));
