@@ -182,7 +182,7 @@ soak: deps
 
 # Installs missing Debian packages first, then builds and runs every suite;
 # the last line is "N passed, N failed".
-SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress test_ddp_compress test_straggler
+SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress test_ddp_compress test_straggler test_coll
 test: deps
 	@$(MAKE) --no-print-directory all fuzz-build
 	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%)

@@ -201,6 +201,17 @@ COLL_HIDDEN coll_result_t coll_dissemination_barrier(coll_ctx_t *ctx, const coll
 
 COLL_HIDDEN coll_result_t coll_native_run(coll_ctx_t *ctx, const coll_args_t *a);
 
+/* mem.c: coll_mem_alloc's allocations. Finds the allocation holding
+ * [p, p + bytes): its identity for peers (fd in this process, id unique on
+ * this comm) and p's offset in it; returns 0 when there is none. */
+typedef struct {
+    int fd;
+    uint64_t id;
+    size_t bytes, off;
+} coll_mem_ref_t;
+COLL_HIDDEN int coll_mem_find(struct coll_comm *c, const void *p, size_t bytes, coll_mem_ref_t *ref);
+COLL_HIDDEN void coll_mem_free_all(struct coll_comm *c);
+
 /* shm.c: node-local communicators (ctx->shm set) */
 COLL_HIDDEN coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx);
 COLL_HIDDEN void coll_shm_ctx_free(coll_ctx_t *ctx);
@@ -270,6 +281,9 @@ struct coll_comm {
     int thread_started;
     pthread_t thread;
     struct coll_cuda *cuda; /* device-buffer state, made at the first device call */
+    pthread_mutex_t mem_lock;        /* coll_mem_alloc's list (mem.c) */
+    struct coll_mem *mem;            /* ... its allocations */
+    uint64_t mem_next_id;
     void *sync_ready;       /* blocking device calls' inputs-ready event */
     void *sync_done;        /* blocking NCCL calls' completion event */
 };

@@ -235,6 +235,7 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
                           first);
     c->sync.mpi = c->async.mpi = MPI_COMM_NULL;
     pthread_mutex_init(&c->err_lock, NULL);
+    pthread_mutex_init(&c->mem_lock, NULL);
     pthread_mutex_init(&c->q_lock, NULL);
     pthread_cond_init(&c->q_cond, NULL);
     pthread_cond_init(&c->done_cond, NULL);
@@ -297,6 +298,8 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
         coll_request_forget(r);
         free(r);
     }
+    coll_mem_free_all(c);
+    pthread_mutex_destroy(&c->mem_lock);
     pthread_mutex_destroy(&c->err_lock);
     pthread_mutex_destroy(&c->q_lock);
     pthread_cond_destroy(&c->q_cond);

@@ -42,12 +42,33 @@
 
 enum { F_COPIED, F_REDUCED, F_DONE, F_NUM };
 
+/* Where a rank's input and reduced shard are in a round (per slot, written
+ * before its COPIED counter): its workspace (fd -1), or a coll_mem_alloc
+ * buffer that peers map (zero-copy). */
+typedef struct {
+    int32_t in_fd, out_fd;
+    uint64_t in_id, out_id, in_bytes, out_bytes, in_off, out_off;
+} shm_desc_t;
+
 typedef struct {
     struct {
         _Atomic uint64_t v;
         char pad[LINE - sizeof(uint64_t)];
     } f[F_NUM];
+    int32_t pid;
+    char pad[LINE - sizeof(int32_t)];
+    struct {
+        shm_desc_t d;
+        char pad[LINE - sizeof(shm_desc_t)];
+    } desc[2];
 } shm_hdr_t;
+
+_Static_assert(sizeof(shm_hdr_t) <= HDR_BYTES, "the header fits its page");
+
+#define MAP_CACHE 64 /* peers' coll_mem_alloc buffers kept mapped */
+/* a call maps at most 2 buffers of each peer: they must all fit at once */
+#define ZC_MAX_RANKS (MAP_CACHE / 2)
+#define MAX_RANKS 256 /* ranks of a node-local communicator with shared memory */
 
 struct coll_shm {
     int P, me;
@@ -55,6 +76,13 @@ struct coll_shm {
     size_t seg;      /* bytes of one rank's workspace */
     char **base;     /* every rank's workspace, mapped here */
     uint64_t round;  /* rounds run on this context */
+    struct {
+        int rank;
+        uint64_t id;
+        char *base;
+        size_t bytes;
+    } map[MAP_CACHE]; /* peers' buffers mapped here (zero-copy) */
+    int nmap, evict;
 };
 
 static double now_s(void) {
@@ -175,38 +203,104 @@ static void reduce_from_all(const struct coll_shm *s, const coll_args_t *a, uint
     for (int q = 2; q < s->P; q++) coll_reduce_kernel(a->dtype, a->op, dst, dst, region(s, q, t, which) + off, n);
 }
 
+/* Maps a shared memfd (a workspace or a coll_mem_alloc buffer) of the given size. */
+static char *map_fd(int fd, size_t bytes) {
+    char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE); /* where the system allows it; refused silently otherwise */
+    return p;
+}
+
+/* A peer's coll_mem_alloc buffer, mapped here on first use (kept for
+ * later calls; the oldest is unmapped when the cache is full). */
+static char *peer_buffer(coll_ctx_t *ctx, int q, int fd, uint64_t id, size_t bytes) {
+    struct coll_shm *s = ctx->shm;
+    for (int i = 0; i < s->nmap; i++)
+        if (s->map[i].rank == q && s->map[i].id == id) return s->map[i].base;
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)hdr(s, q)->pid, fd);
+    int pfd = open(path, O_RDWR | O_CLOEXEC);
+    char *p = pfd >= 0 ? map_fd(pfd, bytes) : NULL;
+    if (pfd >= 0) close(pfd);
+    if (!p) {
+        coll_error(ctx->comm, COLL_ERR_INTERNAL, "shared memory: cannot map rank %d's coll_mem_alloc buffer (%s): %s", q,
+                   path, strerror(errno));
+        return NULL;
+    }
+    int i;
+    if (s->nmap < MAP_CACHE) i = s->nmap++;
+    else i = s->evict++ % MAP_CACHE, munmap(s->map[i].base, s->map[i].bytes);
+    s->map[i].rank = q, s->map[i].id = id, s->map[i].base = p, s->map[i].bytes = bytes;
+    return p;
+}
+
+/* Where rank q's input (which 0) or reduced values (1) for round t start,
+ * the round starting at_bytes into the call's buffers. */
+static const char *peer_data(coll_ctx_t *ctx, int q, uint64_t t, int which, size_t at_bytes) {
+    const shm_desc_t *d = &hdr(ctx->shm, q)->desc[t & 1].d;
+    const int fd = which ? d->out_fd : d->in_fd;
+    if (fd < 0) return region(ctx->shm, q, t, which);
+    char *base = peer_buffer(ctx, q, fd, which ? d->out_id : d->in_id, which ? d->out_bytes : d->in_bytes);
+    return base ? base + (which ? d->out_off : d->in_off) + at_bytes : NULL;
+}
+
+/* Two-shot: each rank reduces its shard of the round, then copies the
+ * others'. With both buffers from coll_mem_alloc (zero-copy) a rank's input
+ * and results stay in its own buffers: the peers read them there, and the
+ * call returns only when every peer is done with them. */
 coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     struct coll_shm *s = ctx->shm;
-    const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
+    const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es, bytes = a->count * es;
     const int P = s->P, me = s->me;
-    const int oneshot = a->count * es <= coll_tun.shm_oneshot_bytes;
+    const int oneshot = bytes <= coll_tun.shm_oneshot_bytes;
+    coll_mem_ref_t rin, rout;
+    /* (one-shot has every rank read every input while writing its own
+     * result: a zero-copy buffer in place would be overwritten too early) */
+    const int zc = !oneshot && P <= ZC_MAX_RANKS && coll_mem_find(ctx->comm, a->sendbuf, bytes, &rin) &&
+                   coll_mem_find(ctx->comm, a->recvbuf, bytes, &rout);
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
+    const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
+    uint64_t t = 0;
     for (size_t at = 0; at < a->count; at += per_round) {
         const size_t n = a->count - at < per_round ? a->count - at : per_round;
-        uint64_t t;
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
-        copy_bytes(region(s, me, t, 0), in + at * es, n * es);
+        shm_desc_t *d = &hdr(s, me)->desc[t & 1].d;
+        if (zc) *d = (shm_desc_t){rin.fd, rout.fd, rin.id, rout.id, rin.bytes, rout.bytes, rin.off, rout.off};
+        else d->in_fd = d->out_fd = -1, copy_bytes(region(s, me, t, 0), in + at * es, n * es);
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "allreduce"));
         if (oneshot) {
             reduce_from_all(s, a, t, 0, 0, out + at * es, n);
             if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
-        } else {
-            const size_t lo = coll_block_offset(n, P, me), len = coll_block_count(n, P, me);
-            char *mine = region(s, me, t, 1) + lo * es;
-            if (len) reduce_from_all(s, a, t, 0, lo * es, mine, len);
-            if (a->op == COLL_AVG) coll_avg_finish(a->dtype, mine, len, P);
-            publish(s, F_REDUCED, t);
-            COLL_TRY(wait_all(ctx, F_REDUCED, t, "allreduce"));
-            for (int q = 0; q < P; q++) {
-                const size_t qlo = coll_block_offset(n, P, q);
-                copy_bytes(out + (at + qlo) * es, region(s, q, t, 1) + qlo * es, coll_block_count(n, P, q) * es);
-            }
+            publish(s, F_DONE, t);
+            continue;
+        }
+        const size_t lo = coll_block_offset(n, P, me), len = coll_block_count(n, P, me);
+        /* this rank's input first, so that in place the first operand is
+         * the destination (the kernels allow only that overlap) */
+        src[0] = zc ? in + at * es : region(s, me, t, 0);
+        for (int q = 1; q < P; q++)
+            if (!(src[q] = peer_data(ctx, q <= me ? q - 1 : q, t, 0, at * es))) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
+        char *mine = zc ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
+        if (len) {
+            coll_reduce_kernel(a->dtype, a->op, mine, src[0] + lo * es, src[1] + lo * es, len);
+            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, mine, mine, src[q] + lo * es, len);
+        }
+        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, mine, len, P);
+        publish(s, F_REDUCED, t);
+        COLL_TRY(wait_all(ctx, F_REDUCED, t, "allreduce"));
+        for (int q = 0; q < P; q++) {
+            if (q == me && zc) continue; /* already in place */
+            const size_t qlo = coll_block_offset(n, P, q);
+            const char *from = peer_data(ctx, q, t, 1, at * es);
+            if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
+            copy_bytes(out + (at + qlo) * es, from + qlo * es, coll_block_count(n, P, q) * es);
         }
         publish(s, F_DONE, t);
     }
+    if (zc && t) COLL_TRY(wait_all(ctx, F_DONE, t, "allreduce"));
 fail:
     return rc;
 }
@@ -328,18 +422,11 @@ coll_result_t coll_shm_barrier(coll_ctx_t *ctx, const coll_args_t *a) {
 /* ---- set-up ---- */
 
 static void unmap_all(struct coll_shm *s) {
+    for (int i = 0; i < s->nmap; i++) munmap(s->map[i].base, s->map[i].bytes);
     for (int r = 0; r < s->P; r++)
         if (s->base[r] && s->base[r] != MAP_FAILED) munmap(s->base[r], s->seg);
     free(s->base);
     free(s);
-}
-
-/* Maps a workspace of the given size: a new memfd (*fd), or a peer's. */
-static char *map_fd(int fd, size_t bytes) {
-    char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) return NULL;
-    madvise(p, bytes, MADV_HUGEPAGE); /* where the system allows it; refused silently otherwise */
-    return p;
 }
 
 coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
@@ -355,13 +442,14 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
         s->region = coll_tun.shm_chunk_bytes & ~(size_t)63;
         s->seg = HDR_BYTES + 4 * s->region;
         s->base = calloc((size_t)P, sizeof *s->base);
-        ok = s->base != NULL && s->region >= (size_t)P * 16; /* a reduce-scatter round moves one element per rank */
-        if (s->base && !ok) why = "COLL_SHM_CHUNK_BYTES below 16 bytes per rank";
+        ok = s->base != NULL && s->region >= (size_t)P * 16 && P <= MAX_RANKS; /* a reduce-scatter round moves one element per rank */
+        if (s->base && !ok) why = P > MAX_RANKS ? "more than 256 ranks on the node" : "COLL_SHM_CHUNK_BYTES below 16 bytes per rank";
     }
     if (ok) {
         fd = (int)memfd_create("coll-shm", MFD_CLOEXEC);
         ok = fd >= 0 && ftruncate(fd, (off_t)s->seg) == 0 && (s->base[s->me] = map_fd(fd, s->seg)) != NULL;
         if (!ok) why = strerror(errno);
+        else hdr(s, s->me)->pid = (int32_t)getpid();
     }
     int mine[2] = {ok ? (int)getpid() : -1, fd}, *all = malloc(2 * sizeof(int) * (size_t)P);
     int rc = all ? MPI_Allgather(mine, 2, MPI_INT, all, 2, MPI_INT, ctx->mpi) : MPI_ERR_NO_MEM;

@@ -156,6 +156,20 @@ coll_result_t coll_trace_dump(coll_comm_t comm, const char *reason);
  * default); with COLL_TRACE=0 nothing is timed and they stay 0. */
 coll_result_t coll_comm_peer_waits(coll_comm_t comm, double *wait_s, double *send_s, int reset);
 
+/* Memory that the ranks of comm on the same node read directly, as
+ * ncclMemAlloc's memory is: a collective given such buffers (COLL_ALGO_SHM,
+ * or auto where it picks shm) reads and writes the peers' buffers in place
+ * instead of copying them through a shared workspace (zero-copy; all-reduce
+ * today, the other collectives still copy). Any other buffer works as
+ * before. Not collective: each rank allocates its own, of any size, and may
+ * pass it with ordinary buffers on other ranks. The memory is shared with
+ * the node's peers of comm (they may read it during this rank's calls), is
+ * zeroed, page-aligned, and lives until coll_mem_free or coll_comm_destroy.
+ * coll_mem_free of a pointer that coll_mem_alloc did not return for comm is
+ * COLL_ERR_INVALID_ARG; NULL is a no-op. */
+coll_result_t coll_mem_alloc(coll_comm_t comm, size_t bytes, void **ptr);
+coll_result_t coll_mem_free(coll_comm_t comm, void *ptr);
+
 /* Algorithm for later calls on this comm (overrides COLL_ALGO). */
 coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);
 coll_result_t coll_comm_get_algorithm(coll_comm_t comm, coll_algo_t *algo);

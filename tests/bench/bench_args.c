@@ -55,7 +55,7 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
     int c, v;
     opterr = 0;
     optind = 0; /* a full reset (glibc), so the parser can run more than once */
-    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:hG")) != -1) {
+    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:m:hG")) != -1) {
         switch (c) {
         case 'o':
             for (v = 0; v < NOPS && strcmp(optarg, bench_op_names[v]); v++) {}
@@ -89,6 +89,7 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
         case 'w': if (parse_int(optarg, "-w", 0, 1000000000, &a->warmup, why, len)) return -1; break;
         case 'c': if (parse_int(optarg, "-c", 0, 1, &a->checkit, why, len)) return -1; break;
         case 'i': if (parse_int(optarg, "-i", 0, 1, &a->inplace, why, len)) return -1; break;
+        case 'm': if (parse_int(optarg, "-m", 0, 1, &a->memalloc, why, len)) return -1; break;
         case 'R': if (parse_int(optarg, "-R", 1, BENCH_MAX_REPEATS, &a->repeats, why, len)) return -1; break;
         case 'G': a->gpu = 1; break;
         case 'h': return 1;

@@ -16,6 +16,7 @@ typedef struct bench_args {
     coll_op_t redop;
     int algo, base; /* base < 0: no -x */
     int checkit, inplace, repeats, iters, warmup, gpu;
+    int memalloc; /* -m 1: buffers from coll_mem_alloc */
     size_t minb, maxb;
     double factor;
 } bench_args_t;

@@ -3,7 +3,10 @@
  *   mpirun -np P coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]
  *       [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]
  *       [-a auto|ring|rd|native|shm] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP]
- *       [-c 0|1] [-i 0|1] [-R REPEATS] [-x BASELINE_ALGO] [-G | --device cpu|cuda]
+ *       [-c 0|1] [-i 0|1] [-m 0|1] [-R REPEATS] [-x BASELINE_ALGO] [-G | --device cpu|cuda]
+ *
+ * -m 1 allocates the buffers with coll_mem_alloc (zero-copy for shm); the
+ * default, ordinary memory, is what a user's buffers are.
  *
  * -G (--device cuda) runs on GPU buffers (cudaMalloc; the GPU is the rank's
  * index on its node modulo the GPUs present): inputs are filled on the host
@@ -38,9 +41,15 @@
 
 static int rank, nranks;
 
-static int gpu; /* -G */
+static int gpu;      /* -G */
+static int memalloc; /* -m 1 */
+static coll_comm_t comm;
 
 static void *buf_alloc(size_t bytes) {
+    if (memalloc) {
+        void *p = NULL;
+        return coll_mem_alloc(comm, bytes, &p) == COLL_SUCCESS ? p : NULL;
+    }
     if (!gpu) return calloc(1, bytes);
     void *p = NULL;
     int e = cu.Malloc(&p, bytes);
@@ -49,7 +58,8 @@ static void *buf_alloc(size_t bytes) {
 }
 
 static void buf_free(void *p) {
-    if (gpu) cu.Free(p);
+    if (memalloc) coll_mem_free(comm, p);
+    else if (gpu) cu.Free(p);
     else free(p);
 }
 
@@ -70,7 +80,7 @@ __attribute__((noreturn)) static void usage(const char *why) {
                 "coll-bench: %s\n"
                 "usage: coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]\n"
                 "  [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]\n"
-                "  [-a auto|ring|rd|native|shm] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
+                "  [-a auto|ring|rd|native|shm] [-m 0|1 coll_mem_alloc] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
                 "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO]\n"
                 "  [-G | --device cpu|cuda]   (-a/-x also take nccl)\n",
                 why);
@@ -203,9 +213,10 @@ int main(int argc, char **argv) {
     const double factor = A.factor;
     const int iters = A.iters, warmup = A.warmup;
     gpu = A.gpu;
+    memalloc = A.memalloc;
+    if (gpu && memalloc) usage("-m 1 allocates host memory: not with -G");
 
     if (gpu) cudart_load("coll-bench", rank); /* before coll_comm_init, which looks for CUDA */
-    coll_comm_t comm;
     if (coll_comm_init(&comm, MPI_COMM_WORLD) != COLL_SUCCESS) {
         fprintf(stderr, "rank %d: coll_comm_init: %s\n", rank, coll_last_error(NULL));
         MPI_Abort(MPI_COMM_WORLD, 2);

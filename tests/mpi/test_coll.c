@@ -1,8 +1,9 @@
 /* Multi-rank tests of libcoll, run under mpirun at several rank counts.
  *
- *   test_coll [matrix] [-s small]  every collective x dtype x op x size x
- *                                  in-place/out-of-place x algorithm, every
- *                                  root; results checked exactly
+ *   test_coll [matrix] [-s small] [-m 0|1|2]  every collective x dtype x op
+ *                                  x size x in-place/out-of-place x algorithm,
+ *                                  every root; results checked exactly (-m:
+ *                                  buffers from coll_mem_alloc, 2: odd ranks)
  *   test_coll nonblocking          non-blocking calls overlapped with compute
  *   test_coll check                COLL_CHECK=1: mismatched calls fail cleanly
  *   test_coll timeout              COLL_TIMEOUT: a silent peer gives an error
@@ -64,6 +65,29 @@ static int report(int bad, const char *what, size_t idx, double got, double want
     return bad;
 }
 
+static void *xmalloc(size_t n);
+
+/* -m 1: the call's buffers come from coll_mem_alloc on every rank; -m 2:
+ * on odd ranks only (zero-copy ranks beside copying ones) */
+static int memalloc;
+static int use_mem(void) { return memalloc == 1 || (memalloc == 2 && rank % 2); }
+static void *buf_alloc(size_t n) {
+    void *p = NULL;
+    if (!use_mem()) return xmalloc(n);
+    if (coll_mem_alloc(comm, n, &p) != COLL_SUCCESS) {
+        fprintf(stderr, "rank %d: coll_mem_alloc(%zu): %s\n", rank, n, coll_last_error(comm));
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    return p;
+}
+static void buf_free(void *p) {
+    if (!use_mem()) free(p);
+    else if (coll_mem_free(comm, p) != COLL_SUCCESS) {
+        fprintf(stderr, "rank %d: coll_mem_free: %s\n", rank, coll_last_error(comm));
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+}
+
 static void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p) {
@@ -81,7 +105,7 @@ static int run_case(kind_t k, coll_dtype_t dt, coll_op_t op, size_t n, int inpla
     const size_t es = coll_dtype_size(dt), P = (size_t)nranks;
     size_t in_n = k == K_REDUCE_SCATTER ? P * n : n;
     size_t big = (k == K_REDUCE_SCATTER || k == K_ALLGATHER) ? P * n : n;
-    char *sbuf = xmalloc(big * es), *rbuf = xmalloc(big * es), *orig = xmalloc(in_n * es);
+    char *sbuf = buf_alloc(big * es), *rbuf = buf_alloc(big * es), *orig = xmalloc(in_n * es);
     const void *send;
     void *recv;
     /* -G: the call gets GPU copies of sbuf and rbuf; results come back to
@@ -204,8 +228,8 @@ called:
             }
 out:
     if (bad) fprintf(stderr, "%s\n", errbuf);
-    free(sbuf);
-    free(rbuf);
+    buf_free(sbuf);
+    buf_free(rbuf);
     free(orig);
     if (gpu) cu.Free(dsbuf), cu.Free(drbuf);
     return !bad;
@@ -537,6 +561,7 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "-s") && i + 1 < argc) small = !strcmp(argv[++i], "small");
         if (!strcmp(argv[i], "-G")) gpu = 1;
         if (!strcmp(argv[i], "-N")) with_nccl = 1;
+        if (!strcmp(argv[i], "-m") && i + 1 < argc) memalloc = atoi(argv[++i]);
     }
     if (gpu) cudart_load("test_coll", rank); /* before coll_comm_init, which looks for CUDA */
     coll_result_t rc = coll_comm_init(&comm, MPI_COMM_WORLD);

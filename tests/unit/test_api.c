@@ -218,6 +218,32 @@ static int env_error(void) {
 
 /* This process never loaded CUDA: NCCL on host memory and a CUDA stream
  * are refused with a reason, and every host algorithm is unaffected. */
+/* coll_mem_alloc / coll_mem_free: what they give, and what they refuse */
+static void shared_memory_buffers(void **state) {
+    (void)state;
+    void *p = NULL, *q = NULL;
+    assert_int_equal(coll_mem_alloc(comm, 1000, &p), COLL_SUCCESS);
+    assert_non_null(p);
+    assert_int_equal((uintptr_t)p % 4096, 0);
+    for (int i = 0; i < 1000; i++) assert_int_equal(((unsigned char *)p)[i], 0);
+    assert_int_equal(coll_mem_alloc(comm, 0, &q), COLL_SUCCESS); /* zero bytes: still a distinct buffer */
+    assert_ptr_not_equal(p, q);
+    float *f = p, out[4];
+    for (int i = 0; i < 4; i++) f[i] = (float)i;
+    assert_int_equal(coll_allreduce(f, out, 4, COLL_FLOAT32, COLL_SUM, comm), COLL_SUCCESS);
+    assert_true(out[3] == 3.0f);
+    int on_stack;
+    EXPECT_ERR(coll_mem_free(comm, &on_stack), COLL_ERR_INVALID_ARG, "not returned by coll_mem_alloc");
+    EXPECT_ERR(coll_mem_free(comm, (char *)p + 8), COLL_ERR_INVALID_ARG, "not returned by coll_mem_alloc");
+    assert_int_equal(coll_mem_free(comm, p), COLL_SUCCESS);
+    EXPECT_ERR(coll_mem_free(comm, p), COLL_ERR_INVALID_ARG, "or was freed");
+    assert_int_equal(coll_mem_free(comm, NULL), COLL_SUCCESS);
+    EXPECT_ERR(coll_mem_alloc(comm, 8, NULL), COLL_ERR_INVALID_ARG, "ptr (the output pointer) is NULL");
+    EXPECT_ERR(coll_mem_alloc(comm, (size_t)1 << 50, &p), COLL_ERR_INVALID_ARG, "bytes");
+    assert_int_equal(coll_mem_alloc(NULL, 8, &p), COLL_ERR_INVALID_ARG);
+    /* q is left to coll_comm_destroy, which frees what is left */
+}
+
 static void device_paths_without_gpu(void **state) {
     (void)state;
     float s[3] = {1, 2, 3}, d[3] = {0};
@@ -255,7 +281,7 @@ int main(int argc, char **argv) {
             cmocka_unit_test(bad_root),          cmocka_unit_test(overlapping_buffers),
             cmocka_unit_test(huge_count),        cmocka_unit_test(requests),
             cmocka_unit_test(names_and_strerror), cmocka_unit_test(single_rank_results),
-            cmocka_unit_test(device_paths_without_gpu),
+            cmocka_unit_test(device_paths_without_gpu), cmocka_unit_test(shared_memory_buffers),
         };
         rc = cmocka_run_group_tests_name("api", tests, setup, teardown);
         if (!pre_ok) {
