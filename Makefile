@@ -202,6 +202,7 @@ bench: deps
 	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/vcluster-bench 1gbit 2; \
 	else echo "vcluster-bench: skipped (network namespaces need root)"; fi
 	@BUILD=$(BUILD) tests/bench/compress-bench
+	@BUILD=$(BUILD) tests/bench/shm-bench
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -68,9 +68,9 @@ static int shm_wins(const struct coll_comm *c, coll_kind_t k, size_t b) {
         switch (k) {
         case COLL_K_ALLREDUCE: return b <= ((size_t)1 << 20);
         case COLL_K_REDUCE_SCATTER:
+        case COLL_K_ALLGATHER:
         case COLL_K_BROADCAST: return b <= 65536;
-        case COLL_K_ALLGATHER: return 1;
-        case COLL_K_REDUCE: return b >= 1024;
+        case COLL_K_REDUCE: return b >= 1024 && b <= 65536;
         default: return 0;
         }
     }

@@ -242,7 +242,7 @@ int main(int argc, char **argv) {
                "buffers\n",
                bench_op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
                base >= 0 ? " vs " : "", base >= 0 ? coll_algo_name((coll_algo_t)base) : "", nranks, host, iters,
-               repeats, warmup, inplace ? "in-place" : "out-of-place", gpu ? "GPU" : "host");
+               repeats, warmup, inplace ? "in-place" : "out-of-place", gpu ? "GPU" : memalloc ? "coll_mem_alloc" : "host");
         printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "op", "time_us", "algbw",
                "busbw", "#wrong");
         if (base >= 0) printf(" %10s %8s %8s", "base_us", "base_bw", "speedup");
