@@ -153,9 +153,9 @@ static void publish(struct coll_shm *s, int f, uint64_t t) {
 
 static const char *stage_name[F_NUM] = {"its input", "its reduced shard", "the end of the round"};
 
-/* Waits until peer's counter f reaches t: spins with pause, then yields
- * (at once when ranks outnumber cores); after COLL_TIMEOUT without it, an
- * error naming that peer. */
+/* Waits until peer's counter f reaches t: spins with pause for COLL_SPIN
+ * polls (COLL_SPIN_OVERSUBSCRIBED when ranks outnumber cores), then yields
+ * at every poll; after COLL_TIMEOUT without it, an error naming that peer. */
 static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, const char *what) {
     const struct coll_shm *s = ctx->shm;
     _Atomic uint64_t *v = &hdr(s, peer)->f[f].v;
@@ -268,7 +268,13 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
         shm_desc_t *d = &hdr(s, me)->desc[t & 1].d;
         if (zc) *d = (shm_desc_t){rin.fd, rout.fd, rin.id, rout.id, rin.bytes, rout.bytes, rin.off, rout.off};
-        else d->in_fd = d->out_fd = -1, copy_bytes(region(s, me, t, 0), in + at * es, n * es);
+        else if (oneshot) d->in_fd = d->out_fd = -1, copy_bytes(region(s, me, t, 0), in + at * es, n * es);
+        else { /* only the shards the peers reduce: this rank reads its own from its input */
+            d->in_fd = d->out_fd = -1;
+            const size_t mlo = coll_block_offset(n, P, me), mhi = mlo + coll_block_count(n, P, me);
+            copy_bytes(region(s, me, t, 0), in + at * es, mlo * es);
+            copy_bytes(region(s, me, t, 0) + mhi * es, in + (at + mhi) * es, (n - mhi) * es);
+        }
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "allreduce"));
         if (oneshot) {
@@ -280,7 +286,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         const size_t lo = coll_block_offset(n, P, me), len = coll_block_count(n, P, me);
         /* this rank's input first, so that in place the first operand is
          * the destination (the kernels allow only that overlap) */
-        src[0] = zc ? in + at * es : region(s, me, t, 0);
+        src[0] = in + at * es;
         for (int q = 1; q < P; q++)
             if (!(src[q] = peer_data(ctx, q <= me ? q - 1 : q, t, 0, at * es))) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
         char *mine = zc ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
