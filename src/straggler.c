@@ -120,3 +120,18 @@ straggler_t straggler_window_hops(const double *pr, const double *hop, int P, in
     free(late), free(charge), free(med_late), free(med_charge), free(last_n);
     return best;
 }
+
+static int same_verdict(straggler_t a, straggler_t b) {
+    return a.rank >= 0 && a.cause != STRAGGLER_NONE && a.rank == b.rank && a.cause == b.cause;
+}
+
+straggler_t straggler_confirm(straggler_track_t *tr, straggler_t now, straggler_t relaxed, int K, long *counts) {
+    straggler_t out = {-1, STRAGGLER_NONE, 0};
+    long add = K;
+    if (same_verdict(now, tr->named)) out = now;
+    else if (same_verdict(relaxed, tr->named)) out = relaxed;
+    else if (same_verdict(now, tr->prev)) out = now, add += tr->prev_k; /* the window that first saw it */
+    if (counts && out.rank >= 0) counts[out.rank * 3 + out.cause] += add;
+    tr->prev = now, tr->prev_k = K, tr->named = out;
+    return out;
+}

@@ -508,7 +508,9 @@ fail:
  * its exposed communication; at least 0.5 ms): half the lateness of a rank
  * computing 1.3x slower. Against the whole step, a communication-bound step
  * (across emulated nodes: compute a third of it) hid such a rank in a third
- * of the records. */
+ * of the records. A verdict is reported when the next record's window
+ * repeats it, and stays while the rank is late at half the threshold
+ * (straggler_confirm). */
 static int attribute(trainer_t *t, long last, straggler_t *out) {
     const int K = t->probe_n, P = t->ranks;
     if (K == 0) return 0;
@@ -524,7 +526,9 @@ static int attribute(trainer_t *t, long last, straggler_t *out) {
         for (int r = 1; r < P; r++)
             memmove(t->probes_all + (size_t)r * K * PROBE_FIELDS, t->probes_all + (size_t)r * stride,
                     (size_t)K * PROBE_FIELDS * sizeof *t->probes_all);
-        *out = straggler_window_hops(t->probes_all, t->hops, P, K, thr, t->named);
+        const straggler_t now = straggler_window_hops(t->probes_all, t->hops, P, K, thr, NULL);
+        const straggler_t relaxed = t->track.named.cause != STRAGGLER_NONE ? straggler_window_hops(t->probes_all, t->hops, P, K, thr / 2, NULL) : now;
+        *out = straggler_confirm(&t->track, now, relaxed, K, t->named);
     }
     t->probe_n = 0;
     return 0;

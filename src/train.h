@@ -22,6 +22,7 @@
 #include "liveness.h"
 #include "metrics.h"
 #include "optim.h"
+#include "straggler.h"
 
 typedef struct trainer {
     config_t cfg;
@@ -45,6 +46,7 @@ typedef struct trainer {
     int probe_cap, probe_n;
     double *probes, *probes_all, *hops;
     long *named;           /* rank 0: [rank * 3 + cause] */
+    straggler_track_t track; /* rank 0: the previous window's verdict */
     device_t dev;          /* where the graph, parameters and optimiser state live */
     float *host_params;    /* GPU: host copy of the parameters (checkpoints, hashes, output) */
     float *host_state;     /* GPU: host copy of the optimiser state, as this rank holds it */

@@ -126,6 +126,52 @@ static void late_rank_not_link(void **st) {
     assert_int_equal(s.cause, STRAGGLER_LINK);
 }
 
+/* A verdict is reported when the next window repeats it: a host that
+ * slows one vCPU for a few seconds makes one window's rank really late,
+ * a throttle keeps it late. The done record's counts then include the
+ * window that first saw it; a named rank stays named while it is late at
+ * half the threshold. */
+static void confirmed_next_window(void **st) {
+    (void)st;
+    straggler_track_t tr = {0};
+    long counts[P * 3] = {0};
+    const straggler_t none = {-1, STRAGGLER_NONE, 0}, late2 = {2, STRAGGLER_COMPUTE, 3.0}, link1 = {1, STRAGGLER_LINK, 4.0};
+    const straggler_t zero = {0, STRAGGLER_COMPUTE, 3.0};
+    assert_int_equal(straggler_confirm(&tr, zero, zero, K, counts).rank, -1); /* a zeroed track names nobody */
+    assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, -1); /* first sight: pending */
+    assert_int_equal(straggler_confirm(&tr, none, late2, K, counts).rank, -1);  /* gone: a transient */
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 0);
+    assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, -1);
+    straggler_t s = straggler_confirm(&tr, late2, late2, K / 2, counts); /* repeated: named, both windows counted */
+    assert_int_equal(s.rank, 2);
+    assert_int_equal(s.cause, STRAGGLER_COMPUTE);
+    assert_true(s.lateness_ms == 3.0);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], K + K / 2);
+    assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, 2); /* still: this window only */
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 2 * K + K / 2);
+    /* under the threshold for a window, still late at half of it: kept */
+    const straggler_t half2 = {2, STRAGGLER_COMPUTE, 1.2};
+    s = straggler_confirm(&tr, none, half2, K, counts);
+    assert_int_equal(s.rank, 2);
+    assert_true(s.lateness_ms == 1.2);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 3 * K + K / 2);
+    /* not even that: dropped, and it has to be seen twice again */
+    assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, -1);
+    /* the same rank with another cause is another verdict */
+    assert_int_equal(straggler_confirm(&tr, (straggler_t){2, STRAGGLER_LINK, 3.0}, none, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, link1, link1, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, link1, link1, K, counts).cause, STRAGGLER_LINK);
+    assert_int_equal(counts[1 * 3 + STRAGGLER_LINK], 2 * K);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_LINK], 0);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 3 * K + K / 2);
+    /* a relaxed verdict alone never starts a name */
+    straggler_track_t fresh = {0};
+    assert_int_equal(straggler_confirm(&fresh, none, late2, K, NULL).rank, -1);
+    assert_int_equal(straggler_confirm(&fresh, none, late2, K, NULL).rank, -1);
+}
+
 static void one_step(void **st) {
     (void)st;
     double q[2 * PROBE_FIELDS] = {0.010, 0, -1, 0, 0.016, 0, -1, 0};
@@ -141,6 +187,7 @@ int main(void) {
         cmocka_unit_test(none_when_healthy), cmocka_unit_test(compute_named),
         cmocka_unit_test(transient_not_named), cmocka_unit_test(late_among_late), cmocka_unit_test(link_named),
         cmocka_unit_test(uniform_waits_not_named), cmocka_unit_test(link_from_hops), cmocka_unit_test(late_rank_not_link),
+        cmocka_unit_test(confirmed_next_window),
         cmocka_unit_test(one_step),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
