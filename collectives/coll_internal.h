@@ -30,6 +30,7 @@ typedef struct {
     int trace;            /* COLL_TRACE: flight recorder entries per comm, 0 = off */
     size_t shm_chunk_bytes;   /* COLL_SHM_CHUNK_BYTES: a shared-memory round's region */
     size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
+    int node_size;            /* COLL_NODE_SIZE: ranks per node for `hier` (0: the real nodes) */
 } coll_tunables_t;
 
 COLL_HIDDEN extern coll_tunables_t coll_tun;
@@ -118,7 +119,13 @@ typedef struct coll_ctx {
     size_t scratch_bytes;
     struct coll_trace_entry *cur; /* the flight-recorder entry of the operation running here */
     struct coll_shm *shm;         /* shared-memory workspaces (shm.c), or NULL */
+    struct coll_hier *hier;       /* hierarchical: this node's and the cross-node contexts (hier.c), or NULL */
+    const int *world;             /* a hier child: its ranks' numbers on the comm (NULL: the same) */
 } coll_ctx_t;
+
+/* A rank of ctx as the comm numbers it (errors and per-peer waits name
+ * the comm's ranks, also from a hierarchical collective's stages). */
+static inline int coll_world_rank(const coll_ctx_t *ctx, int r) { return ctx->world && r >= 0 ? ctx->world[r] : r; }
 
 /* Returns a scratch area of at least bytes (64-byte aligned). */
 COLL_HIDDEN coll_result_t coll_ctx_scratch(coll_ctx_t *ctx, size_t bytes, void **out);
@@ -221,6 +228,25 @@ COLL_HIDDEN coll_result_t coll_shm_allgather(coll_ctx_t *ctx, const coll_args_t 
 COLL_HIDDEN coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_shm_barrier(coll_ctx_t *ctx, const coll_args_t *a);
+/* Over a balanced partition of n elements into blocks, one per rank
+ * (coll_block_offset/count): reduce-scatter reduces block `me` of every
+ * rank's in (op a->op; AVG divides by the node's ranks only if avg) into
+ * out (the block's length; out may be in + its offset); all-gather copies
+ * each rank's block of buf into every rank's buf. */
+COLL_HIDDEN coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t *a, const char *in, size_t n,
+                                                         char *out, int avg);
+COLL_HIDDEN coll_result_t coll_shm_allgather_blocks(coll_ctx_t *ctx, const coll_args_t *a, char *buf, size_t n);
+
+/* hier.c: communicators spanning nodes with equal ranks per node */
+COLL_HIDDEN coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size);
+COLL_HIDDEN void coll_hier_ctx_free(coll_ctx_t *ctx);
+COLL_HIDDEN int coll_hier_runs(const coll_ctx_t *ctx, coll_kind_t k);
+/* auto's choice: hier runs k and the nodes have several ranks each */
+COLL_HIDDEN int coll_hier_auto(const coll_ctx_t *ctx, coll_kind_t k);
+COLL_HIDDEN coll_result_t coll_hier_allreduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_hier_broadcast(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_hier_reduce(coll_ctx_t *ctx, const coll_args_t *a);
+COLL_HIDDEN coll_result_t coll_hier_barrier(coll_ctx_t *ctx, const coll_args_t *a);
 /* COLL_ALGO_NCCL never reaches coll_run: api.c hands it to cuda.c */
 COLL_HIDDEN void coll_native_release(void);
 
@@ -239,6 +265,8 @@ COLL_HIDDEN void coll_cuda_comm_free(struct coll_comm *c);
 /* select.c: resolves COLL_ALGO_AUTO and runs the chosen algorithm. */
 COLL_HIDDEN coll_algo_t coll_select(const struct coll_comm *comm, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a);
+/* The point-to-point algorithm auto picks for a at size ranks (ring or rd). */
+COLL_HIDDEN coll_algo_t coll_p2p_algo(int size, const coll_args_t *a);
 /* Bytes a ring would send from this rank for a: what is counted for MPI's
  * and NCCL's own collectives, whose messages libcoll does not see. */
 COLL_HIDDEN uint64_t coll_nominal_bytes(const coll_args_t *a, int nranks);

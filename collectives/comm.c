@@ -129,7 +129,7 @@ static const char *dtype_names[COLL_NUM_DTYPES] = {"float32", "float64", "float1
                                                    "int32",   "int64",   "uint8"};
 static const size_t dtype_sizes[COLL_NUM_DTYPES] = {4, 8, 2, 2, 4, 8, 1};
 static const char *op_names[COLL_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
-static const char *algo_names[COLL_NUM_ALGOS] = {"auto", "ring", "rd", "native", "nccl", "shm"};
+static const char *algo_names[COLL_NUM_ALGOS] = {"auto", "ring", "rd", "native", "nccl", "shm", "hier"};
 static const char *kind_names[COLL_NUM_KINDS] = {"allreduce", "reduce_scatter", "allgather",
                                                  "broadcast", "reduce",         "barrier"};
 
@@ -164,10 +164,13 @@ static coll_result_t ctx_init(coll_comm_t c, coll_ctx_t *ctx, MPI_Comm parent) {
     /* Errors come back as return codes, turned into coll_result_t. */
     MPI_Comm_set_errhandler(ctx->mpi, MPI_ERRORS_RETURN);
     ctx->shm = NULL;
-    return c->local_size == c->size && c->size > 1 ? coll_shm_ctx_init(ctx) : COLL_SUCCESS;
+    ctx->hier = NULL;
+    coll_result_t crc = c->local_size == c->size && c->size > 1 ? coll_shm_ctx_init(ctx) : COLL_SUCCESS;
+    return crc == COLL_SUCCESS && c->size > 1 ? coll_hier_ctx_init(ctx, c->local_size) : crc;
 }
 
 static void ctx_free(coll_ctx_t *ctx) {
+    coll_hier_ctx_free(ctx);
     coll_shm_ctx_free(ctx);
     if (ctx->mpi != MPI_COMM_NULL) MPI_Comm_free(&ctx->mpi);
     free(ctx->scratch);

@@ -45,9 +45,10 @@ static int idle(coll_ctx_t *ctx, waiter_t *w) {
 }
 
 static coll_result_t timed_out(coll_ctx_t *ctx, const coll_treq_t *r) {
+    const int w = coll_world_rank(ctx, r->peer);
     coll_error(ctx->comm, COLL_ERR_TIMEOUT,
                "no progress on a %s rank %d for %.1f s (rank %d lost or not calling the same collective?)",
-               r->is_send ? "send to" : "receive from", r->peer, ctx->comm->timeout, r->peer);
+               r->is_send ? "send to" : "receive from", w, ctx->comm->timeout, w);
     return coll_comm_fail(ctx->comm, COLL_ERR_TIMEOUT);
 }
 

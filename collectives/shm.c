@@ -168,10 +168,11 @@ static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, con
         else sched_yield();
         if ((polls & 1023) == 0 && c->timeout > 0 && now_s() - t0 > c->timeout) {
             if (coll_tun.trace > 0) coll_trace_wait(ctx, peer, 0, now_s() - t0);
+            const int w = coll_world_rank(ctx, peer);
             coll_error(c, COLL_ERR_TIMEOUT,
                        "no progress from rank %d for %.1f s in a shared-memory %s (waiting for %s; rank %d lost "
                        "or not calling the same collective?)",
-                       peer, c->timeout, what, stage_name[f], peer);
+                       w, c->timeout, what, stage_name[f], w);
             return coll_comm_fail(c, COLL_ERR_TIMEOUT);
         }
     }
@@ -311,22 +312,61 @@ fail:
     return rc;
 }
 
-coll_result_t coll_shm_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
+/* Rounds carry up to `per` elements of every rank's block (blocks differ
+ * by one element at most, so every rank counts the same rounds). */
+coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t *a, const char *in, size_t n, char *out,
+                                             int avg) {
     struct coll_shm *s = ctx->shm;
     const int P = s->P, me = s->me;
-    const size_t es = coll_dtype_size(a->dtype), per_round = s->region / (es * (size_t)P);
-    const char *in = a->sendbuf;
-    char *out = a->recvbuf;
+    const size_t es = coll_dtype_size(a->dtype), per = s->region / (es * (size_t)P);
+    const size_t longest = coll_block_count(n, P, 0), mine = coll_block_count(n, P, me), lo = coll_block_offset(n, P, me);
+    const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
-    for (size_t at = 0; at < a->count; at += per_round) {
-        const size_t n = a->count - at < per_round ? a->count - at : per_round;
+    for (size_t j = 0; j < longest; j += per) {
         uint64_t t;
         COLL_TRY(begin_round(ctx, &t, "reduce-scatter"));
-        for (int q = 0; q < P; q++) copy_bytes(region(s, me, t, 0) + (size_t)q * n * es, in + ((size_t)q * a->count + at) * es, n * es);
+        for (int q = 0; q < P; q++) { /* the peers' parts of this round; this rank reads its own from in */
+            const size_t len = coll_block_count(n, P, q) - j < per ? coll_block_count(n, P, q) - j : per;
+            if (q != me) copy_bytes(region(s, me, t, 0) + (size_t)q * per * es, in + (coll_block_offset(n, P, q) + j) * es, len * es);
+        }
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce-scatter"));
-        reduce_from_all(s, a, t, 0, (size_t)me * n * es, out + at * es, n);
-        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
+        const size_t len = mine - j < per ? mine - j : per;
+        /* this rank's input first: in place, out is that operand exactly */
+        src[0] = in + (lo + j) * es;
+        for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0) + (size_t)me * per * es;
+        if (len) {
+            coll_reduce_kernel(a->dtype, a->op, out + j * es, src[0], src[1], len);
+            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, out + j * es, out + j * es, src[q], len);
+            if (avg && a->op == COLL_AVG) coll_avg_finish(a->dtype, out + j * es, len, P);
+        }
+        publish(s, F_DONE, t);
+    }
+fail:
+    return rc;
+}
+
+coll_result_t coll_shm_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
+    const size_t P = (size_t)ctx->shm->P;
+    return coll_shm_reduce_scatter_blocks(ctx, a, a->sendbuf, a->count * P, a->recvbuf, 1);
+}
+
+coll_result_t coll_shm_allgather_blocks(coll_ctx_t *ctx, const coll_args_t *a, char *buf, size_t n) {
+    struct coll_shm *s = ctx->shm;
+    const int P = s->P, me = s->me;
+    const size_t es = coll_dtype_size(a->dtype), per = s->region / es;
+    const size_t longest = coll_block_count(n, P, 0), mine = coll_block_count(n, P, me), lo = coll_block_offset(n, P, me);
+    coll_result_t rc = COLL_SUCCESS;
+    for (size_t j = 0; j < longest; j += per) {
+        uint64_t t;
+        COLL_TRY(begin_round(ctx, &t, "allgather"));
+        copy_bytes(region(s, me, t, 0), buf + (lo + j) * es, (mine - j < per ? mine - j : per) * es);
+        publish(s, F_COPIED, t);
+        COLL_TRY(wait_all(ctx, F_COPIED, t, "allgather"));
+        for (int q = 0; q < P; q++) {
+            const size_t len = coll_block_count(n, P, q) - j < per ? coll_block_count(n, P, q) - j : per;
+            if (q != me) copy_bytes(buf + (coll_block_offset(n, P, q) + j) * es, region(s, q, t, 0), len * es);
+        }
         publish(s, F_DONE, t);
     }
 fail:
@@ -334,28 +374,10 @@ fail:
 }
 
 coll_result_t coll_shm_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
-    struct coll_shm *s = ctx->shm;
-    const int P = s->P, me = s->me;
-    const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
-    const char *in = a->sendbuf;
-    char *out = a->recvbuf;
-    coll_result_t rc = COLL_SUCCESS;
-    for (size_t at = 0; at < a->count; at += per_round) {
-        const size_t n = a->count - at < per_round ? a->count - at : per_round;
-        uint64_t t;
-        COLL_TRY(begin_round(ctx, &t, "allgather"));
-        copy_bytes(region(s, me, t, 0), in + at * es, n * es);
-        publish(s, F_COPIED, t);
-        COLL_TRY(wait_all(ctx, F_COPIED, t, "allgather"));
-        for (int q = 0; q < P; q++) {
-            char *dst = out + ((size_t)q * a->count + at) * es;
-            if (q != me) copy_bytes(dst, region(s, q, t, 0), n * es);
-            else if (dst != in + at * es) copy_bytes(dst, in + at * es, n * es);
-        }
-        publish(s, F_DONE, t);
-    }
-fail:
-    return rc;
+    const size_t P = (size_t)ctx->shm->P, es = coll_dtype_size(a->dtype);
+    char *buf = a->recvbuf;
+    coll_copy(buf + (size_t)ctx->shm->me * a->count * es, a->sendbuf, a->count * es);
+    return coll_shm_allgather_blocks(ctx, a, buf, a->count * P);
 }
 
 coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {

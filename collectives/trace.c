@@ -124,6 +124,7 @@ void coll_trace_end(coll_ctx_t *ctx, coll_trace_entry_t *e, coll_result_t rc) {
 
 void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds) {
     coll_comm_t c = ctx->comm;
+    peer = coll_world_rank(ctx, peer);
     if (peer >= 0 && peer < c->size && c->peer_wait_ns) {
         atomic_fetch_add_explicit(&c->peer_wait_ns[peer], (uint64_t)(seconds * 1e9), memory_order_relaxed);
         if (send) atomic_fetch_add_explicit(&c->peer_send_ns[peer], (uint64_t)(seconds * 1e9), memory_order_relaxed);

@@ -48,7 +48,7 @@ static coll_result_t mpi_test(coll_ctx_t *ctx, coll_treq_t *r, int *done) {
     if (rc != MPI_SUCCESS) {
         r->active = 0;
         return coll_error(ctx->comm, COLL_ERR_MPI, "MPI_Test on a %s rank %d failed (MPI error %d)",
-                          r->is_send ? "send to" : "receive from", r->peer, rc);
+                          r->is_send ? "send to" : "receive from", coll_world_rank(ctx, r->peer), rc);
     }
     if (!flag) return COLL_SUCCESS;
     if (r->left) return post_piece(ctx, r);

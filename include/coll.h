@@ -41,7 +41,7 @@
  * the call that starts them (no overlap), and COLL_DEBUG=WARN says so once.
  *
  * Environment (read once, at the first coll_comm_init):
- *  COLL_ALGO=auto|ring|rd|native|nccl|shm   algorithm (default auto)
+ *  COLL_ALGO=auto|ring|rd|native|nccl|shm|hier   algorithm (default auto)
  *  COLL_DEBUG=WARN|INFO|TRACE      logging to stderr (default: silent)
  *  COLL_CHECK=0|1                  verify call signatures agree across ranks
  *  COLL_TIMEOUT=SECONDS            fail a wait after this long (0 = never,
@@ -107,6 +107,11 @@ typedef enum {
     COLL_ALGO_NCCL,     /* NCCL, on device buffers (a CUDA build, one GPU per rank) */
     COLL_ALGO_SHM,      /* shared memory between the ranks of one node (a communicator
                            spanning nodes, or one rank, runs the point-to-point ones) */
+    COLL_ALGO_HIER,     /* hierarchical, for communicators spanning nodes with as many ranks
+                           on each: shared memory inside each node, our point-to-point
+                           algorithms across nodes (all-reduce, broadcast, reduce, barrier;
+                           reduce-scatter and all-gather, and unequal nodes, run the flat
+                           algorithms; a communicator on one node runs shm) */
     COLL_NUM_ALGOS
 } coll_algo_t;
 

@@ -2,7 +2,7 @@
  *
  *   mpirun -np P coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]
  *       [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]
- *       [-a auto|ring|rd|native|shm] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP]
+ *       [-a auto|ring|rd|native|shm|hier] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP]
  *       [-c 0|1] [-i 0|1] [-m 0|1] [-R REPEATS] [-x BASELINE_ALGO] [-G | --device cpu|cuda]
  *
  * -m 1 allocates the buffers with coll_mem_alloc (zero-copy for shm); the
@@ -80,7 +80,7 @@ __attribute__((noreturn)) static void usage(const char *why) {
                 "coll-bench: %s\n"
                 "usage: coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]\n"
                 "  [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]\n"
-                "  [-a auto|ring|rd|native|shm] [-m 0|1 coll_mem_alloc] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
+                "  [-a auto|ring|rd|native|shm|hier] [-m 0|1 coll_mem_alloc] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
                 "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO]\n"
                 "  [-G | --device cpu|cuda]   (-a/-x also take nccl)\n",
                 why);

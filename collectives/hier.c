@@ -1,0 +1,243 @@
+/* Hierarchical collectives, for communicators that span nodes with the same
+ * number of ranks on each.
+ *
+ * A flat ring sends 2(P-1)/P of an all-reduce's data over every node's link
+ * once per rank on that node; here each node's ranks first reduce-scatter
+ * through shared memory (shm.c), each rank then all-reduces its shard with
+ * the ranks of the same node rank on the other nodes (our ring or recursive
+ * doubling, every shard at the same time), and the node all-gathers the
+ * shards: the node's link carries the buffer about once each way. Broadcast
+ * crosses the nodes once (between the root and the ranks of its node rank),
+ * then each node broadcasts through shared memory; reduce is the reverse.
+ *
+ * Each context of a communicator (the caller's and the progress thread's)
+ * has two child contexts of its own: `node` (its node's ranks, with
+ * shared-memory workspaces) and `cross` (the ranks with its node rank on
+ * every node, numbered by node). Children report waits and errors in the
+ * communicator's rank numbers (ctx->world).
+ *
+ * COLL_NODE_SIZE=k groups ranks k at a time instead of by node (rank / k):
+ * it tests the hierarchical paths on one machine, or splits a large node. */
+#include <stdlib.h>
+
+#include "coll_internal.h"
+
+struct coll_hier {
+    coll_ctx_t node, cross;
+    int N, L;                      /* nodes, ranks per node */
+    int *lrank, *nidx;             /* every rank's node rank and node number */
+    int *node_world, *cross_world; /* the children's ranks as the comm numbers them */
+};
+
+static void child_free(coll_ctx_t *ch) {
+    coll_shm_ctx_free(ch);
+    if (ch->mpi != MPI_COMM_NULL) MPI_Comm_free(&ch->mpi);
+    free(ch->scratch);
+    ch->scratch = NULL, ch->scratch_bytes = 0;
+}
+
+static void hier_free(struct coll_hier *h) {
+    if (!h) return;
+    child_free(&h->node);
+    child_free(&h->cross);
+    free(h->lrank), free(h->nidx), free(h->node_world), free(h->cross_world);
+    free(h);
+}
+
+void coll_hier_ctx_free(coll_ctx_t *ctx) {
+    hier_free(ctx->hier);
+    ctx->hier = NULL;
+}
+
+static void child_init(const coll_ctx_t *parent, coll_ctx_t *ch, MPI_Comm mpi, const int *world) {
+    ch->comm = parent->comm;
+    ch->tp = parent->tp;
+    ch->mpi = mpi;
+    ch->world = world;
+    MPI_Comm_rank(mpi, &ch->rank);
+    MPI_Comm_size(mpi, &ch->size);
+    MPI_Comm_set_errhandler(mpi, MPI_ERRORS_RETURN);
+}
+
+/* Collective over ctx->mpi. Leaves ctx->hier NULL (not an error) where the
+ * communicator sits on one node, its nodes hold unequal numbers of ranks,
+ * or a node's shared memory cannot be set up. */
+coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size) {
+    ctx->hier = NULL;
+    const int P = ctx->size, me = ctx->rank;
+    int k[2] = {coll_tun.node_size, -coll_tun.node_size}, kk[2];
+    int rc = MPI_Allreduce(k, kk, 2, MPI_INT, MPI_MAX, ctx->mpi);
+    if (rc != MPI_SUCCESS) return coll_mpi_error(NULL, rc, "coll_comm_init: hierarchical set-up (MPI_Allreduce)");
+    if (kk[0] != -kk[1])
+        return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_init: COLL_NODE_SIZE differs between ranks (%d to %d)",
+                          -kk[1], kk[0]);
+    const int k_emul = kk[0];
+    if (!k_emul && local_size == P) return COLL_SUCCESS; /* one node: shm's */
+    struct coll_hier *h = calloc(1, sizeof *h);
+    MPI_Comm node = MPI_COMM_NULL, cross = MPI_COMM_NULL;
+    if (!h) return coll_error(NULL, COLL_ERR_NO_MEMORY, "coll_comm_init: hierarchical set-up");
+    h->node.mpi = h->cross.mpi = MPI_COMM_NULL;
+    rc = k_emul ? MPI_Comm_split(ctx->mpi, me / k_emul, me, &node)
+                : MPI_Comm_split_type(ctx->mpi, MPI_COMM_TYPE_SHARED, me, MPI_INFO_NULL, &node);
+    int L = 0, lr = 0, lead = me, sizes[2], ext[2];
+    if (rc == MPI_SUCCESS) {
+        MPI_Comm_size(node, &L);
+        MPI_Comm_rank(node, &lr);
+        rc = MPI_Allreduce(&me, &lead, 1, MPI_INT, MPI_MIN, node); /* a node's number: its lowest rank, for now */
+    }
+    sizes[0] = L, sizes[1] = -L;
+    if (rc == MPI_SUCCESS) rc = MPI_Allreduce(sizes, ext, 2, MPI_INT, MPI_MAX, ctx->mpi);
+    if (rc == MPI_SUCCESS && (ext[0] != -ext[1] || L == P)) { /* unequal nodes, or one: the flat algorithms */
+        COLL_LOG(ctx->comm, COLL_LOG_INFO, "hier: %s, the flat algorithms instead",
+                 L == P ? "one node" : "nodes with unequal numbers of ranks");
+        MPI_Comm_free(&node);
+        free(h);
+        return COLL_SUCCESS;
+    }
+    /* the ranks of node rank lr on every node, numbered by node */
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_split(ctx->mpi, lr, lead, &cross);
+    h->L = L, h->N = P / (L > 0 ? L : 1);
+    h->lrank = malloc((size_t)P * sizeof(int));
+    h->nidx = malloc((size_t)P * sizeof(int));
+    h->node_world = malloc((size_t)L * sizeof(int));
+    h->cross_world = malloc((size_t)h->N * sizeof(int));
+    int *pairs = malloc(2 * (size_t)P * sizeof(int));
+    if (rc == MPI_SUCCESS && (!h->lrank || !h->nidx || !h->node_world || !h->cross_world || !pairs)) rc = MPI_ERR_NO_MEM;
+    if (rc == MPI_SUCCESS) {
+        int mine[2] = {lr, 0};
+        MPI_Comm_rank(cross, &mine[1]);
+        rc = MPI_Allgather(mine, 2, MPI_INT, pairs, 2, MPI_INT, ctx->mpi);
+    }
+    if (rc == MPI_SUCCESS) {
+        for (int r = 0; r < P; r++) h->lrank[r] = pairs[2 * r], h->nidx[r] = pairs[2 * r + 1];
+        for (int r = 0; r < P; r++) {
+            if (h->nidx[r] == h->nidx[me]) h->node_world[h->lrank[r]] = r;
+            if (h->lrank[r] == lr) h->cross_world[h->nidx[r]] = r;
+        }
+        child_init(ctx, &h->node, node, h->node_world);
+        child_init(ctx, &h->cross, cross, h->cross_world);
+        node = cross = MPI_COMM_NULL;
+    }
+    free(pairs);
+    coll_result_t crc = COLL_SUCCESS;
+    if (rc == MPI_SUCCESS && L > 1) crc = coll_shm_ctx_init(&h->node);
+    /* every node has its shared memory, or nobody runs hier */
+    int ok = rc == MPI_SUCCESS && crc == COLL_SUCCESS && (L == 1 || h->node.shm), all = 0;
+    if (rc == MPI_SUCCESS && crc == COLL_SUCCESS) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, ctx->mpi);
+    if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
+    if (cross != MPI_COMM_NULL) MPI_Comm_free(&cross);
+    if (rc != MPI_SUCCESS || crc != COLL_SUCCESS || !all) {
+        hier_free(h);
+        if (crc != COLL_SUCCESS) return crc;
+        if (rc != MPI_SUCCESS) return coll_mpi_error(NULL, rc, "coll_comm_init: hierarchical set-up");
+        COLL_LOG(ctx->comm, COLL_LOG_INFO, "hier: a node has no shared memory, the flat algorithms instead");
+        return COLL_SUCCESS;
+    }
+    ctx->hier = h;
+    COLL_LOG(ctx->comm, COLL_LOG_INFO, "hier: %d nodes x %d ranks%s", h->N, h->L, k_emul ? " (COLL_NODE_SIZE)" : "");
+    return COLL_SUCCESS;
+}
+
+int coll_hier_runs(const coll_ctx_t *ctx, coll_kind_t k) {
+    return ctx->hier &&
+           (k == COLL_K_ALLREDUCE || k == COLL_K_BROADCAST || k == COLL_K_REDUCE || k == COLL_K_BARRIER);
+}
+
+int coll_hier_auto(const coll_ctx_t *ctx, coll_kind_t k) {
+    return coll_hier_runs(ctx, k) && ctx->hier->L > 1 && k != COLL_K_BARRIER;
+}
+
+/* Runs a on child ch (which records its waits in ctx's running operation). */
+static coll_result_t run_child(coll_ctx_t *ctx, coll_ctx_t *ch, coll_args_t *a) {
+    a->algo = coll_p2p_algo(ch->size, a);
+    a->tr = NULL;
+    ch->cur = ctx->cur;
+    coll_result_t rc = coll_run(ch, a);
+    ch->cur = NULL;
+    return rc;
+}
+
+/* reductions sum across both levels and divide once, by every rank */
+static coll_op_t level_op(coll_op_t op) { return op == COLL_AVG ? COLL_SUM : op; }
+
+coll_result_t coll_hier_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_hier *h = ctx->hier;
+    const size_t es = coll_dtype_size(a->dtype), n = a->count;
+    const size_t lo = coll_block_offset(n, h->L, h->node.rank), len = coll_block_count(n, h->L, h->node.rank);
+    char *out = a->recvbuf, *shard = out + lo * es;
+    coll_args_t b = *a;
+    b.op = level_op(a->op);
+    coll_result_t rc = COLL_SUCCESS;
+    h->node.cur = ctx->cur;
+    if (h->L > 1) COLL_TRY(coll_shm_reduce_scatter_blocks(&h->node, &b, a->sendbuf, n, shard, 0));
+    else coll_copy(out, a->sendbuf, n * es);
+    if (len) { /* every rank of this node rank has a shard of the same length */
+        coll_args_t x = b;
+        x.sendbuf = x.recvbuf = shard, x.count = len;
+        COLL_TRY(run_child(ctx, &h->cross, &x));
+        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, shard, len, ctx->size);
+    }
+    if (h->L > 1) COLL_TRY(coll_shm_allgather_blocks(&h->node, &b, out, n));
+fail:
+    h->node.cur = NULL;
+    return rc;
+}
+
+coll_result_t coll_hier_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_hier *h = ctx->hier;
+    const int rl = h->lrank[a->root];
+    coll_result_t rc = COLL_SUCCESS;
+    if (h->node.rank == rl) { /* across the nodes, among the root's node rank */
+        coll_args_t x = *a;
+        x.root = h->nidx[a->root];
+        COLL_TRY(run_child(ctx, &h->cross, &x));
+    }
+    if (h->L > 1) {
+        coll_args_t y = *a;
+        y.root = rl;
+        h->node.cur = ctx->cur;
+        rc = coll_shm_broadcast(&h->node, &y);
+        h->node.cur = NULL;
+    }
+fail:
+    return rc;
+}
+
+coll_result_t coll_hier_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_hier *h = ctx->hier;
+    const int rl = h->lrank[a->root], root = ctx->rank == a->root;
+    const size_t bytes = a->count * coll_dtype_size(a->dtype);
+    const char *part = a->sendbuf; /* this node's partial result (on its rank rl) */
+    coll_result_t rc = COLL_SUCCESS;
+    if (h->L > 1) {
+        char *to = a->recvbuf;
+        if (h->node.rank == rl && !root) COLL_TRY(coll_ctx_scratch(ctx, bytes, (void **)&to));
+        coll_args_t y = *a;
+        y.op = level_op(a->op), y.root = rl, y.recvbuf = to;
+        h->node.cur = ctx->cur;
+        rc = coll_shm_reduce(&h->node, &y);
+        h->node.cur = NULL;
+        if (rc != COLL_SUCCESS) goto fail;
+        part = to;
+    }
+    if (h->node.rank == rl) {
+        coll_args_t x = *a;
+        x.op = level_op(a->op), x.root = h->nidx[a->root], x.sendbuf = part;
+        x.recvbuf = root ? a->recvbuf : NULL;
+        COLL_TRY(run_child(ctx, &h->cross, &x));
+        if (root && a->op == COLL_AVG) coll_avg_finish(a->dtype, a->recvbuf, a->count, ctx->size);
+    }
+fail:
+    return rc;
+}
+
+coll_result_t coll_hier_barrier(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_hier *h = ctx->hier;
+    coll_result_t rc = COLL_SUCCESS;
+    /* once a node rank's ranks on every node have met, every node's ranks had arrived */
+    if (h->L > 1) COLL_TRY(coll_shm_barrier(&h->node, a));
+    coll_args_t x = *a;
+    rc = run_child(ctx, &h->cross, &x);
+fail:
+    return rc;
+}
