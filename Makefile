@@ -207,6 +207,8 @@ bench: deps
 	else echo "vcluster-bench: skipped (network namespaces need root)"; fi
 	@BUILD=$(BUILD) tests/bench/compress-bench
 	@BUILD=$(BUILD) tests/bench/shm-bench
+	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/hier-bench 1gbit 10gbit; \
+	else echo "hier-bench: skipped (network namespaces need root)"; fi
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

@@ -245,6 +245,16 @@ static const char *peer_data(coll_ctx_t *ctx, int q, uint64_t t, int which, size
     return base ? base + (which ? d->out_off : d->in_off) + at_bytes : NULL;
 }
 
+/* Every rank's descriptor of this round points at coll_mem_alloc buffers. */
+static int all_zero_copy(const struct coll_shm *s) {
+    const uint64_t t = s->round;
+    for (int q = 0; q < s->P; q++) {
+        const shm_desc_t *d = &hdr(s, q)->desc[t & 1].d;
+        if (d->in_fd < 0 || d->out_fd < 0) return 0;
+    }
+    return 1;
+}
+
 /* Two-shot: each rank reduces its shard of the round, then copies the
  * others'. With both buffers from coll_mem_alloc (zero-copy) a rank's input
  * and results stay in its own buffers: the peers read them there, and the
@@ -264,8 +274,9 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
     uint64_t t = 0;
-    for (size_t at = 0; at < a->count; at += per_round) {
-        const size_t n = a->count - at < per_round ? a->count - at : per_round;
+    size_t n;
+    for (size_t at = 0; at < a->count; at += n) {
+        n = a->count - at < per_round ? a->count - at : per_round;
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
         shm_desc_t *d = &hdr(s, me)->desc[t & 1].d;
         if (zc) *d = (shm_desc_t){rin.fd, rout.fd, rin.id, rout.id, rin.bytes, rout.bytes, rin.off, rout.off};
@@ -278,6 +289,10 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         }
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "allreduce"));
+        /* every rank zero-copy (each sees every descriptor, so all decide
+         * alike): no region is used, so this round takes the whole rest
+         * (the rounds' hand-offs cost 2-2.5x at 512 KiB-8 MiB) */
+        if (zc && at == 0 && all_zero_copy(s)) n = a->count;
         if (oneshot) {
             reduce_from_all(s, a, t, 0, 0, out + at * es, n);
             if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
@@ -303,7 +318,9 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
             const size_t qlo = coll_block_offset(n, P, q);
             const char *from = peer_data(ctx, q, t, 1, at * es);
             if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
-            copy_bytes(out + (at + qlo) * es, from + qlo * es, coll_block_count(n, P, q) * es);
+            const size_t qb = coll_block_count(n, P, q) * es;
+            if (qb >= NT_MIN_BYTES) copy_nt(out + (at + qlo) * es, from + qlo * es, qb);
+            else copy_bytes(out + (at + qlo) * es, from + qlo * es, qb);
         }
         publish(s, F_DONE, t);
     }
@@ -407,29 +424,55 @@ fail:
     return rc;
 }
 
-/* Two-shot: every rank reduces its shard of the round, the root gathers. */
+/* One-shot up to COLL_SHM_ONESHOT_BYTES (the root reduces from every
+ * peer's input); two-shot above: every rank reduces its shard of the
+ * round, the root gathers. As in the all-reduce, a rank copies in only the shards its peers reduce
+ * (its own it reads from its input), and the root reduces its shard
+ * straight into its output. */
 coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
     struct coll_shm *s = ctx->shm;
     const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
-    const int P = s->P, me = s->me, root = a->root;
+    const int P = s->P, me = s->me, root = a->root, oneshot = a->count * es <= coll_tun.shm_oneshot_bytes;
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
+    const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
     for (size_t at = 0; at < a->count; at += per_round) {
         const size_t n = a->count - at < per_round ? a->count - at : per_round;
         uint64_t t;
         COLL_TRY(begin_round(ctx, &t, "reduce"));
-        copy_bytes(region(s, me, t, 0), in + at * es, n * es);
+        if (oneshot) { /* one hand-off: the root reduces straight from the peers' inputs */
+            if (me != root) copy_bytes(region(s, me, t, 0), in + at * es, n * es), publish(s, F_COPIED, t);
+            else {
+                COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce"));
+                src[0] = in + at * es;
+                for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0);
+                coll_reduce_kernel(a->dtype, a->op, out + at * es, src[0], src[1], n);
+                for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, out + at * es, out + at * es, src[q], n);
+                if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
+            }
+            publish(s, F_DONE, t);
+            continue;
+        }
+        const size_t lo = coll_block_offset(n, P, me), len = coll_block_count(n, P, me);
+        copy_bytes(region(s, me, t, 0), in + at * es, lo * es);
+        copy_bytes(region(s, me, t, 0) + (lo + len) * es, in + (at + lo + len) * es, (n - lo - len) * es);
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce"));
-        const size_t lo = coll_block_offset(n, P, me), len = coll_block_count(n, P, me);
-        char *mine = region(s, me, t, 1) + lo * es;
-        if (len) reduce_from_all(s, a, t, 0, lo * es, mine, len);
-        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, mine, len, P);
+        /* this rank's input first: at an in-place root, out is that operand exactly */
+        src[0] = in + (at + lo) * es;
+        for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0) + lo * es;
+        char *mine = me == root ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
+        if (len) {
+            coll_reduce_kernel(a->dtype, a->op, mine, src[0], src[1], len);
+            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, mine, mine, src[q], len);
+            if (a->op == COLL_AVG) coll_avg_finish(a->dtype, mine, len, P);
+        }
         publish(s, F_REDUCED, t);
         if (me == root) {
             COLL_TRY(wait_all(ctx, F_REDUCED, t, "reduce"));
             for (int q = 0; q < P; q++) {
+                if (q == me) continue;
                 const size_t qlo = coll_block_offset(n, P, q);
                 copy_bytes(out + (at + qlo) * es, region(s, q, t, 1) + qlo * es, coll_block_count(n, P, q) * es);
             }
