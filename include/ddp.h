@@ -87,6 +87,16 @@ typedef struct ddp_options {
 int ddp_create(ddp_t **d, MPI_Comm comm, float *params, float *grads, size_t count, size_t padded,
                const ddp_options_t *opt, char *err, size_t errlen);
 void ddp_destroy(ddp_t *d); /* NULL-safe; before MPI_Finalize */
+/* Collective; host buffers only. Where shared memory can read the gradient
+ * buckets in place (every rank on one node, ddp.zero = 0, no compression,
+ * algorithm auto or shm), allocates `padded` floats each for parameters and
+ * gradients with coll_mem_alloc on the engine's communicator (the node's
+ * peers map them: zero-copy all-reduce), uses them from now on instead of
+ * the caller's, and runs shm (auto's choice there). The caller copies its
+ * contents over and uses them too; they live until ddp_destroy. 0; 1: not
+ * shared (not useful here, or a rank could not); -1: this rank could not
+ * allocate (ddp_error says why). The caller's buffers stay in use unless 0. */
+int ddp_share_buffers(ddp_t *d, float **params, float **grads);
 int ddp_rank(const ddp_t *d);
 int ddp_size(const ddp_t *d);
 const char *ddp_error(const ddp_t *d);

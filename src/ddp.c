@@ -40,6 +40,7 @@ struct ddp {
     coll_comm_t comm;
     int rank, size;
     float *params, *grads;
+    float *mem_params, *mem_grads; /* ddp_share_buffers' coll_mem_alloc buffers, or NULL */
     size_t count, padded;
     ddp_options_t opt;
     int nb;
@@ -258,6 +259,8 @@ void ddp_destroy(ddp_t *d) {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (d->side != MPI_COMM_NULL && !finalized) MPI_Comm_free(&d->side);
+    coll_mem_free(d->comm, d->mem_params);
+    coll_mem_free(d->comm, d->mem_grads);
     coll_comm_destroy(d->comm);
     free(d->b);
     free(d->shard_lo);
@@ -272,6 +275,42 @@ void ddp_destroy(ddp_t *d) {
     free(d->sends);
     free(d->hop_buf);
     free(d);
+}
+
+/* Shared buffers pay only where the gradient all-reduce reads them in place:
+ * shared memory (one node), all-reduce (ZeRO-1's reduce-scatter and
+ * all-gather copy), uncompressed (compression reduces a staging buffer).
+ * Elsewhere they cost: memfd memory gets no transparent huge pages here
+ * (shmem_enabled is never), and the ring's process-to-process copies from 4
+ * KiB pages made ZeRO-1's step 5% slower (docs/PERFORMANCE.md). */
+int ddp_share_buffers(ddp_t *d, float **params, float **grads) {
+    const coll_algo_t algo = d->opt.algorithm;
+    if (d->opt.zero || d->opt.compress != DDP_COMPRESS_NONE || (algo != COLL_ALGO_AUTO && algo != COLL_ALGO_SHM) ||
+        d->side == MPI_COMM_NULL || d->size < 2)
+        return 1;
+    MPI_Comm node;
+    int local = 0;
+    if (MPI_Comm_split_type(d->side, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node) != MPI_SUCCESS) return 1;
+    MPI_Comm_size(node, &local);
+    MPI_Comm_free(&node);
+    if (local != d->size) return 1; /* the same answer on every rank */
+    const size_t bytes = (d->padded ? d->padded : 1) * sizeof(float);
+    void *p = NULL, *g = NULL;
+    int ok = coll_mem_alloc(d->comm, bytes, &p) == COLL_SUCCESS && coll_mem_alloc(d->comm, bytes, &g) == COLL_SUCCESS, all = 0;
+    if (!ok) snprintf(d->err, sizeof d->err, "ddp: coll_mem_alloc: %s", coll_last_error(d->comm));
+    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, d->side) != MPI_SUCCESS) all = 0;
+    if (!all) { /* every rank shares, or none */
+        coll_mem_free(d->comm, p);
+        coll_mem_free(d->comm, g);
+        return ok ? 1 : -1;
+    }
+    /* buckets are 4 MiB by default, where auto's ring beats shm on ordinary
+     * buffers at 2 ranks; zero-copy, shm is 2.4-6.8x Open MPI there */
+    if (algo == COLL_ALGO_AUTO) coll_comm_set_algorithm(d->comm, COLL_ALGO_SHM);
+    d->params = d->mem_params = p;
+    d->grads = d->mem_grads = g;
+    *params = p, *grads = g;
+    return 0;
 }
 
 int ddp_rank(const ddp_t *d) { return d->rank; }

@@ -239,8 +239,16 @@ static float *alloc_flat(graph_t *g, size_t n) {
     return g->dev == DEV_CPU ? tensor_alloc_huge(n) : device_alloc_floats(g->dev, n);
 }
 
+void graph_use_flat(graph_t *g, float *params, float *grads) {
+    memcpy(params, g->params, g->nalloc * sizeof(float));
+    memcpy(grads, g->grads, g->nalloc * sizeof(float));
+    if (!g->flat_lent) free_flat(g, g->params), free_flat(g, g->grads);
+    g->params = params, g->grads = grads, g->flat_lent = 1;
+}
+
 int graph_pad_params(graph_t *g, size_t multiple) {
     const size_t n = (g->nweights + multiple - 1) / multiple * multiple;
+    if (g->flat_lent) return -1; /* not ours to reallocate */
     free_flat(g, g->params);
     free_flat(g, g->grads);
     g->grads = NULL;
@@ -277,8 +285,7 @@ void graph_destroy(graph_t *g) {
         device_free(dev, nd->index);
     }
     device_free(dev, g->input.data);
-    free_flat(g, g->params);
-    free_flat(g, g->grads);
+    if (!g->flat_lent) free_flat(g, g->params), free_flat(g, g->grads);
     device_free(dev, g->labels);
     device_free(dev, g->loss_dev);
     device_free(dev, g->ones);

@@ -58,6 +58,7 @@ typedef struct graph {
     size_t nweights; /* floats of parameters in params (and grads) */
     size_t nalloc;   /* floats allocated: nweights rounded up by graph_pad_params; the tail stays 0 */
     float *params, *grads;
+    int flat_lent;    /* params and grads belong to someone else (graph_use_flat) */
     float loss;       /* mean loss of the last forward (CPU; on a GPU see graph_loss_sum) */
     double loss_sum;  /* CPU: sum of forward losses since graph_loss_reset */
     float *loss_dev;  /* device: [0] last forward's mean loss, [1] the sum since the reset */
@@ -118,6 +119,11 @@ int graph_params_from_host(graph_t *g, const float *host);
  * length is a multiple of `multiple` (ZeRO shards and reduce-scatter need
  * equal pieces). 0, or -1 when out of memory. */
 int graph_pad_params(graph_t *g, size_t multiple);
+
+/* Moves params and grads (nalloc floats each, CPU only) into the caller's
+ * buffers, which then hold their contents and which the graph will not
+ * free (the data-parallel engine's coll_mem_alloc memory). */
+void graph_use_flat(graph_t *g, float *params, float *grads);
 
 /* Makes backward also produce the gradient of the input (g->dinput), for
  * gradient checks and input attributions. 0, or -1 when out of memory. */

@@ -130,8 +130,9 @@ straggler_t straggler_confirm(straggler_track_t *tr, straggler_t now, straggler_
     long add = K;
     if (same_verdict(now, tr->named)) out = now;
     else if (same_verdict(relaxed, tr->named)) out = relaxed;
-    else if (same_verdict(now, tr->prev)) out = now, add += tr->prev_k; /* the window that first saw it */
+    else if (same_verdict(now, tr->prev) || same_verdict(now, tr->prev_relaxed))
+        out = now, add += tr->prev_k; /* the window that first saw it */
     if (counts && out.rank >= 0) counts[out.rank * 3 + out.cause] += add;
-    tr->prev = now, tr->prev_k = K, tr->named = out;
+    tr->prev = now, tr->prev_relaxed = relaxed, tr->prev_k = K, tr->named = out;
     return out;
 }

@@ -56,18 +56,19 @@ straggler_t straggler_window(const double *probes, int P, int K, double threshol
 straggler_t straggler_window_hops(const double *probes, const double *hop, int P, int K, double threshold_ms,
                                   long *counts);
 
-/* A window's verdict stands when the next window repeats it (same rank,
- * same cause): a host that slows one vCPU for a few seconds makes one
- * window's rank really late (a CI run named a healthy rank so in 2 of 10
- * records across nodes), a throttle or a slow link persists. A rank once
- * named stays named while a window names it at half the threshold
- * (`relaxed`), so a throttled rank that dips under the threshold for one
- * window is not dropped and made to wait two more. Returns the verdict to
+/* A window's verdict stands when the previous window named the same rank
+ * with the same cause, at the threshold or at half of it (`relaxed`): a
+ * host that slows one vCPU for a few seconds makes one window's rank
+ * really late (a CI run named a healthy rank so in 2 of 10 records across
+ * nodes), a throttle or a slow link persists. A rank once named stays
+ * named while a window names it at half the threshold, so a throttled rank
+ * that dips under the threshold for one window is not dropped. Returns the verdict to
  * report (none while unconfirmed); counts[r * 3 + cause] (if not NULL)
  * gains the K steps of a reported window, and at the first confirmation
  * those of the window that first saw it. tr starts zeroed. */
 typedef struct straggler_track {
     straggler_t prev;  /* the previous window's verdict at the threshold */
+    straggler_t prev_relaxed; /* ... and at half of it */
     straggler_t named; /* the verdict reported last (rank -1 or 0 with no cause: none) */
     int prev_k;        /* the previous window's steps */
 } straggler_track_t;

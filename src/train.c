@@ -292,6 +292,14 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
         const int rc = ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen);
         free(tens);
         if (rc) return -1;
+        /* parameters and gradients in memory the node's peers map: shared-memory
+         * collectives read the gradient buckets in place (zero-copy) */
+        float *sp, *sg;
+        if (t->dev == DEV_CPU && t->ranks > 1) {
+            const int shared = ddp_share_buffers(t->ddp, &sp, &sg);
+            if (shared == 0) graph_use_flat(t->g, sp, sg);
+            else if (shared < 0) fprintf(stderr, "rank %d: note: %s; ordinary buffers instead\n", t->rank, ddp_error(t->ddp));
+        }
         t->g->on_grad = ddp_grad_ready;
         t->g->on_grad_user = t->ddp;
         /* every replica starts from rank 0's parameters, whatever its seed */
@@ -509,8 +517,8 @@ fail:
  * computing 1.3x slower. Against the whole step, a communication-bound step
  * (across emulated nodes: compute a third of it) hid such a rank in a third
  * of the records. A verdict is reported when the next record's window
- * repeats it, and stays while the rank is late at half the threshold
- * (straggler_confirm). */
+ * repeats it (or the previous one named it at half the threshold), and
+ * stays while the rank is late at half the threshold (straggler_confirm). */
 static int attribute(trainer_t *t, long last, straggler_t *out) {
     const int K = t->probe_n, P = t->ranks;
     if (K == 0) return 0;
@@ -527,7 +535,7 @@ static int attribute(trainer_t *t, long last, straggler_t *out) {
             memmove(t->probes_all + (size_t)r * K * PROBE_FIELDS, t->probes_all + (size_t)r * stride,
                     (size_t)K * PROBE_FIELDS * sizeof *t->probes_all);
         const straggler_t now = straggler_window_hops(t->probes_all, t->hops, P, K, thr, NULL);
-        const straggler_t relaxed = t->track.named.cause != STRAGGLER_NONE ? straggler_window_hops(t->probes_all, t->hops, P, K, thr / 2, NULL) : now;
+        const straggler_t relaxed = straggler_window_hops(t->probes_all, t->hops, P, K, thr / 2, NULL);
         *out = straggler_confirm(&t->track, now, relaxed, K, t->named);
     }
     t->probe_n = 0;

@@ -140,7 +140,7 @@ static void confirmed_next_window(void **st) {
     assert_int_equal(straggler_confirm(&tr, zero, zero, K, counts).rank, -1); /* a zeroed track names nobody */
     assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);
     assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, -1); /* first sight: pending */
-    assert_int_equal(straggler_confirm(&tr, none, late2, K, counts).rank, -1);  /* gone: a transient */
+    assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);   /* gone: a transient */
     assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 0);
     assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, -1);
     straggler_t s = straggler_confirm(&tr, late2, late2, K / 2, counts); /* repeated: named, both windows counted */
@@ -166,10 +166,14 @@ static void confirmed_next_window(void **st) {
     assert_int_equal(counts[1 * 3 + STRAGGLER_LINK], 2 * K);
     assert_int_equal(counts[2 * 3 + STRAGGLER_LINK], 0);
     assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 3 * K + K / 2);
-    /* a relaxed verdict alone never starts a name */
+    /* a relaxed verdict alone never starts a name; one followed by a verdict does */
     straggler_track_t fresh = {0};
     assert_int_equal(straggler_confirm(&fresh, none, late2, K, NULL).rank, -1);
     assert_int_equal(straggler_confirm(&fresh, none, late2, K, NULL).rank, -1);
+    assert_int_equal(straggler_confirm(&fresh, late2, late2, K, NULL).rank, 2);
+    straggler_track_t other = {0};
+    assert_int_equal(straggler_confirm(&other, none, link1, K, NULL).rank, -1);
+    assert_int_equal(straggler_confirm(&other, late2, late2, K, NULL).rank, -1); /* another rank before */
 }
 
 static void one_step(void **st) {
