@@ -128,11 +128,13 @@ static int same_verdict(straggler_t a, straggler_t b) {
 straggler_t straggler_confirm(straggler_track_t *tr, straggler_t now, straggler_t relaxed, int K, long *counts) {
     straggler_t out = {-1, STRAGGLER_NONE, 0};
     long add = K;
-    if (same_verdict(now, tr->named)) out = now;
-    else if (same_verdict(relaxed, tr->named)) out = relaxed;
+    if (same_verdict(now, tr->named) && tr->since <= 1) out = now; /* named, or away for one window */
+    else if (same_verdict(relaxed, tr->named) && tr->since == 0) out = relaxed;
     else if (same_verdict(now, tr->prev) || same_verdict(now, tr->prev_relaxed))
         out = now, add += tr->prev_k; /* the window that first saw it */
     if (counts && out.rank >= 0) counts[out.rank * 3 + out.cause] += add;
-    tr->prev = now, tr->prev_relaxed = relaxed, tr->prev_k = K, tr->named = out;
+    if (out.rank >= 0) tr->named = out, tr->since = 0;
+    else tr->since++;
+    tr->prev = now, tr->prev_relaxed = relaxed, tr->prev_k = K;
     return out;
 }

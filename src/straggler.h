@@ -61,16 +61,19 @@ straggler_t straggler_window_hops(const double *probes, const double *hop, int P
  * host that slows one vCPU for a few seconds makes one window's rank
  * really late (a CI run named a healthy rank so in 2 of 10 records across
  * nodes), a throttle or a slow link persists. A rank once named stays
- * named while a window names it at half the threshold, so a throttled rank
- * that dips under the threshold for one window is not dropped. Returns the verdict to
- * report (none while unconfirmed); counts[r * 3 + cause] (if not NULL)
- * gains the K steps of a reported window, and at the first confirmation
- * those of the window that first saw it. tr starts zeroed. */
+ * named while a window names it at half the threshold, and one dropped for
+ * a single window (a throttled rank that was not late in it: measured, the
+ * throttle itself was descheduled) is named again at once when the next
+ * window names it. Returns the verdict to report (none while unconfirmed);
+ * counts[r * 3 + cause] (if not NULL) gains the K steps of a reported
+ * window, and at the first confirmation those of the window that first saw
+ * it. tr starts zeroed. */
 typedef struct straggler_track {
-    straggler_t prev;  /* the previous window's verdict at the threshold */
+    straggler_t prev;         /* the previous window's verdict at the threshold */
     straggler_t prev_relaxed; /* ... and at half of it */
-    straggler_t named; /* the verdict reported last (rank -1 or 0 with no cause: none) */
-    int prev_k;        /* the previous window's steps */
+    straggler_t named;        /* the verdict reported last (no cause: none yet) */
+    int since;                /* windows since it was reported (0: the previous one) */
+    int prev_k;               /* the previous window's steps */
 } straggler_track_t;
 straggler_t straggler_confirm(straggler_track_t *tr, straggler_t now, straggler_t relaxed, int K, long *counts);
 

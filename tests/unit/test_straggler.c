@@ -156,16 +156,22 @@ static void confirmed_next_window(void **st) {
     assert_int_equal(s.rank, 2);
     assert_true(s.lateness_ms == 1.2);
     assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 3 * K + K / 2);
-    /* not even that: dropped, and it has to be seen twice again */
+    /* not even that: dropped for the window; back in the next, named again at once */
     assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);
-    assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, late2, late2, K, counts).rank, 2);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 4 * K + K / 2);
+    /* two windows away: it has to be seen twice again */
+    assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, none, none, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, late2, none, K, counts).rank, -1);
+    assert_int_equal(straggler_confirm(&tr, none, late2, K, counts).rank, -1); /* (relaxed does not keep a pending one) */
     /* the same rank with another cause is another verdict */
     assert_int_equal(straggler_confirm(&tr, (straggler_t){2, STRAGGLER_LINK, 3.0}, none, K, counts).rank, -1);
     assert_int_equal(straggler_confirm(&tr, link1, link1, K, counts).rank, -1);
     assert_int_equal(straggler_confirm(&tr, link1, link1, K, counts).cause, STRAGGLER_LINK);
     assert_int_equal(counts[1 * 3 + STRAGGLER_LINK], 2 * K);
     assert_int_equal(counts[2 * 3 + STRAGGLER_LINK], 0);
-    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 3 * K + K / 2);
+    assert_int_equal(counts[2 * 3 + STRAGGLER_COMPUTE], 4 * K + K / 2);
     /* a relaxed verdict alone never starts a name; one followed by a verdict does */
     straggler_track_t fresh = {0};
     assert_int_equal(straggler_confirm(&fresh, none, late2, K, NULL).rank, -1);
