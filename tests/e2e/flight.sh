@@ -188,14 +188,14 @@ if tests/e2e/vcluster.sh --probe; then
     fi
     kill $thr 2>/dev/null; wait $thr 2>/dev/null
     if link_run "$TMP/fast2.jsonl" "" 2 500; then
-        # (0 of 54 records in the runs measured for docs/RELIABILITY.md, but a CI run named a
-        # rank in 2 of 10: this VM's host slows one vCPU for seconds at a time, and that is
-        # real lateness; so at most 2 of 10 here, and never a link)
+        # (a CI run named a rank in 2 of 10 when one window's verdict counted: this VM's host
+        # slows one vCPU for seconds at a time, real lateness; a name now needs two windows,
+        # and 0 of 180 healthy records were named since; at most 1 of 10 here, never a link)
         n=$(records "$TMP/fast2.jsonl") fp=$(grep -c '"slowest_rank":[0-9]' "$TMP/fast2.jsonl")
         lk=$(grep -c '"cause":"link"' "$TMP/fast2.jsonl")
-        if [ $((fp * 5)) -le "$n" ] && [ "$lk" -eq 0 ]; then ok "2 nodes, nobody throttled: $fp of $n step records name a straggler"
+        if [ $((fp * 10)) -le "$n" ] && [ "$lk" -eq 0 ]; then ok "2 nodes, nobody throttled: $fp of $n step records name a straggler"
         else
-            no "2 nodes, nobody throttled: $fp of $n step records name a straggler (at most 20%), $lk a link"
+            no "2 nodes, nobody throttled: $fp of $n step records name a straggler (at most 10%), $lk a link"
             grep '"event":"step"' "$TMP/fast2.jsonl" | cut -c1-300 | sed 's/^/    /'
         fi
     else
