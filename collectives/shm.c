@@ -329,6 +329,12 @@ fail:
     return rc;
 }
 
+/* Elements of block q (of n over P) in the round starting j into every block. */
+static size_t piece(size_t n, int P, int q, size_t j, size_t per) {
+    const size_t left = coll_block_count(n, P, q) - j; /* j <= the shortest block: blocks differ by one at most */
+    return left < per ? left : per;
+}
+
 /* Rounds carry up to `per` elements of every rank's block (blocks differ
  * by one element at most, so every rank counts the same rounds). */
 coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t *a, const char *in, size_t n, char *out,
@@ -336,19 +342,20 @@ coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t 
     struct coll_shm *s = ctx->shm;
     const int P = s->P, me = s->me;
     const size_t es = coll_dtype_size(a->dtype), per = s->region / (es * (size_t)P);
-    const size_t longest = coll_block_count(n, P, 0), mine = coll_block_count(n, P, me), lo = coll_block_offset(n, P, me);
+    const size_t longest = coll_block_count(n, P, 0), lo = coll_block_offset(n, P, me);
     const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
     for (size_t j = 0; j < longest; j += per) {
         uint64_t t;
         COLL_TRY(begin_round(ctx, &t, "reduce-scatter"));
         for (int q = 0; q < P; q++) { /* the peers' parts of this round; this rank reads its own from in */
-            const size_t len = coll_block_count(n, P, q) - j < per ? coll_block_count(n, P, q) - j : per;
-            if (q != me) copy_bytes(region(s, me, t, 0) + (size_t)q * per * es, in + (coll_block_offset(n, P, q) + j) * es, len * es);
+            if (q != me)
+                copy_bytes(region(s, me, t, 0) + (size_t)q * per * es, in + (coll_block_offset(n, P, q) + j) * es,
+                           piece(n, P, q, j, per) * es);
         }
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce-scatter"));
-        const size_t len = mine - j < per ? mine - j : per;
+        const size_t len = piece(n, P, me, j, per);
         /* this rank's input first: in place, out is that operand exactly */
         src[0] = in + (lo + j) * es;
         for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0) + (size_t)me * per * es;
@@ -372,17 +379,16 @@ coll_result_t coll_shm_allgather_blocks(coll_ctx_t *ctx, const coll_args_t *a, c
     struct coll_shm *s = ctx->shm;
     const int P = s->P, me = s->me;
     const size_t es = coll_dtype_size(a->dtype), per = s->region / es;
-    const size_t longest = coll_block_count(n, P, 0), mine = coll_block_count(n, P, me), lo = coll_block_offset(n, P, me);
+    const size_t longest = coll_block_count(n, P, 0), lo = coll_block_offset(n, P, me);
     coll_result_t rc = COLL_SUCCESS;
     for (size_t j = 0; j < longest; j += per) {
         uint64_t t;
         COLL_TRY(begin_round(ctx, &t, "allgather"));
-        copy_bytes(region(s, me, t, 0), buf + (lo + j) * es, (mine - j < per ? mine - j : per) * es);
+        copy_bytes(region(s, me, t, 0), buf + (lo + j) * es, piece(n, P, me, j, per) * es);
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "allgather"));
         for (int q = 0; q < P; q++) {
-            const size_t len = coll_block_count(n, P, q) - j < per ? coll_block_count(n, P, q) - j : per;
-            if (q != me) copy_bytes(buf + (coll_block_offset(n, P, q) + j) * es, region(s, q, t, 0), len * es);
+            if (q != me) copy_bytes(buf + (coll_block_offset(n, P, q) + j) * es, region(s, q, t, 0), piece(n, P, q, j, per) * es);
         }
         publish(s, F_DONE, t);
     }
