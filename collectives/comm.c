@@ -224,11 +224,14 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
     /* Every rank learns whether one failed here (a bad COLL_* variable in
      * one rank's environment, say) before the collective set-up below, so
      * none is left waiting in it. */
-    int me = 0, first = INT_MAX;
+    /* The same all-reduce checks that COLL_NODE_SIZE agrees (hier's node
+     * split would hang otherwise), so the set-up adds no collective for it. */
+    int me = 0;
     MPI_Comm_rank(mpi_comm, &me);
-    int mine = c ? INT_MAX : me;
-    int mrc = MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, mpi_comm);
-    if (mrc != MPI_SUCCESS || !c || first != INT_MAX) free(c);
+    int mine[3] = {c ? INT_MAX : me, coll_tun.node_size, -coll_tun.node_size}, agreed[3] = {INT_MAX, 0, 0};
+    int mrc = MPI_Allreduce(mine, agreed, 3, MPI_INT, MPI_MIN, mpi_comm);
+    const int first = agreed[0], k_differs = agreed[1] != -agreed[2];
+    if (mrc != MPI_SUCCESS || !c || first != INT_MAX || (!terr && k_differs)) free(c);
     if (mrc != MPI_SUCCESS) return coll_mpi_error(NULL, mrc, "coll_comm_init: agreeing on the set-up (MPI_Allreduce)");
     if (terr) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_init: %s", terr);
     if (!c) return coll_error(NULL, COLL_ERR_NO_MEMORY, "coll_comm_init: communicator");
@@ -236,6 +239,9 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
         return coll_error(NULL, COLL_ERR_INVALID_ARG,
                           "coll_comm_init: rank %d could not set up its communicator (see its error), so no rank has one",
                           first);
+    if (k_differs)
+        return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_init: COLL_NODE_SIZE differs between ranks (%d to %d)",
+                          agreed[1], -agreed[2]);
     c->sync.mpi = c->async.mpi = MPI_COMM_NULL;
     pthread_mutex_init(&c->err_lock, NULL);
     pthread_mutex_init(&c->mem_lock, NULL);

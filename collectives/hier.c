@@ -59,20 +59,16 @@ static void child_init(const coll_ctx_t *parent, coll_ctx_t *ch, MPI_Comm mpi, c
     MPI_Comm_set_errhandler(mpi, MPI_ERRORS_RETURN);
 }
 
-/* Collective over ctx->mpi. Leaves ctx->hier NULL (not an error) where the
- * communicator sits on one node, its nodes hold unequal numbers of ranks,
- * or a node's shared memory cannot be set up. */
+/* Collective over ctx->mpi (COLL_NODE_SIZE agrees across ranks: checked by
+ * coll_comm_init's first all-reduce). Leaves ctx->hier NULL (not an error)
+ * where the communicator sits on one node (then without any communication),
+ * its nodes hold unequal numbers of ranks, or a node's shared memory cannot
+ * be set up. */
 coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size) {
     ctx->hier = NULL;
-    const int P = ctx->size, me = ctx->rank;
-    int k[2] = {coll_tun.node_size, -coll_tun.node_size}, kk[2];
-    int rc = MPI_Allreduce(k, kk, 2, MPI_INT, MPI_MAX, ctx->mpi);
-    if (rc != MPI_SUCCESS) return coll_mpi_error(NULL, rc, "coll_comm_init: hierarchical set-up (MPI_Allreduce)");
-    if (kk[0] != -kk[1])
-        return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_comm_init: COLL_NODE_SIZE differs between ranks (%d to %d)",
-                          -kk[1], kk[0]);
-    const int k_emul = kk[0];
+    const int P = ctx->size, me = ctx->rank, k_emul = coll_tun.node_size;
     if (!k_emul && local_size == P) return COLL_SUCCESS; /* one node: shm's */
+    int rc;
     struct coll_hier *h = calloc(1, sizeof *h);
     MPI_Comm node = MPI_COMM_NULL, cross = MPI_COMM_NULL;
     if (!h) return coll_error(NULL, COLL_ERR_NO_MEMORY, "coll_comm_init: hierarchical set-up");
