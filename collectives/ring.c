@@ -9,12 +9,10 @@
  * next one follows it. Every element is reduced exactly once, by one rank, in
  * ring order, so every rank ends with bitwise the same result.
  *
- * Reduce-scatter on rank r, for each chunk index: send block r-1 of the
- * input; then for k = 1..P-1 receive block r-1-k from the left, reduce it with
- * the own input, and send the sum on (into a send slot, so the input is never
- * written) or, at k = P-1 where the block is r, write it to the output. Zero
- * length chunks (counts smaller than P x chunk) are still sent, so both sides
- * of every link always agree on the message sequence.
+ * The reduction writes into a send slot, never the input; zero-length
+ * chunks (counts smaller than P x chunk) are still sent, so both sides of
+ * every link always agree on the message sequence. ring_run below states
+ * the schedule once for all three operations.
  *
  * Only the transport interface is used: a new transport needs no change here. */
 #include <string.h>
@@ -22,7 +20,7 @@
 #include "coll_internal.h"
 
 #define MAX_DEPTH 64
-/* Transport channels of the all-reduce: step 0 of each stream travels apart
+/* Transport channels of the ring: step 0 of each stream travels apart
  * from the later steps, so either can run ahead without reordering the other. */
 enum { CH_RS0 = 0, CH_RS = 1, CH_AG0 = 2, CH_AG = 3 };
 
@@ -102,181 +100,95 @@ static size_t chunk_at(const pipe_t *p, size_t n, int P, int b, size_t j, size_t
 
 static size_t nchunks(const pipe_t *p, size_t elems) { return (elems + p->chunk - 1) / p->chunk; }
 
-/* Reduce-scatter of the n-element `in` (P balanced blocks); block r of the
- * result goes to `out`, which may be in + its block offset (in-place). */
-static coll_result_t ring_rs(coll_ctx_t *ctx, const char *in, char *out, size_t n,
-                             coll_dtype_t dt, coll_op_t op) {
-    const int P = ctx->size, r = ctx->rank, left = coll_mod(r - 1, P), right = coll_mod(r + 1, P);
-    pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, dt, 1, coll_block_count(n, P, 0));
-    if (rc != COLL_SUCCESS) return rc;
-    const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
-    const long R = (long)nch * (P - 1); /* receives in total */
-    size_t len;
-
-    /* receive m is step k = m%(P-1)+1 of chunk j = m/(P-1), block r-1-k */
-#define POST_RECV(m)                                                                        \
-    do {                                                                                    \
-        long m_ = (m);                                                                      \
-        size_t j_ = (size_t)(m_ / (P - 1)), l_;                                             \
-        chunk_at(&p, n, P, coll_mod(r - 2 - (int)(m_ % (P - 1)), P), j_, &l_);              \
-        COLL_TRY(pipe_recv(&p, m_, rslot(&p, m_), l_, left, 0));                               \
-    } while (0)
-
-    for (long m = 0; m < R && m < p.depth; m++) POST_RECV(m);
-    for (size_t j = 0; j < nch; j++) {
-        size_t off = chunk_at(&p, n, P, coll_mod(r - 1, P), j, &len);
-        COLL_TRY(pipe_send(&p, in + off * p.es, len, right, 0));
-        for (int k = 1; k < P; k++) {
-            long m = (long)j * (P - 1) + (k - 1);
-            COLL_TRY(pipe_wait_recv(&p, m));
-            off = chunk_at(&p, n, P, coll_mod(r - 1 - k, P), j, &len);
-            char *dst;
-            if (k < P - 1) {
-                COLL_TRY(pipe_next_sslot(&p, &dst));
-            } else {
-                dst = out + (off - coll_block_offset(n, P, r)) * p.es;
-            }
-            coll_reduce_kernel(dt, op, dst, in + off * p.es, rslot(&p, m), len);
-            if (k == P - 1 && op == COLL_AVG) coll_avg_finish(dt, dst, len, P);
-            if (m + p.depth < R) POST_RECV(m + p.depth);
-            if (k < P - 1) COLL_TRY(pipe_send(&p, dst, len, right, 0));
-        }
-    }
-#undef POST_RECV
-    COLL_TRY(pipe_finish(&p));
-    return COLL_SUCCESS;
-fail:
-    return pipe_abort(&p, rc);
-}
-
-/* All-gather over an n-element buffer of P balanced blocks, block r already
- * in place; received blocks are forwarded straight from the buffer. */
-static coll_result_t ring_ag(coll_ctx_t *ctx, char *buf, size_t n, coll_dtype_t dt) {
-    const int P = ctx->size, r = ctx->rank, left = coll_mod(r - 1, P), right = coll_mod(r + 1, P);
-    pipe_t p;
-    coll_result_t rc = pipe_init(&p, ctx, dt, 0, coll_block_count(n, P, 0));
-    if (rc != COLL_SUCCESS) return rc;
-    const size_t nch = nchunks(&p, coll_block_count(n, P, 0));
-    const long R = (long)nch * (P - 1);
-    size_t len, off;
-
-    /* receive m is step k = m%(P-1)+1 of chunk j = m/(P-1), block r-k */
-#define POST_RECV(m)                                                                        \
-    do {                                                                                    \
-        long m_ = (m);                                                                      \
-        size_t l_, o_ = chunk_at(&p, n, P, coll_mod(r - 1 - (int)(m_ % (P - 1)), P),        \
-                                 (size_t)(m_ / (P - 1)), &l_);                              \
-        COLL_TRY(pipe_recv(&p, m_, buf + o_ * p.es, l_, left, 0));                             \
-    } while (0)
-
-    for (long m = 0; m < R && m < p.depth; m++) POST_RECV(m);
-    for (size_t j = 0; j < nch; j++) {
-        off = chunk_at(&p, n, P, r, j, &len);
-        COLL_TRY(pipe_send(&p, buf + off * p.es, len, right, 0));
-        for (int k = 1; k < P; k++) {
-            long m = (long)j * (P - 1) + (k - 1);
-            COLL_TRY(pipe_wait_recv(&p, m));
-            if (m + p.depth < R) POST_RECV(m + p.depth);
-            if (k < P - 1) {
-                off = chunk_at(&p, n, P, coll_mod(r - k, P), j, &len);
-                COLL_TRY(pipe_send(&p, buf + off * p.es, len, right, 0));
-            }
-        }
-    }
-#undef POST_RECV
-    COLL_TRY(pipe_finish(&p));
-    return COLL_SUCCESS;
-fail:
-    return pipe_abort(&p, rc);
-}
-
-coll_result_t coll_ring_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
-    const size_t es = coll_dtype_size(a->dtype);
-    if (ctx->size == 1) {
-        coll_copy(a->recvbuf, a->sendbuf, a->count * es);
-        return COLL_SUCCESS;
-    }
-    return ring_rs(ctx, a->sendbuf, a->recvbuf, a->count * (size_t)ctx->size, a->dtype, a->op);
-}
-
-coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
-    const size_t es = coll_dtype_size(a->dtype);
-    char *own = (char *)a->recvbuf + (size_t)ctx->rank * a->count * es;
-    coll_copy(own, a->sendbuf, a->count * es);
-    if (ctx->size == 1) return COLL_SUCCESS;
-    return ring_ag(ctx, a->recvbuf, a->count * (size_t)ctx->size, a->dtype);
-}
-
-/* All-reduce: reduce-scatter and all-gather, chunk by chunk, as two
- * streams on separate transport channels (each with its own receives posted
- * ahead and its own window of sends), with the reduce-scatter running
- * LOOKAHEAD chunks ahead of the all-gather (NCCL runs the same schedule as
- * one loop per channel). On rank r, for chunk j:
- *   reduce-scatter: send input block r-1; for k = 1..P-1 receive block r-1-k,
- *     reduce it with the input and pass it on, the last one (block r) into the
- *     output, then start the all-gather by sending output block r;
- *   all-gather: for k = 1..P-1 receive block r-k into the output and pass it on.
- * Step-0 sends read only input, so they go out as soon as a send slot is free
- * (step 0 of each stream has a channel of its own, so running ahead cannot
- * reorder the later steps):
- * while a rank waits for all-gather data its MPI progress engine is already
- * copying in the next chunks' reduce-scatter data, and reductions run ahead.
- * In place, an all-gather receive overwrites input, so it is posted only
- * after this rank's reduce-scatter of that chunk has read it and the step-0
- * send of it has completed. */
+/* The ring schedule, written once for reduce-scatter, all-gather and
+ * all-reduce (which is the first two run as two streams, chunk by chunk,
+ * on separate transport channels, each with its own receives posted ahead
+ * and its own window of sends; the reduce-scatter runs `look` chunks ahead
+ * of the all-gather, as NCCL runs the same schedule as one loop per
+ * channel). In NCCL's terms, for each chunk j on rank r:
+ *   reduce-scatter: send (input block r-1); recv-reduce-send for k = 1..P-2
+ *     (block r-1-k); at k = P-1 (block r) recv-reduce-copy into the output,
+ *     or recv-reduce-copy-send when the all-gather follows;
+ *   all-gather: send (own block r, when it runs alone); recv-copy-send for
+ *     k = 1..P-2 (block r-k, received straight into the output and passed
+ *     on from there); recv at k = P-1.
+ * Step-0 sends read only input, so they go out as soon as a send slot is
+ * free (step 0 of each stream has a channel of its own, so running ahead
+ * cannot reorder the later steps): while a rank waits for all-gather data
+ * its MPI progress engine is already copying in the next chunks'
+ * reduce-scatter data, and reductions run ahead. In place, an all-gather
+ * receive overwrites input, so it is posted only after this rank's
+ * reduce-scatter of that chunk has read it and the step-0 send of it has
+ * completed. */
 #define LOOKAHEAD 4
 
 typedef struct {
     coll_ctx_t *ctx;
-    const coll_args_t *a;
-    const char *in;
-    char *out;
-    size_t n, es, nch;
-    int P, r, left, right, inplace;
+    const char *in; /* reduce-scatter input: all n elements */
+    char *out;      /* the result: all n elements, or block r only (out_lo: its first element) */
+    size_t out_lo, n, es, nch;
+    coll_dtype_t dt;
+    coll_op_t op;
+    int P, r, left, right;
+    int rs_on, ag_on;
+    int ag_after_rs;                 /* in-place all-reduce: see above */
     size_t look;                     /* chunks the reduce-scatter runs ahead */
     pipe_t rs, ag;                   /* the two streams */
     pipe_t s0;                       /* step-0 sends of the reduce-scatter */
     long rs_posted, rs_used, ag_posted, ag_used, R;
     size_t rs_done, step0_sent;      /* chunks */
     long step0_idx[LOOKAHEAD + 2];   /* s0 send index of recent step-0 sends */
-} ar_t;
+} ring_t;
 
-/* reduce-scatter receive m: chunk m/(P-1), step k = m%(P-1)+1, block r-1-k */
-static coll_result_t ar_post_rs(ar_t *t) {
+/* The index arithmetic. Receive m of either stream is step
+ * k = m % (P-1) + 1 of chunk m / (P-1); step 1 arrives on the stream's
+ * step-0 channel. At step k of the reduce-scatter rank r holds block r-1-k,
+ * at step k of the all-gather block r-k. */
+static int recv_step(const ring_t *t, long m) { return (int)(m % (t->P - 1)) + 1; }
+static size_t recv_chunk(const ring_t *t, long m) { return (size_t)(m / (t->P - 1)); }
+static long recv_index(const ring_t *t, size_t j, int k) { return (long)j * (t->P - 1) + (k - 1); }
+static int rs_block(const ring_t *t, int k) { return coll_mod(t->r - 1 - k, t->P); }
+static int ag_block(const ring_t *t, int k) { return coll_mod(t->r - k, t->P); }
+/* chunk j of block b: its first element, its length in *len */
+static size_t piece(const ring_t *t, int b, size_t j, size_t *len) { return chunk_at(&t->rs, t->n, t->P, b, j, len); }
+static char *in_at(const ring_t *t, size_t off) { return (char *)t->in + off * t->es; }
+static char *out_at(const ring_t *t, size_t off) { return t->out + (off - t->out_lo) * t->es; }
+
+static coll_result_t post_rs(ring_t *t) {
     coll_result_t rc = COLL_SUCCESS;
     while (t->rs_posted < t->R && t->rs_posted < t->rs_used + t->rs.depth) {
-        long m = t->rs_posted;
+        const long m = t->rs_posted;
+        const int k = recv_step(t, m);
         size_t len;
-        chunk_at(&t->rs, t->n, t->P, coll_mod(t->r - 2 - (int)(m % (t->P - 1)), t->P), (size_t)(m / (t->P - 1)), &len);
-        COLL_TRY(pipe_recv(&t->rs, m, rslot(&t->rs, m), len, t->left, m % (t->P - 1) ? CH_RS : CH_RS0));
+        piece(t, rs_block(t, k), recv_chunk(t, m), &len);
+        COLL_TRY(pipe_recv(&t->rs, m, rslot(&t->rs, m), len, t->left, k > 1 ? CH_RS : CH_RS0));
         t->rs_posted++;
     }
 fail:
     return rc;
 }
 
-/* all-gather receive m: chunk m/(P-1), step k = m%(P-1)+1, block r-k */
-static coll_result_t ar_post_ag(ar_t *t) {
+static coll_result_t post_ag(ring_t *t) {
     coll_result_t rc = COLL_SUCCESS;
     while (t->ag_posted < t->R && t->ag_posted < t->ag_used + t->ag.depth &&
-           (!t->inplace || (size_t)(t->ag_posted / (t->P - 1)) < t->rs_done)) {
-        long m = t->ag_posted;
-        size_t len, off = chunk_at(&t->ag, t->n, t->P, coll_mod(t->r - 1 - (int)(m % (t->P - 1)), t->P),
-                                   (size_t)(m / (t->P - 1)), &len);
-        COLL_TRY(pipe_recv(&t->ag, m, t->out + off * t->es, len, t->left, m % (t->P - 1) ? CH_AG : CH_AG0));
+           (!t->ag_after_rs || recv_chunk(t, t->ag_posted) < t->rs_done)) {
+        const long m = t->ag_posted;
+        const int k = recv_step(t, m);
+        size_t len, off = piece(t, ag_block(t, k), recv_chunk(t, m), &len);
+        COLL_TRY(pipe_recv(&t->ag, m, out_at(t, off), len, t->left, k > 1 ? CH_AG : CH_AG0));
         t->ag_posted++;
     }
 fail:
     return rc;
 }
 
-/* Sends step 0 of the next chunks: up to `upto` (blocking on its send
- * window), and beyond it, up to LOOKAHEAD chunks ahead, only while a send
- * slot is free without waiting. Step-0 sends have a window of their own:
- * sharing the reduce-scatter's would let look-ahead sends hold the slots
- * that the middle steps need, which deadlocks a ring of more than 2. */
-static coll_result_t ar_send_step0(ar_t *t, size_t upto) {
+/* The reduce-scatter's `send`: step 0 of the next chunks, up to `upto`
+ * (blocking on its send window), and beyond it, up to LOOKAHEAD chunks
+ * ahead, only while a send slot is free without waiting. Step-0 sends have
+ * a window of their own: sharing the reduce-scatter's would let look-ahead
+ * sends hold the slots that the middle steps need, which deadlocks a ring
+ * of more than 2. */
+static coll_result_t send_step0(ring_t *t, size_t upto) {
     coll_result_t rc = COLL_SUCCESS;
     while (t->step0_sent < t->nch) {
         if (t->step0_sent > upto) {
@@ -286,60 +198,67 @@ static coll_result_t ar_send_step0(ar_t *t, size_t upto) {
             if (!done) COLL_TRY(t->ctx->tp->test(t->ctx, q, &done));
             if (!done) break;
         }
-        size_t len, off = chunk_at(&t->rs, t->n, t->P, coll_mod(t->r - 1, t->P), t->step0_sent, &len);
+        size_t len, off = piece(t, rs_block(t, 0), t->step0_sent, &len);
         t->step0_idx[t->step0_sent % (LOOKAHEAD + 2)] = t->s0.nsend;
-        COLL_TRY(pipe_send(&t->s0, t->in + off * t->es, len, t->right, CH_RS0));
+        COLL_TRY(pipe_send(&t->s0, in_at(t, off), len, t->right, CH_RS0));
         t->step0_sent++;
     }
 fail:
     return rc;
 }
 
-static coll_result_t ar_reduce_scatter(ar_t *t, size_t j) {
+static coll_result_t reduce_scatter_chunk(ring_t *t, size_t j) {
     const int P = t->P;
-    const coll_args_t *a = t->a;
     coll_result_t rc;
-    COLL_TRY(ar_send_step0(t, j));
+    COLL_TRY(send_step0(t, j));
     for (int k = 1; k < P; k++) {
-        long m = (long)j * (P - 1) + (k - 1);
+        const long m = recv_index(t, j, k);
         COLL_TRY(pipe_wait_recv(&t->rs, m));
-        size_t len, off = chunk_at(&t->rs, t->n, P, coll_mod(t->r - 1 - k, P), j, &len);
-        char *dst = t->out + off * t->es;
-        if (k < P - 1) COLL_TRY(pipe_next_sslot(&t->rs, &dst));
-        coll_reduce_kernel(a->dtype, a->op, dst, t->in + off * t->es, rslot(&t->rs, m), len);
+        size_t len, off = piece(t, rs_block(t, k), j, &len);
+        char *dst;
+        if (k < P - 1) COLL_TRY(pipe_next_sslot(&t->rs, &dst)); /* recv-reduce-send */
+        else dst = out_at(t, off);                              /* recv-reduce-copy(-send) */
+        coll_reduce_kernel(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len);
         t->rs_used++;
-        COLL_TRY(ar_post_rs(t));
+        COLL_TRY(post_rs(t));
         if (k < P - 1) {
             COLL_TRY(pipe_send(&t->rs, dst, len, t->right, CH_RS));
             continue;
         }
-        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, len, P);
-        if (t->inplace) {
+        if (t->op == COLL_AVG) coll_avg_finish(t->dt, dst, len, P);
+        if (t->ag_after_rs) {
             long s0 = t->step0_idx[j % (LOOKAHEAD + 2)];
             if (t->s0.nsend - s0 <= t->s0.depth) COLL_TRY(coll_p2p_wait(t->ctx, &t->s0.sq[s0 % t->s0.depth]));
         }
         t->rs_done = j + 1;
-        COLL_TRY(ar_post_ag(t));
-        COLL_TRY(pipe_send(&t->ag, dst, len, t->right, CH_AG0));
+        if (t->ag_on) {
+            COLL_TRY(post_ag(t));
+            COLL_TRY(pipe_send(&t->ag, dst, len, t->right, CH_AG0));
+        }
     }
-    return ar_send_step0(t, j); /* opportunistic look-ahead */
+    return send_step0(t, j); /* opportunistic look-ahead */
 fail:
     return rc;
 }
 
-static coll_result_t ar_allgather(ar_t *t, size_t j) {
+static coll_result_t allgather_chunk(ring_t *t, size_t j) {
     const int P = t->P;
     coll_result_t rc;
+    size_t len, off;
+    if (!t->rs_on) { /* send: the own block (an all-reduce sent it from its last reduction) */
+        off = piece(t, ag_block(t, 0), j, &len);
+        COLL_TRY(pipe_send(&t->ag, out_at(t, off), len, t->right, CH_AG0));
+    }
     for (int k = 1; k < P; k++) {
-        long m = (long)j * (P - 1) + (k - 1);
-        COLL_TRY(ar_post_ag(t));
+        const long m = recv_index(t, j, k);
+        COLL_TRY(post_ag(t));
         COLL_TRY(pipe_wait_recv(&t->ag, m));
         t->ag_used++;
-        COLL_TRY(ar_post_ag(t));
-        COLL_TRY(ar_send_step0(t, j)); /* keep the other stream fed while here */
-        if (k < P - 1) {
-            size_t len, off = chunk_at(&t->ag, t->n, P, coll_mod(t->r - k, P), j, &len);
-            COLL_TRY(pipe_send(&t->ag, t->out + off * t->es, len, t->right, CH_AG));
+        COLL_TRY(post_ag(t));
+        if (t->rs_on) COLL_TRY(send_step0(t, j)); /* keep the other stream fed while here */
+        if (k < P - 1) {                          /* recv-copy-send; the last step is recv */
+            off = piece(t, ag_block(t, k), j, &len);
+            COLL_TRY(pipe_send(&t->ag, out_at(t, off), len, t->right, CH_AG));
         }
     }
     return COLL_SUCCESS;
@@ -347,37 +266,39 @@ fail:
     return rc;
 }
 
-coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
-    const size_t es = coll_dtype_size(a->dtype), n = a->count;
+/* Runs the schedule over n elements (P balanced blocks): the reduce-scatter
+ * of `in` when rs_on (block r to out, or the whole of out with ag_on too),
+ * the all-gather of out (block r already there) when ag_on. */
+static coll_result_t ring_run(coll_ctx_t *ctx, const char *in, char *out, size_t n, coll_dtype_t dt,
+                              coll_op_t op, int rs_on, int ag_on) {
     const int P = ctx->size, r = ctx->rank;
-    if (P == 1) {
-        coll_copy(a->recvbuf, a->sendbuf, n * es);
-        return COLL_SUCCESS;
-    }
-    ar_t t = {.ctx = ctx, .a = a, .in = a->sendbuf, .out = a->recvbuf, .n = n, .es = es, .P = P, .r = r,
-              .left = coll_mod(r - 1, P), .right = coll_mod(r + 1, P), .inplace = a->sendbuf == a->recvbuf};
+    ring_t t = {.ctx = ctx, .in = in, .out = out, .n = n, .es = coll_dtype_size(dt), .dt = dt, .op = op, .P = P,
+                .r = r, .left = coll_mod(r - 1, P), .right = coll_mod(r + 1, P), .rs_on = rs_on, .ag_on = ag_on,
+                .ag_after_rs = rs_on && ag_on && in == out};
+    if (rs_on && !ag_on) t.out_lo = coll_block_offset(n, P, r);
     const size_t blk = coll_block_count(n, P, 0);
-    coll_result_t rc = pipe_init(&t.rs, ctx, a->dtype, 1, blk);
-    if (rc != COLL_SUCCESS) return rc;
-    rc = pipe_init(&t.ag, ctx, a->dtype, 0, blk);
-    if (rc == COLL_SUCCESS) rc = pipe_init(&t.s0, ctx, a->dtype, 0, blk);
+    coll_result_t rc = pipe_init(&t.rs, ctx, dt, rs_on, blk);
+    if (rc == COLL_SUCCESS) rc = pipe_init(&t.ag, ctx, dt, 0, blk);
+    if (rc == COLL_SUCCESS) rc = pipe_init(&t.s0, ctx, dt, 0, blk);
     if (rc != COLL_SUCCESS) return rc;
     t.s0.depth = LOOKAHEAD + 1;
-    /* The all-gather lags by `look` chunks, so its window must cover them,
-     * or a rank's all-gather send would wait on a peer that first needs this
-     * rank's later reduce-scatter data. All-gather receives land in the
-     * output, so its deeper window costs requests only, no scratch. */
-    int agd = t.rs.depth + (LOOKAHEAD + 1) * (P - 1);
-    t.ag.depth = agd < MAX_DEPTH ? agd : MAX_DEPTH;
-    long look = (long)(t.ag.depth - t.rs.depth) / (P - 1) - 1;
-    t.look = look < 0 ? 0 : look > LOOKAHEAD ? LOOKAHEAD : (size_t)look;
+    if (rs_on && ag_on) {
+        /* The all-gather lags by `look` chunks, so its window must cover
+         * them, or a rank's all-gather send would wait on a peer that first
+         * needs this rank's later reduce-scatter data. All-gather receives
+         * land in the output, so its deeper window costs requests only. */
+        int agd = t.rs.depth + (LOOKAHEAD + 1) * (P - 1);
+        t.ag.depth = agd < MAX_DEPTH ? agd : MAX_DEPTH;
+        long look = (long)(t.ag.depth - t.rs.depth) / (P - 1) - 1;
+        t.look = look < 0 ? 0 : look > LOOKAHEAD ? LOOKAHEAD : (size_t)look;
+    }
     t.nch = nchunks(&t.rs, blk);
     t.R = (long)t.nch * (P - 1);
-    COLL_TRY(ar_post_rs(&t));
-    COLL_TRY(ar_post_ag(&t));
+    if (rs_on) COLL_TRY(post_rs(&t));
+    if (ag_on) COLL_TRY(post_ag(&t));
     for (size_t it = 0; it < t.nch + t.look; it++) {
-        if (it < t.nch) COLL_TRY(ar_reduce_scatter(&t, it));
-        if (it >= t.look && it - t.look < t.nch) COLL_TRY(ar_allgather(&t, it - t.look));
+        if (rs_on && it < t.nch) COLL_TRY(reduce_scatter_chunk(&t, it));
+        if (ag_on && it >= t.look && it - t.look < t.nch) COLL_TRY(allgather_chunk(&t, it - t.look));
     }
     COLL_TRY(pipe_finish(&t.s0));
     COLL_TRY(pipe_finish(&t.rs));
@@ -387,6 +308,31 @@ fail:
     pipe_abort(&t.s0, rc);
     pipe_abort(&t.ag, rc);
     return pipe_abort(&t.rs, rc);
+}
+
+coll_result_t coll_ring_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
+    const size_t es = coll_dtype_size(a->dtype);
+    if (ctx->size == 1) {
+        coll_copy(a->recvbuf, a->sendbuf, a->count * es);
+        return COLL_SUCCESS;
+    }
+    return ring_run(ctx, a->sendbuf, a->recvbuf, a->count * (size_t)ctx->size, a->dtype, a->op, 1, 0);
+}
+
+coll_result_t coll_ring_allgather(coll_ctx_t *ctx, const coll_args_t *a) {
+    const size_t es = coll_dtype_size(a->dtype);
+    char *own = (char *)a->recvbuf + (size_t)ctx->rank * a->count * es;
+    coll_copy(own, a->sendbuf, a->count * es);
+    if (ctx->size == 1) return COLL_SUCCESS;
+    return ring_run(ctx, NULL, a->recvbuf, a->count * (size_t)ctx->size, a->dtype, COLL_SUM, 0, 1);
+}
+
+coll_result_t coll_ring_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
+    if (ctx->size == 1) {
+        coll_copy(a->recvbuf, a->sendbuf, a->count * coll_dtype_size(a->dtype));
+        return COLL_SUCCESS;
+    }
+    return ring_run(ctx, a->sendbuf, a->recvbuf, a->count, a->dtype, a->op, 1, 1);
 }
 
 /* A chain is P-1 hops deep: with 2(P-1) chunks (none under 64 KiB) the
