@@ -1,47 +1,8 @@
-/* The public collectives: validate, choose the algorithm, run on the
- * caller's thread (blocking) or hand to the progress thread (non-blocking). */
+/* The public collectives. A call goes down once: its arguments are
+ * checked (check.c), its algorithm chosen (select.c), and it runs (run.c)
+ * on the caller's thread, or is queued for the progress thread
+ * (progress.c), which calls the same runner. Nothing below calls back up. */
 #include "coll_internal.h"
-
-static coll_result_t execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local);
-
-/* Runs one operation on ctx, recorded by the flight recorder. */
-coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local) {
-    coll_trace_run(ctx, a->tr);
-    coll_result_t rc = execute(ctx, a, local);
-    coll_trace_end(ctx, a->tr, rc);
-    if (rc == COLL_ERR_MISMATCH) coll_trace_failure(ctx->comm, "mismatch");
-    return rc;
-}
-
-static coll_result_t execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local) {
-    coll_result_t rc;
-    if (coll_tun.check) {
-        rc = coll_check_agree(ctx, a, local);
-        if (rc != COLL_SUCCESS) return rc;
-    } else if (local != COLL_SUCCESS) {
-        return local;
-    }
-    if (a->count == 0 && a->kind != COLL_K_BARRIER) return COLL_SUCCESS;
-    rc = a->device ? coll_cuda_staged(ctx, a) : coll_run(ctx, a);
-    if (rc == COLL_ERR_MPI || rc == COLL_ERR_TIMEOUT) coll_comm_fail(ctx->comm, rc);
-    return rc;
-}
-
-/* NCCL runs the whole call on its stream: blocking calls wait for its
- * event here, non-blocking ones complete through it (progress.c). */
-static coll_result_t nccl_call(coll_comm_t c, const coll_args_t *a, coll_request_t *req) {
-    if (coll_tun.check) {
-        coll_result_t rc = coll_check_agree(&c->sync, a, COLL_SUCCESS);
-        if (rc != COLL_SUCCESS) return rc;
-    }
-    coll_trace_started(a->tr);
-    if (req) return coll_progress_event_request(c, a, req);
-    coll_result_t rc = coll_nccl_start(c, a, &c->sync_done);
-    int done;
-    if (rc == COLL_SUCCESS) rc = coll_cuda_event_wait(c, c->sync_done, 1, &done);
-    coll_trace_finished(a->tr, rc);
-    return rc;
-}
 
 static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
     coll_result_t local = coll_check_args(c, &a);
@@ -54,9 +15,10 @@ static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
             local = coll_error(c, COLL_ERR_UNSUPPORTED,
                                "coll_%s: algorithm nccl needs device (GPU) buffers, and these are host memory",
                                coll_kind_name(a.kind));
-        else if (a.algo == COLL_ALGO_NCCL && (a.count || a.kind == COLL_K_BARRIER))
-            return a.tr = coll_trace_begin(c, &a), nccl_call(c, &a, req);
-        else if (a.algo == COLL_ALGO_NCCL) /* nothing to move: no NCCL needed */
+        else if (a.algo == COLL_ALGO_NCCL && (a.count || a.kind == COLL_K_BARRIER)) {
+            a.tr = coll_trace_begin(c, &a);
+            return req ? coll_progress_event_request(c, &a, req) : coll_run_nccl(c, &a);
+        } else if (a.algo == COLL_ALGO_NCCL) /* nothing to move: no NCCL needed */
             a.algo = COLL_ALGO_RD;
     }
     /* a device call run on this thread is ordered after the user's stream here */

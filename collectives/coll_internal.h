@@ -65,8 +65,13 @@ typedef struct {
 COLL_HIDDEN const char *coll_kind_name(coll_kind_t k);
 
 /* ---- point-to-point transport (the only thing algorithms talk to) ----
- * A transport moves bytes between two ranks of a context. Requests are
- * caller-owned structs so that posting allocates nothing. A transport may
+ * A transport moves bytes between two ranks of a context. Each context
+ * picks one per peer when it is opened (coll_ctx_open: the first transport
+ * of coll_transports that reaches the peer), and algorithms post through
+ * coll_tp_isend/irecv, which go to the peer's transport; a request then
+ * remembers its transport for test and cancel. Requests are caller-owned
+ * structs so that posting allocates nothing; what a transport keeps per
+ * request lives in the opaque `priv` (no MPI type here). A transport may
  * split one request into several messages (MPI: int counts), but sender and
  * receiver must split the same byte count the same way. Pieces are posted
  * one after another, so a caller must not have two requests longer than
@@ -74,25 +79,29 @@ COLL_HIDDEN const char *coll_kind_name(coll_kind_t k);
  * ranks (their pieces would interleave); the pipelined algorithms keep their
  * chunks below that size. */
 struct coll_ctx;
+struct coll_transport;
 
 #define COLL_MAX_CHANNELS 4
 
 typedef struct coll_treq {
+    const struct coll_transport *tp; /* set when posted */
     char *ptr;   /* next byte to move */
     size_t left; /* bytes not yet posted */
     int peer;
     int chan;
     int is_send;
     int active;
-    union {
-        MPI_Request mpi;
-        void *p;
-        uint64_t pad[4];
-    } t;
+    _Alignas(16) unsigned char priv[32]; /* the transport's own request */
 } coll_treq_t;
 
 typedef struct coll_transport {
     const char *name;
+    /* Sets up (collectively over the context's ranks) and tears down the
+     * transport's state on a context; either may be NULL. */
+    coll_result_t (*init)(struct coll_ctx *ctx);
+    void (*finalize)(struct coll_ctx *ctx);
+    /* Whether this transport carries messages between ctx's rank and peer. */
+    int (*reaches)(const struct coll_ctx *ctx, int peer);
     /* chan (0..COLL_MAX_CHANNELS-1) separates message streams on one link:
      * messages match in order within a channel, not across channels. */
     coll_result_t (*isend)(struct coll_ctx *ctx, const void *buf, size_t bytes, int peer, int chan,
@@ -106,13 +115,19 @@ typedef struct coll_transport {
 } coll_transport_t;
 
 COLL_HIDDEN extern const coll_transport_t coll_transport_mpi;
+#define COLL_MAX_TRANSPORTS 4
+/* The transports a context may use, in order of preference (ctx.c). */
+COLL_HIDDEN extern const coll_transport_t *const coll_transports[];
 
 /* An execution context: one per thread that runs algorithms on a comm (the
  * caller's thread and the progress thread), each with its own duplicate of
- * the MPI communicator so their messages never match each other's. */
+ * the MPI communicator so their messages never match each other's. MPI
+ * stays the bootstrap of every context (set-up, the COLL_CHECK agreement,
+ * the native algorithms), whatever transport carries its messages. */
 typedef struct coll_ctx {
     struct coll_comm *comm;
-    const coll_transport_t *tp;
+    const coll_transport_t **peer_tp; /* per peer rank; NULL for itself */
+    unsigned tp_ready;                /* bit i: coll_transports[i]'s init ran here */
     MPI_Comm mpi;
     int rank, size;
     char *scratch; /* grown on demand, kept for reuse */
@@ -120,8 +135,35 @@ typedef struct coll_ctx {
     struct coll_trace_entry *cur; /* the flight-recorder entry of the operation running here */
     struct coll_shm *shm;         /* shared-memory workspaces (shm.c), or NULL */
     struct coll_hier *hier;       /* hierarchical: this node's and the cross-node contexts (hier.c), or NULL */
+    int hier_local;               /* with hier: ranks per node */
     const int *world;             /* a hier child: its ranks' numbers on the comm (NULL: the same) */
 } coll_ctx_t;
+
+/* ctx.c. Opens ctx on mpi (taken over: freed by coll_ctx_close, also on
+ * failure), whose ranks world numbers as the comm does (NULL: the same):
+ * picks and initialises each peer's transport. Collective over mpi. */
+COLL_HIDDEN coll_result_t coll_ctx_open(struct coll_comm *c, coll_ctx_t *ctx, MPI_Comm mpi, const int *world);
+/* Finalises its transports, frees its MPI communicator and scratch
+ * (shared-memory and hierarchical state belong to whoever attached them). */
+COLL_HIDDEN void coll_ctx_close(coll_ctx_t *ctx);
+
+static inline coll_result_t coll_tp_isend(coll_ctx_t *ctx, const void *buf, size_t bytes, int peer, int chan,
+                                          coll_treq_t *r) {
+    r->tp = ctx->peer_tp[peer];
+    return r->tp->isend(ctx, buf, bytes, peer, chan, r);
+}
+static inline coll_result_t coll_tp_irecv(coll_ctx_t *ctx, void *buf, size_t bytes, int peer, int chan,
+                                          coll_treq_t *r) {
+    r->tp = ctx->peer_tp[peer];
+    return r->tp->irecv(ctx, buf, bytes, peer, chan, r);
+}
+static inline coll_result_t coll_tp_test(coll_ctx_t *ctx, coll_treq_t *r, int *done) {
+    return r->tp->test(ctx, r, done);
+}
+/* a request never posted (zeroed) or already finished: nothing to cancel */
+static inline void coll_tp_cancel(coll_ctx_t *ctx, coll_treq_t *r) {
+    if (r->active) r->tp->cancel(ctx, r);
+}
 
 /* A rank of ctx as the comm numbers it (errors and per-peer waits name
  * the comm's ranks, also from a hierarchical collective's stages). */
@@ -240,9 +282,14 @@ COLL_HIDDEN coll_result_t coll_shm_allgather_blocks(coll_ctx_t *ctx, const coll_
 /* hier.c: communicators spanning nodes with equal ranks per node */
 COLL_HIDDEN coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size);
 COLL_HIDDEN void coll_hier_ctx_free(coll_ctx_t *ctx);
-COLL_HIDDEN int coll_hier_runs(const coll_ctx_t *ctx, coll_kind_t k);
+static inline int coll_hier_runs(const coll_ctx_t *ctx, coll_kind_t k) {
+    return ctx->hier &&
+           (k == COLL_K_ALLREDUCE || k == COLL_K_BROADCAST || k == COLL_K_REDUCE || k == COLL_K_BARRIER);
+}
 /* auto's choice: hier runs k and the nodes have several ranks each */
-COLL_HIDDEN int coll_hier_auto(const coll_ctx_t *ctx, coll_kind_t k);
+static inline int coll_hier_auto(const coll_ctx_t *ctx, coll_kind_t k) {
+    return coll_hier_runs(ctx, k) && ctx->hier_local > 1 && k != COLL_K_BARRIER;
+}
 COLL_HIDDEN coll_result_t coll_hier_allreduce(coll_ctx_t *ctx, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_hier_broadcast(coll_ctx_t *ctx, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_hier_reduce(coll_ctx_t *ctx, const coll_args_t *a);
@@ -262,11 +309,23 @@ COLL_HIDDEN coll_result_t coll_cuda_event_wait(struct coll_comm *c, void *ev, in
 COLL_HIDDEN void coll_cuda_event_free(void *ev);
 COLL_HIDDEN void coll_cuda_comm_free(struct coll_comm *c);
 
-/* select.c: resolves COLL_ALGO_AUTO and runs the chosen algorithm. */
+/* select.c: the choice of algorithm (it runs nothing). */
 COLL_HIDDEN coll_algo_t coll_select(const struct coll_comm *comm, const coll_args_t *a);
-COLL_HIDDEN coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a);
+/* What runs a (a->algo chosen) on ctx, which may lack what a->algo needs. */
+COLL_HIDDEN coll_algo_t coll_select_on(const coll_ctx_t *ctx, const coll_args_t *a);
 /* The point-to-point algorithm auto picks for a at size ranks (ring or rd). */
 COLL_HIDDEN coll_algo_t coll_p2p_algo(int size, const coll_args_t *a);
+
+/* run.c: a whole call on ctx, its algorithm chosen (COLL_CHECK's
+ * agreement, the zero-count shortcut, device staging, the flight recorder,
+ * failing the comm after an MPI error or timeout). */
+COLL_HIDDEN coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local);
+/* algos.c: the algorithm alone (also hierarchical stages, device staging). */
+COLL_HIDDEN coll_result_t coll_run(coll_ctx_t *ctx, const coll_args_t *a);
+/* NCCL's calls: started (after the agreement) with an event completing with
+ * them; coll_run_nccl also waits for it. */
+COLL_HIDDEN coll_result_t coll_run_nccl_start(struct coll_comm *c, const coll_args_t *a, void **done);
+COLL_HIDDEN coll_result_t coll_run_nccl(struct coll_comm *c, const coll_args_t *a);
 /* Bytes a ring would send from this rank for a: what is counted for MPI's
  * and NCCL's own collectives, whose messages libcoll does not see. */
 COLL_HIDDEN uint64_t coll_nominal_bytes(const coll_args_t *a, int nranks);
@@ -334,14 +393,17 @@ struct coll_request {
     struct coll_request *all_next;
 };
 
-/* comm.c */
+/* error.c: the registry of live communicators, and errors */
+COLL_HIDDEN int coll_registry_add(coll_comm_t comm); /* 0, or -1 without memory */
+/* returns the number of communicators still alive after the removal */
+COLL_HIDDEN size_t coll_registry_remove(coll_comm_t comm);
 COLL_HIDDEN int coll_comm_valid(coll_comm_t comm);
 /* Records an error on comm (or globally when comm is NULL), logs it at
  * WARN, and returns code. */
 COLL_HIDDEN coll_result_t coll_error(coll_comm_t comm, coll_result_t code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 COLL_HIDDEN coll_result_t coll_mpi_error(coll_comm_t comm, int mpi_rc, const char *what);
-/* Marks comm failed with code (after its error was recorded): every queued
+/* fail.c. Marks comm failed with code (after its error was recorded): every queued
  * and later call then fails at once with code, and the first failure's text
  * is kept for their messages. Returns code. */
 COLL_HIDDEN coll_result_t coll_comm_fail(coll_comm_t comm, coll_result_t code);
@@ -367,10 +429,6 @@ COLL_HIDDEN void coll_request_forget(struct coll_request *r);
 COLL_HIDDEN coll_result_t coll_check_args(coll_comm_t comm, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_check_agree(coll_ctx_t *ctx, const coll_args_t *a,
                                            coll_result_t local);
-/* api.c: agreement (COLL_CHECK), the zero-count shortcut, the run, and
- * marking the comm failed after an MPI error or timeout. */
-COLL_HIDDEN coll_result_t coll_execute(coll_ctx_t *ctx, const coll_args_t *a, coll_result_t local);
-
 /* Propagates a failure from an algorithm to its caller. */
 #define COLL_TRY(expr)                                                                      \
     do {                                                                                    \

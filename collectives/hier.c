@@ -31,9 +31,7 @@ struct coll_hier {
 
 static void child_free(coll_ctx_t *ch) {
     coll_shm_ctx_free(ch);
-    if (ch->mpi != MPI_COMM_NULL) MPI_Comm_free(&ch->mpi);
-    free(ch->scratch);
-    ch->scratch = NULL, ch->scratch_bytes = 0;
+    coll_ctx_close(ch);
 }
 
 static void hier_free(struct coll_hier *h) {
@@ -47,16 +45,7 @@ static void hier_free(struct coll_hier *h) {
 void coll_hier_ctx_free(coll_ctx_t *ctx) {
     hier_free(ctx->hier);
     ctx->hier = NULL;
-}
-
-static void child_init(const coll_ctx_t *parent, coll_ctx_t *ch, MPI_Comm mpi, const int *world) {
-    ch->comm = parent->comm;
-    ch->tp = parent->tp;
-    ch->mpi = mpi;
-    ch->world = world;
-    MPI_Comm_rank(mpi, &ch->rank);
-    MPI_Comm_size(mpi, &ch->size);
-    MPI_Comm_set_errhandler(mpi, MPI_ERRORS_RETURN);
+    ctx->hier_local = 0;
 }
 
 /* Collective over ctx->mpi (COLL_NODE_SIZE agrees across ranks: checked by
@@ -110,13 +99,16 @@ coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size) {
             if (h->nidx[r] == h->nidx[me]) h->node_world[h->lrank[r]] = r;
             if (h->lrank[r] == lr) h->cross_world[h->nidx[r]] = r;
         }
-        child_init(ctx, &h->node, node, h->node_world);
-        child_init(ctx, &h->cross, cross, h->cross_world);
-        node = cross = MPI_COMM_NULL;
     }
     free(pairs);
     coll_result_t crc = COLL_SUCCESS;
-    if (rc == MPI_SUCCESS && L > 1) crc = coll_shm_ctx_init(&h->node);
+    if (rc == MPI_SUCCESS) {
+        crc = coll_ctx_open(ctx->comm, &h->node, node, h->node_world);
+        coll_result_t xrc = coll_ctx_open(ctx->comm, &h->cross, cross, h->cross_world);
+        node = cross = MPI_COMM_NULL; /* the children own them now */
+        if (crc == COLL_SUCCESS) crc = xrc;
+    }
+    if (rc == MPI_SUCCESS && crc == COLL_SUCCESS && L > 1) crc = coll_shm_ctx_init(&h->node);
     /* every node has its shared memory, or nobody runs hier */
     int ok = rc == MPI_SUCCESS && crc == COLL_SUCCESS && (L == 1 || h->node.shm), all = 0;
     if (rc == MPI_SUCCESS && crc == COLL_SUCCESS) rc = MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, ctx->mpi);
@@ -130,17 +122,9 @@ coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size) {
         return COLL_SUCCESS;
     }
     ctx->hier = h;
+    ctx->hier_local = h->L;
     COLL_LOG(ctx->comm, COLL_LOG_INFO, "hier: %d nodes x %d ranks%s", h->N, h->L, k_emul ? " (COLL_NODE_SIZE)" : "");
     return COLL_SUCCESS;
-}
-
-int coll_hier_runs(const coll_ctx_t *ctx, coll_kind_t k) {
-    return ctx->hier &&
-           (k == COLL_K_ALLREDUCE || k == COLL_K_BROADCAST || k == COLL_K_REDUCE || k == COLL_K_BARRIER);
-}
-
-int coll_hier_auto(const coll_ctx_t *ctx, coll_kind_t k) {
-    return coll_hier_runs(ctx, k) && ctx->hier->L > 1 && k != COLL_K_BARRIER;
 }
 
 /* Runs a on child ch (which records its waits in ctx's running operation). */

@@ -60,12 +60,12 @@ coll_result_t coll_p2p_wait(coll_ctx_t *ctx, coll_treq_t *r) {
     const int peer = r->peer, send = r->is_send;
     while (r->active) {
         int done;
-        coll_result_t rc = ctx->tp->test(ctx, r, &done);
+        coll_result_t rc = coll_tp_test(ctx, r, &done);
         if (rc != COLL_SUCCESS) return rc;
         if (done) break;
         wait_started(&t0);
         if (idle(ctx, &w)) {
-            ctx->tp->cancel(ctx, r);
+            coll_tp_cancel(ctx, r);
             waited(ctx, peer, send, t0);
             return timed_out(ctx, r);
         }
@@ -85,7 +85,7 @@ coll_result_t coll_p2p_waitall(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
         for (int i = 0; i < n; i++) {
             if (!reqs[i].active) continue;
             int done;
-            coll_result_t rc = ctx->tp->test(ctx, &reqs[i], &done);
+            coll_result_t rc = coll_tp_test(ctx, &reqs[i], &done);
             if (rc != COLL_SUCCESS) {
                 coll_p2p_cancel_all(ctx, reqs, n);
                 return rc;
@@ -127,15 +127,15 @@ coll_result_t coll_p2p_wait_mpi(coll_ctx_t *ctx, MPI_Request *rq, const char *wh
 }
 
 void coll_p2p_cancel_all(coll_ctx_t *ctx, coll_treq_t *reqs, int n) {
-    for (int i = 0; i < n; i++) ctx->tp->cancel(ctx, &reqs[i]);
+    for (int i = 0; i < n; i++) coll_tp_cancel(ctx, &reqs[i]);
 }
 
 coll_result_t coll_p2p_sendrecv(coll_ctx_t *ctx, const void *sbuf, size_t sbytes, int dst,
                                 void *rbuf, size_t rbytes, int src) {
     coll_treq_t r[2];
-    coll_result_t rc = ctx->tp->irecv(ctx, rbuf, rbytes, src, 0, &r[0]);
+    coll_result_t rc = coll_tp_irecv(ctx, rbuf, rbytes, src, 0, &r[0]);
     if (rc != COLL_SUCCESS) return rc;
-    rc = ctx->tp->isend(ctx, sbuf, sbytes, dst, 0, &r[1]);
+    rc = coll_tp_isend(ctx, sbuf, sbytes, dst, 0, &r[1]);
     if (rc != COLL_SUCCESS) {
         coll_p2p_cancel_all(ctx, r, 1);
         return rc;

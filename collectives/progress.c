@@ -212,7 +212,7 @@ coll_result_t coll_progress_event_request(coll_comm_t c, const coll_args_t *a, c
     r->by_event = 1;
     r->t_start = mono_s();
     atomic_store(&r->done, 0);
-    coll_result_t rc = coll_nccl_start(c, a, &r->cuda_done);
+    coll_result_t rc = coll_run_nccl_start(c, a, &r->cuda_done);
     if (rc != COLL_SUCCESS) {
         pthread_mutex_lock(&c->q_lock);
         r->magic = 0;

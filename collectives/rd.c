@@ -36,11 +36,11 @@ static coll_result_t rd_core(coll_ctx_t *ctx, char *cur, char *oth, size_t n, co
 
     if (r < 2 * rem) {
         if (r % 2 == 0) {
-            COLL_TRY(ctx->tp->isend(ctx, cur, bytes, r + 1, 0, &req));
+            COLL_TRY(coll_tp_isend(ctx, cur, bytes, r + 1, 0, &req));
             COLL_TRY(coll_p2p_wait(ctx, &req));
             newr = -1;
         } else {
-            COLL_TRY(ctx->tp->irecv(ctx, oth, bytes, r - 1, 0, &req));
+            COLL_TRY(coll_tp_irecv(ctx, oth, bytes, r - 1, 0, &req));
             COLL_TRY(coll_p2p_wait(ctx, &req));
             coll_reduce_kernel(dt, op, oth, oth, cur, n); /* lower rank's data first */
             SWAP(cur, oth);
@@ -63,8 +63,8 @@ static coll_result_t rd_core(coll_ctx_t *ctx, char *cur, char *oth, size_t n, co
         }
     }
     if (r < 2 * rem) {
-        if (r % 2) COLL_TRY(ctx->tp->isend(ctx, cur, bytes, r - 1, 0, &req));
-        else COLL_TRY(ctx->tp->irecv(ctx, cur, bytes, r + 1, 0, &req));
+        if (r % 2) COLL_TRY(coll_tp_isend(ctx, cur, bytes, r - 1, 0, &req));
+        else COLL_TRY(coll_tp_irecv(ctx, cur, bytes, r + 1, 0, &req));
         COLL_TRY(coll_p2p_wait(ctx, &req));
     }
     if (op == COLL_AVG) coll_avg_finish(dt, cur, n, P);
@@ -131,13 +131,13 @@ coll_result_t coll_tree_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
     coll_result_t rc = COLL_SUCCESS;
     for (; mask < P; mask <<= 1)
         if (vr & mask) {
-            COLL_TRY(ctx->tp->irecv(ctx, a->recvbuf, bytes, coll_mod(vr - mask + a->root, P), 0, &req[0]));
+            COLL_TRY(coll_tp_irecv(ctx, a->recvbuf, bytes, coll_mod(vr - mask + a->root, P), 0, &req[0]));
             COLL_TRY(coll_p2p_wait(ctx, &req[0]));
             break;
         }
     for (mask >>= 1; mask > 0; mask >>= 1)
         if (vr + mask < P)
-            COLL_TRY(ctx->tp->isend(ctx, a->recvbuf, bytes, coll_mod(vr + mask + a->root, P), 0, &req[nreq++]));
+            COLL_TRY(coll_tp_isend(ctx, a->recvbuf, bytes, coll_mod(vr + mask + a->root, P), 0, &req[nreq++]));
     return coll_p2p_waitall(ctx, req, nreq);
 fail:
     coll_p2p_cancel_all(ctx, req, nreq);
@@ -159,11 +159,11 @@ coll_result_t coll_tree_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
         if (!(vr & mask)) {
             int src = vr | mask;
             if (src >= P) continue;
-            COLL_TRY(ctx->tp->irecv(ctx, tmp, bytes, coll_mod(src + a->root, P), 0, &req));
+            COLL_TRY(coll_tp_irecv(ctx, tmp, bytes, coll_mod(src + a->root, P), 0, &req));
             COLL_TRY(coll_p2p_wait(ctx, &req));
             coll_reduce_kernel(a->dtype, a->op, cur, cur, tmp, n);
         } else {
-            COLL_TRY(ctx->tp->isend(ctx, cur, bytes, coll_mod((vr & ~mask) + a->root, P), 0, &req));
+            COLL_TRY(coll_tp_isend(ctx, cur, bytes, coll_mod((vr & ~mask) + a->root, P), 0, &req));
             COLL_TRY(coll_p2p_wait(ctx, &req));
             break;
         }

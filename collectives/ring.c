@@ -70,13 +70,13 @@ static coll_result_t pipe_next_sslot(pipe_t *p, char **buf) {
 static coll_result_t pipe_send(pipe_t *p, const void *buf, size_t n, int peer, int chan) {
     coll_result_t rc = pipe_next_sslot(p, NULL);
     if (rc != COLL_SUCCESS) return rc;
-    rc = p->ctx->tp->isend(p->ctx, buf, n * p->es, peer, chan, &p->sq[p->nsend % p->depth]);
+    rc = coll_tp_isend(p->ctx, buf, n * p->es, peer, chan, &p->sq[p->nsend % p->depth]);
     p->nsend++;
     return rc;
 }
 
 static coll_result_t pipe_recv(pipe_t *p, long m, void *buf, size_t n, int peer, int chan) {
-    return p->ctx->tp->irecv(p->ctx, buf, n * p->es, peer, chan, &p->rq[m % p->depth]);
+    return coll_tp_irecv(p->ctx, buf, n * p->es, peer, chan, &p->rq[m % p->depth]);
 }
 
 static coll_result_t pipe_wait_recv(pipe_t *p, long m) {
@@ -195,7 +195,7 @@ static coll_result_t send_step0(ring_t *t, size_t upto) {
             if (t->step0_sent > upto + LOOKAHEAD) break;
             coll_treq_t *q = &t->s0.sq[t->s0.nsend % t->s0.depth];
             int done = !q->active;
-            if (!done) COLL_TRY(t->ctx->tp->test(t->ctx, q, &done));
+            if (!done) COLL_TRY(coll_tp_test(t->ctx, q, &done));
             if (!done) break;
         }
         size_t len, off = piece(t, rs_block(t, 0), t->step0_sent, &len);
