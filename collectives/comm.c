@@ -148,6 +148,7 @@ coll_result_t coll_comm_destroy(coll_comm_t c) {
 
 int coll_comm_rank(coll_comm_t c) { return coll_comm_valid(c) ? c->rank : -1; }
 int coll_comm_size(coll_comm_t c) { return coll_comm_valid(c) ? c->size : -1; }
+int coll_comm_local_size(coll_comm_t c) { return coll_comm_valid(c) ? c->local_size : -1; }
 uint64_t coll_comm_bytes_sent(coll_comm_t c) {
     return coll_comm_valid(c) ? atomic_load_explicit(&c->bytes_sent, memory_order_relaxed) : 0;
 }

@@ -245,14 +245,30 @@ static const char *peer_data(coll_ctx_t *ctx, int q, uint64_t t, int which, size
     return base ? base + (which ? d->out_off : d->in_off) + at_bytes : NULL;
 }
 
-/* Every rank's descriptor of this round points at coll_mem_alloc buffers. */
-static int all_zero_copy(const struct coll_shm *s) {
+/* Every rank's descriptor of this round points at coll_mem_alloc buffers
+ * (its input; and its output where `out` asks). */
+static int all_zero_copy(const struct coll_shm *s, int out) {
     const uint64_t t = s->round;
     for (int q = 0; q < s->P; q++) {
         const shm_desc_t *d = &hdr(s, q)->desc[t & 1].d;
-        if (d->in_fd < 0 || d->out_fd < 0) return 0;
+        if (d->in_fd < 0 || (out && d->out_fd < 0)) return 0;
     }
     return 1;
+}
+
+/* Publishes this round's input: a coll_mem_alloc buffer peers read in
+ * place (ref, or NULL: the workspace's region, which the caller fills). */
+static void describe_input(struct coll_shm *s, uint64_t t, const coll_mem_ref_t *ref) {
+    shm_desc_t *d = &hdr(s, s->me)->desc[t & 1].d;
+    if (ref) *d = (shm_desc_t){ref->fd, -1, ref->id, 0, ref->bytes, 0, ref->off, 0};
+    else d->in_fd = d->out_fd = -1;
+}
+
+/* Rank q's input for round t: at byte `at` of its zero-copy buffer, or
+ * at `in_region` bytes into its region; NULL when a buffer cannot be mapped. */
+static const char *peer_input(coll_ctx_t *ctx, int q, uint64_t t, size_t at, size_t in_region) {
+    if (hdr(ctx->shm, q)->desc[t & 1].d.in_fd >= 0) return peer_data(ctx, q, t, 0, at);
+    return region(ctx->shm, q, t, 0) + in_region;
 }
 
 /* Two-shot: each rank reduces its shard of the round, then copies the
@@ -292,7 +308,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         /* every rank zero-copy (each sees every descriptor, so all decide
          * alike): no region is used, so this round takes the whole rest
          * (the rounds' hand-offs cost 2-2.5x at 512 KiB-8 MiB) */
-        if (zc && at == 0 && all_zero_copy(s)) n = a->count;
+        if (zc && at == 0 && all_zero_copy(s, 1)) n = a->count;
         if (oneshot) {
             reduce_from_all(s, a, t, 0, 0, out + at * es, n);
             if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
@@ -336,29 +352,40 @@ static size_t piece(size_t n, int P, int q, size_t j, size_t per) {
 }
 
 /* Rounds carry up to `per` elements of every rank's block (blocks differ
- * by one element at most, so every rank counts the same rounds). */
+ * by one element at most, so every rank counts the same rounds). An input
+ * from coll_mem_alloc is read by the peers in place (zero-copy: the call
+ * returns once they are done with it); when every rank's is, one round
+ * takes the whole buffer. */
 coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t *a, const char *in, size_t n, char *out,
                                              int avg) {
     struct coll_shm *s = ctx->shm;
     const int P = s->P, me = s->me;
     const size_t es = coll_dtype_size(a->dtype), per = s->region / (es * (size_t)P);
     const size_t longest = coll_block_count(n, P, 0), lo = coll_block_offset(n, P, me);
+    coll_mem_ref_t ref;
+    const int zc = P <= ZC_MAX_RANKS && coll_mem_find(ctx->comm, in, n * es, &ref);
     const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
-    for (size_t j = 0; j < longest; j += per) {
-        uint64_t t;
+    uint64_t t = 0;
+    for (size_t j = 0, step = per; j < longest; j += step) {
         COLL_TRY(begin_round(ctx, &t, "reduce-scatter"));
-        for (int q = 0; q < P; q++) { /* the peers' parts of this round; this rank reads its own from in */
+        describe_input(s, t, zc ? &ref : NULL);
+        for (int q = 0; q < P && !zc; q++) { /* the peers' parts of this round; this rank reads its own from in */
             if (q != me)
                 copy_bytes(region(s, me, t, 0) + (size_t)q * per * es, in + (coll_block_offset(n, P, q) + j) * es,
                            piece(n, P, q, j, per) * es);
         }
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce-scatter"));
-        const size_t len = piece(n, P, me, j, per);
+        if (zc && j == 0 && all_zero_copy(s, 0)) step = longest;
+        const size_t len = piece(n, P, me, j, step);
         /* this rank's input first: in place, out is that operand exactly */
         src[0] = in + (lo + j) * es;
-        for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0) + (size_t)me * per * es;
+        for (int q = 1; q < P; q++) {
+            const int peer = q <= me ? q - 1 : q;
+            src[q] = peer_input(ctx, peer, t, (lo + j) * es, (size_t)me * per * es);
+            if (!src[q]) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
+        }
         if (len) {
             coll_reduce_kernel(a->dtype, a->op, out + j * es, src[0], src[1], len);
             for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, out + j * es, out + j * es, src[q], len);
@@ -366,6 +393,7 @@ coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t 
         }
         publish(s, F_DONE, t);
     }
+    if (zc && t) COLL_TRY(wait_all(ctx, F_DONE, t, "reduce-scatter"));
 fail:
     return rc;
 }
@@ -375,23 +403,34 @@ coll_result_t coll_shm_reduce_scatter(coll_ctx_t *ctx, const coll_args_t *a) {
     return coll_shm_reduce_scatter_blocks(ctx, a, a->sendbuf, a->count * P, a->recvbuf, 1);
 }
 
+/* A buf from coll_mem_alloc is read by the peers in place, as above. */
 coll_result_t coll_shm_allgather_blocks(coll_ctx_t *ctx, const coll_args_t *a, char *buf, size_t n) {
     struct coll_shm *s = ctx->shm;
     const int P = s->P, me = s->me;
     const size_t es = coll_dtype_size(a->dtype), per = s->region / es;
     const size_t longest = coll_block_count(n, P, 0), lo = coll_block_offset(n, P, me);
+    coll_mem_ref_t ref;
+    const int zc = P <= ZC_MAX_RANKS && coll_mem_find(ctx->comm, buf, n * es, &ref);
     coll_result_t rc = COLL_SUCCESS;
-    for (size_t j = 0; j < longest; j += per) {
-        uint64_t t;
+    uint64_t t = 0;
+    for (size_t j = 0, step = per; j < longest; j += step) {
         COLL_TRY(begin_round(ctx, &t, "allgather"));
-        copy_bytes(region(s, me, t, 0), buf + (lo + j) * es, piece(n, P, me, j, per) * es);
+        describe_input(s, t, zc ? &ref : NULL);
+        if (!zc) copy_bytes(region(s, me, t, 0), buf + (lo + j) * es, piece(n, P, me, j, per) * es);
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "allgather"));
+        if (zc && j == 0 && all_zero_copy(s, 0)) step = longest;
         for (int q = 0; q < P; q++) {
-            if (q != me) copy_bytes(buf + (coll_block_offset(n, P, q) + j) * es, region(s, q, t, 0), piece(n, P, q, j, per) * es);
+            if (q == me) continue;
+            const size_t qlo = coll_block_offset(n, P, q), qb = piece(n, P, q, j, step) * es;
+            const char *from = peer_input(ctx, q, t, (qlo + j) * es, 0);
+            if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
+            if (qb >= NT_MIN_BYTES) copy_nt(buf + (qlo + j) * es, from, qb);
+            else copy_bytes(buf + (qlo + j) * es, from, qb);
         }
         publish(s, F_DONE, t);
     }
+    if (zc && t) COLL_TRY(wait_all(ctx, F_DONE, t, "allgather"));
 fail:
     return rc;
 }

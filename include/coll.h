@@ -123,6 +123,10 @@ coll_result_t coll_comm_init(coll_comm_t *comm, MPI_Comm mpi_comm);
 coll_result_t coll_comm_destroy(coll_comm_t comm);
 int coll_comm_rank(coll_comm_t comm); /* -1 for an invalid comm */
 int coll_comm_size(coll_comm_t comm); /* -1 for an invalid comm */
+/* Ranks of comm on this rank's node (sharing its memory), this one
+ * included; -1 for an invalid comm. Learned at coll_comm_init, so asking
+ * costs no communication. */
+int coll_comm_local_size(coll_comm_t comm);
 /* Bytes this rank has sent on comm since coll_comm_init (a running total,
  * any thread; difference two readings for a step's traffic). Our algorithms'
  * messages are counted as posted; for COLL_ALGO_NATIVE and COLL_ALGO_NCCL,

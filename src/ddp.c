@@ -277,23 +277,19 @@ void ddp_destroy(ddp_t *d) {
     free(d);
 }
 
-/* Shared buffers pay only where the gradient all-reduce reads them in place:
- * shared memory (one node), all-reduce (ZeRO-1's reduce-scatter and
- * all-gather copy), uncompressed (compression reduces a staging buffer).
- * Elsewhere they cost: memfd memory gets no transparent huge pages here
- * (shmem_enabled is never), and the ring's process-to-process copies from 4
- * KiB pages made ZeRO-1's step 5% slower (docs/PERFORMANCE.md). */
+/* Shared buffers pay only where the collectives read them in place: shared
+ * memory (one node), uncompressed (compression reduces a staging buffer).
+ * There the gradient all-reduce (ZeRO-0), or the gradient reduce-scatter
+ * and the parameter all-gather (ZeRO-1), are zero-copy. Elsewhere they
+ * cost: memfd memory gets no transparent huge pages here (shmem_enabled is
+ * never), and the ring's process-to-process copies from 4 KiB pages made
+ * ZeRO-1's step 5% slower (docs/PERFORMANCE.md). */
 int ddp_share_buffers(ddp_t *d, float **params, float **grads) {
     const coll_algo_t algo = d->opt.algorithm;
-    if (d->opt.zero || d->opt.compress != DDP_COMPRESS_NONE || (algo != COLL_ALGO_AUTO && algo != COLL_ALGO_SHM) ||
+    if (d->opt.compress != DDP_COMPRESS_NONE || (algo != COLL_ALGO_AUTO && algo != COLL_ALGO_SHM) ||
         d->side == MPI_COMM_NULL || d->size < 2)
         return 1;
-    MPI_Comm node;
-    int local = 0;
-    if (MPI_Comm_split_type(d->side, MPI_COMM_TYPE_SHARED, d->rank, MPI_INFO_NULL, &node) != MPI_SUCCESS) return 1;
-    MPI_Comm_size(node, &local);
-    MPI_Comm_free(&node);
-    if (local != d->size) return 1; /* the same answer on every rank */
+    if (coll_comm_local_size(d->comm) != d->size) return 1; /* the same answer on every rank */
     const size_t bytes = (d->padded ? d->padded : 1) * sizeof(float);
     void *p = NULL, *g = NULL;
     int ok = coll_mem_alloc(d->comm, bytes, &p) == COLL_SUCCESS && coll_mem_alloc(d->comm, bytes, &g) == COLL_SUCCESS, all = 0;
@@ -305,7 +301,10 @@ int ddp_share_buffers(ddp_t *d, float **params, float **grads) {
         return ok ? 1 : -1;
     }
     /* buckets are 4 MiB by default, where auto's ring beats shm on ordinary
-     * buffers at 2 ranks; zero-copy, shm is 2.4-6.8x Open MPI there */
+     * buffers at 2 ranks; zero-copy, shm all-reduce is 2.4-6.8x Open MPI
+     * there and 2.1-2.5x our ring, reduce-scatter 1.9-2.7x and all-gather
+     * 1.3-1.6x the ring (2026-12-05); auto cannot see buffers (its choice
+     * must agree across ranks), so the engine names shm */
     if (algo == COLL_ALGO_AUTO) coll_comm_set_algorithm(d->comm, COLL_ALGO_SHM);
     d->params = d->mem_params = p;
     d->grads = d->mem_grads = g;

@@ -40,6 +40,7 @@ static void lifecycle(void **state) {
     (void)state;
     assert_int_equal(coll_comm_rank(comm), 0);
     assert_int_equal(coll_comm_size(comm), 1);
+    assert_int_equal(coll_comm_local_size(comm), 1);
     assert_int_equal(coll_comm_destroy(NULL), COLL_SUCCESS); /* NULL-safe */
     coll_comm_t c;
     assert_int_equal(coll_comm_init(&c, MPI_COMM_WORLD), COLL_SUCCESS);
@@ -51,6 +52,7 @@ static void lifecycle(void **state) {
     assert_int_equal(coll_comm_destroy(c), COLL_ERR_INVALID_ARG);
     assert_int_equal(coll_comm_rank(c), -1);
     assert_int_equal(coll_comm_size(NULL), -1);
+    assert_int_equal(coll_comm_local_size(NULL), -1);
     assert_int_equal(coll_comm_init(NULL, MPI_COMM_WORLD), COLL_ERR_INVALID_ARG);
     assert_int_equal(coll_comm_init(&c, MPI_COMM_NULL), COLL_ERR_INVALID_ARG);
     assert_non_null(strstr(coll_last_error(NULL), "MPI_COMM_NULL"));
