@@ -60,6 +60,7 @@ static const key_def_t keys[] = {
     {"log", "progress", T_ENUM, F(progress), 0, 0, 0, "auto|on|off", "auto", 0},
     {"log", "params", T_STR, F(params_out), 0, 0, 0, NULL, "", 0},
     {"log", "trace_dir", T_STR, F(trace_dir), 0, 0, 0, NULL, "", 0},
+    {"log", "profile", T_BOOL, F(profile), 0, 0, 0, NULL, "false", 0},
     {"ddp", "bucket_mb", T_DOUBLE, F(bucket_mb), 0, 1e-6, 1e6, NULL, "4", 0},
     {"ddp", "overlap", T_BOOL, F(overlap), 0, 0, 1, NULL, "true", 0},
     {"ddp", "accumulate", T_INT, F(accumulate), 0, 1, 1 << 20, NULL, "1", 0},

@@ -48,6 +48,7 @@ typedef struct config {
     int progress;               /* CFG_PROGRESS_* */
     char params_out[CFG_STR_MAX]; /* final parameters, raw float32 */
     char trace_dir[CFG_STR_MAX];  /* libcoll's flight recorder dumps (COLL_TRACE_DIR) */
+    int profile;                  /* per-layer, optimiser and data times into the metrics (launch/predict) */
     /* [ddp] */
     double bucket_mb;
     int overlap;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "device.h"
 #include "ops.h"
@@ -295,6 +296,7 @@ void graph_destroy(graph_t *g) {
         device_event_free(g->staged[k]);
     }
     free(g->probs_host);
+    free(g->prof_ms);
     free(g->nodes);
     free(g->order);
     free(g->param);
@@ -363,24 +365,66 @@ double graph_loss_sum(graph_t *g) {
 }
 
 
+int graph_profile(graph_t *g) {
+    if (!g->prof_ms && !(g->prof_ms = calloc(2 * (size_t)g->nnodes, sizeof *g->prof_ms))) return -1;
+    graph_profile_reset(g);
+    return 0;
+}
+
+void graph_profile_reset(graph_t *g) {
+    if (g->prof_ms) memset(g->prof_ms, 0, 2 * (size_t)g->nnodes * sizeof *g->prof_ms);
+    g->prof_passes = 0;
+}
+
+int graph_node_params(const graph_t *g, int k, size_t *lo, size_t *hi) {
+    const node_t *nd = &g->nodes[k];
+    *lo = *hi = 0;
+    for (int i = 0; i < nd->nparam; i++) {
+        const param_info_t *p = &g->param[nd->param[i]];
+        if (i == 0 || p->offset < *lo) *lo = p->offset;
+        if (p->offset + p->count > *hi) *hi = p->offset + p->count;
+    }
+    return nd->nparam > 0;
+}
+
+static double prof_now_ms(const graph_t *g) {
+    if (g->dev != DEV_CPU) device_sync(g->dev);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
 float graph_forward(graph_t *g, int n) {
     g->n = n < 0 ? 0 : n > g->batch ? g->batch : n;
+    double t = g->prof_ms ? prof_now_ms(g) : 0;
     for (int k = 0; k < g->nnodes; k++) {
         node_t *nd = &g->nodes[g->order[k]];
         ops_impl(g->dev, nd->spec.kind)->forward(g, nd, input_of(g, nd));
+        if (g->prof_ms) {
+            const double u = prof_now_ms(g);
+            g->prof_ms[g->order[k]] += u - t;
+            t = u;
+        }
     }
+    g->prof_passes += g->prof_ms != NULL;
     if (g->dev != DEV_CPU) return NAN;
     g->loss_sum += g->loss;
     return g->loss;
 }
 
 void graph_backward(graph_t *g) {
+    double t = g->prof_ms ? prof_now_ms(g) : 0;
     for (int k = g->nnodes - 1; k >= 0; k--) {
         node_t *nd = &g->nodes[g->order[k]];
         tensor_t dx = g->input;
         dx.data = g->dinput;
         tensor_t *din = nd->input < 0 ? &dx : &g->nodes[nd->input].dout;
         ops_impl(g->dev, nd->spec.kind)->backward(g, nd, input_of(g, nd), din);
+        if (g->prof_ms) {
+            const double u = prof_now_ms(g);
+            g->prof_ms[g->nnodes + g->order[k]] += u - t;
+            t = u;
+        }
     }
 }
 

@@ -78,6 +78,8 @@ typedef struct graph {
     struct device_event *staged[2];
     int stage;
     float *probs_host; /* GPU: probabilities read back for graph_correct */
+    double *prof_ms;   /* graph_profile: per node, forward ms then backward ms (2 x nnodes), summed */
+    long prof_passes;  /* forwards summed there */
 } graph_t;
 
 /* Builds a graph for inputs of shape in[0..2] = C, H, W (an MLP sees C*H*W
@@ -124,6 +126,15 @@ int graph_pad_params(graph_t *g, size_t multiple);
  * buffers, which then hold their contents and which the graph will not
  * free (the data-parallel engine's coll_mem_alloc memory). */
 void graph_use_flat(graph_t *g, float *params, float *grads);
+
+/* Times every node's forward and backward from now on, summed into
+ * g->prof_ms (on a GPU each node is waited for: profiling perturbs the
+ * overlap it measures); graph_profile_reset zeroes the sums (after a
+ * warm-up). 0, or -1 when out of memory. */
+int graph_profile(graph_t *g);
+void graph_profile_reset(graph_t *g);
+/* The flat-buffer range [lo, hi) of node k's parameters; 0 when it has none. */
+int graph_node_params(const graph_t *g, int k, size_t *lo, size_t *hi);
 
 /* Makes backward also produce the gradient of the input (g->dinput), for
  * gradient checks and input attributions. 0, or -1 when out of memory. */

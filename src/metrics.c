@@ -64,6 +64,26 @@ void metrics_step(metrics_t *m, const step_record_t *r) {
     fflush(m->f);
 }
 
+void metrics_profile(metrics_t *m, const profile_layer_t *layers, int n, const profile_record_t *r) {
+    if (!m->f) return;
+    for (int i = 0; i < n; i++) {
+        const profile_layer_t *l = &layers[i];
+        fprintf(m->f, "{\"event\":\"profile_layer\",\"order\":%d,\"node\":%d,\"kind\":\"%s\"", i, l->node, l->kind);
+        num(m->f, "forward_ms", l->forward_ms);
+        num(m->f, "backward_ms", l->backward_ms);
+        fprintf(m->f, ",\"lo\":%zu,\"hi\":%zu}\n", l->lo, l->hi);
+    }
+    fprintf(m->f, "{\"event\":\"profile\",\"steps\":%ld,\"batch\":%d,\"ranks\":%d,\"params\":%zu", r->steps, r->batch,
+            r->ranks, r->params);
+    num(m->f, "forward_ms", r->forward_ms);
+    num(m->f, "backward_ms", r->backward_ms);
+    num(m->f, "optimizer_ms", r->optimizer_ms);
+    num(m->f, "data_ms", r->data_ms);
+    num(m->f, "step_ms", r->step_ms);
+    fprintf(m->f, "}\n");
+    fflush(m->f);
+}
+
 void metrics_eval(metrics_t *m, int epoch, double acc, double loss) {
     metrics_progress_end(m);
     if (m->live || m->plain) fprintf(stderr, "epoch %d: test accuracy %.4f, test loss %.4f\n", epoch, acc, loss);

@@ -32,6 +32,24 @@ typedef struct step_record {
 } step_record_t;
 
 void metrics_step(metrics_t *m, const step_record_t *r);
+
+/* log.profile: one "profile_layer" record per graph node, in backward's
+ * order (its gradients' flat range [lo, hi), hi = 0 without parameters),
+ * then one "profile" record for the step; times are means per step over
+ * the steps after the warm-up (launch/predict reads them). */
+typedef struct profile_layer {
+    int node;
+    const char *kind;
+    double forward_ms, backward_ms;
+    size_t lo, hi;
+} profile_layer_t;
+typedef struct profile_record {
+    long steps;
+    int batch, ranks;
+    size_t params;
+    double forward_ms, backward_ms, optimizer_ms, data_ms, step_ms;
+} profile_record_t;
+void metrics_profile(metrics_t *m, const profile_layer_t *layers, int n, const profile_record_t *r);
 void metrics_eval(metrics_t *m, int epoch, double acc, double loss);
 
 typedef struct done_record {

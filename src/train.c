@@ -239,6 +239,7 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
     if (graph_create(&t->g, specs, n, t->train.shape, t->train.classes, B, t->dev, e, sizeof e))
         SETUP_FAIL("[model]: %s", e);
     if (graph_pad_params(t->g, (size_t)t->ranks)) SETUP_FAIL("out of memory for parameters");
+    if (cfg->profile && graph_profile(t->g)) SETUP_FAIL("out of memory for [log] profile");
     if (t->dev != DEV_CPU && !(t->host_params = tensor_alloc(t->g->nalloc))) SETUP_FAIL("out of memory for parameters");
     graph_init_params(t->g, t->seed);
     t->g->seed = t->seed;
@@ -467,19 +468,51 @@ static int log_this_step(const trainer_t *t) {
     return (t->step + 1) % t->cfg.every_steps == 0 || t->step + 1 == t->total_steps;
 }
 
+static void profile_optimizer_done(trainer_t *t, double t0) {
+    if (t->dev != DEV_CPU) device_sync(t->dev);
+    t->prof_opt_ms += 1e3 * (now_s() - t0);
+}
+
+/* log.profile's records: the graph's nodes in backward's order, then the
+ * step's means (rank 0; the metrics file). */
+static void write_profile(trainer_t *t, double step_ms) {
+    const graph_t *g = t->g;
+    const long n = g->prof_passes ? g->prof_passes : 1, steps = t->prof_steps ? t->prof_steps : 1;
+    profile_layer_t *l = calloc((size_t)g->nnodes, sizeof *l);
+    if (!l) return;
+    profile_record_t r = {.steps = t->prof_steps, .batch = t->cfg.batch_size, .ranks = t->ranks, .params = g->nweights,
+                          .optimizer_ms = t->prof_opt_ms / (double)steps, .data_ms = t->prof_data_ms / (double)steps,
+                          .step_ms = step_ms};
+    const double per_step = (double)n / (double)steps; /* micro-batches per step */
+    for (int i = 0; i < g->nnodes; i++) {
+        const int k = g->order[g->nnodes - 1 - i];
+        l[i] = (profile_layer_t){.node = k, .kind = layers_op_name(g->nodes[k].spec.kind),
+                                 .forward_ms = g->prof_ms[k] / (double)n * per_step,
+                                 .backward_ms = g->prof_ms[g->nnodes + k] / (double)n * per_step};
+        graph_node_params(g, k, &l[i].lo, &l[i].hi);
+        r.forward_ms += l[i].forward_ms;
+        r.backward_ms += l[i].backward_ms;
+    }
+    metrics_profile(&t->m, l, g->nnodes, &r);
+    free(l);
+}
+
 /* One optimiser step: K micro-batches, gradient sync, update, gather.
  * *loss = the mean loss of this rank's samples. 0, or -1 with err. */
 static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char *err, size_t errlen) {
     graph_t *g = t->g;
     const int B = t->cfg.batch_size, K = t->cfg.accumulate;
+    const int prof = t->cfg.profile;
     graph_loss_reset(g);
     for (int k = 0; k < K; k++) {
         const long base = b * t->global_batch + ((long)k * t->ranks + t->rank) * B;
         float *x;
         int32_t *y;
+        const double d0 = prof ? now_s() : 0;
         graph_input_host(g, &x, &y);
         data_gather(&t->train, t->perm + base, B, x, y);
         if (graph_input_commit(g, B)) return snprintf(err, errlen, "copying the batch to the device: %s", device_error()), -1;
+        if (prof) t->prof_data_ms += 1e3 * (now_s() - d0);
         g->training = 1;
         g->step = (uint64_t)(t->step * K + k);
         g->accumulate = k > 0;
@@ -490,15 +523,18 @@ static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char
     }
     if (t->ddp && ddp_sync(t->ddp)) goto fail;
     const float lr = *lr_out = optim_lr(&t->ocfg, t->step, t->total_steps);
+    const double o0 = prof ? now_s() : 0;
     optim_begin(&t->opt);
     if (t->ddp) {
         const size_t *lo, *hi;
         const int n = ddp_shard(t->ddp, &lo, &hi);
         for (size_t i = 0, at = 0; i < (size_t)n; at += hi[i] - lo[i], i++)
             optim_update(&t->opt, g->params, g->grads, lo[i], hi[i], at, lr);
+        if (prof) profile_optimizer_done(t, o0);
         if (ddp_gather(t->ddp)) goto fail;
     } else {
         optim_update(&t->opt, g->params, g->grads, 0, g->nalloc, 0, lr);
+        if (prof) profile_optimizer_done(t, o0);
     }
     /* on a GPU the loss is read (a wait) only for the steps that log it */
     *loss_out = g->dev == DEV_CPU || log_this_step(t) ? (float)(graph_loss_sum(g) / K) : NAN;
@@ -558,11 +594,17 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
     while (t->step < t->total_steps) {
         const long epoch = t->step / spe, b = t->step % spe;
         if (epoch != perm_epoch) data_permutation(t->perm, t->train.n, t->seed, epoch), perm_epoch = epoch;
+        if (c->profile && t->step - first == WARMUP_STEPS) { /* the warm-up's steps are not profiled */
+            graph_profile_reset(t->g);
+            t->prof_data_ms = t->prof_opt_ms = 0;
+            t->prof_steps = 0;
+        }
         const double s0 = now_s(), c0 = t->ddp ? thread_cpu_s() : 0;
         float loss, lr;
         if (train_step(t, b, &loss, &lr, err, errlen)) return -1;
         const double ms = 1e3 * (now_s() - s0);
         const long i = t->step - first;
+        t->prof_steps += c->profile;
         ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0, 0, 0};
         /* Exposed communication is the part of the step this thread did not
          * compute: blocked in a wait, or pre-empted by the progress thread
@@ -618,6 +660,7 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
                              .wire_bytes = median_after(t->wire_bytes, ran, WARMUP_STEPS),
                              .compress_ms = c->compress != CFG_COMPRESS_NONE ? median_after(t->compress_ms, ran, WARMUP_STEPS) : -1,
                              .compress = compress_name((compress_t)c->compress), .named = t->named};
+    if (c->profile && t->rank == 0) write_profile(t, med);
     metrics_done(&t->m, &d);
     if (t->rank == 0) {
         printf("ddp-train: %ld steps, median step %.3f ms", t->step, med);

@@ -54,6 +54,8 @@ typedef struct trainer {
     metrics_t m;
     double last_acc;       /* -1 until an evaluation ran */
     double t_begin;        /* wall clock at trainer_init (done.wall_s counts from here) */
+    double prof_data_ms, prof_opt_ms; /* log.profile: summed since the warm-up */
+    long prof_steps;
 } trainer_t;
 
 /* Loads data, builds the model, optimiser and (at several ranks) the

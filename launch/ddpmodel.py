@@ -1,0 +1,366 @@
+"""The step-time model behind launch/predict (docs/PREDICT.md has its equations).
+
+Three parts, each usable alone:
+  - collective costs: alpha-beta-gamma forms (Thakur, Rabenseifner and Gropp) of the
+    algorithms libcoll runs, with alpha (latency per step) and beta (time per byte)
+    per link class, fitted from coll-bench sweeps (fit_alpha_beta);
+  - the step's timeline: each gradient bucket's collective starts at
+    max(its gradients ready in backward, the previous bucket's collective done), one at
+    a time as the progress thread runs them; ZeRO-1's all-gather after the optimiser;
+  - the figures launch/scaling reports (step, compute, comm, exposed, efficiency).
+Pure Python (no numpy): the fits are two-parameter least squares.
+"""
+import math
+
+# libcoll's auto thresholds (collectives/select.c): recursive doubling up to these
+# bytes, the ring above; hier across nodes with several ranks each.
+RD_MAX = {2: 16384}
+RD_MAX_DEFAULT = 65536
+
+
+class ModelError(ValueError):
+    """Bad input to the model (a missing key, an impossible configuration)."""
+
+
+def _log2ceil(p):
+    return max(0, math.ceil(math.log2(p))) if p > 1 else 0
+
+
+def coefficients(kind, algo, p, nbytes):
+    """(latency steps, bytes on the wire per rank, bytes reduced per rank) of one
+    collective of nbytes (the whole buffer) at p ranks. The cost is
+    steps * alpha + wire * beta + reduced * gamma."""
+    if p <= 1:
+        return 0.0, 0.0, 0.0
+    b = float(nbytes)
+    if kind == "allreduce":
+        if algo in ("ring", "shm"):
+            # shm two-shot: each rank reads (p-1)/p of the buffer from peers to reduce
+            # its shard, then copies the others' shards: the same traffic as the ring
+            return 2.0 * (p - 1), 2.0 * (p - 1) / p * b, (p - 1) / p * b
+        if algo == "rd":
+            k = _log2ceil(p)
+            extra = 0 if p & (p - 1) == 0 else 2  # non-powers of two fold in and out
+            return float(k + extra), (k + extra) * b, k * b
+    if kind in ("reduce_scatter", "allgather"):
+        if algo in ("ring", "shm"):
+            return float(p - 1), (p - 1) / p * b, (p - 1) / p * b if kind == "reduce_scatter" else 0.0
+    raise ModelError("no cost model for %s with algorithm %s" % (kind, algo))
+
+
+def fit_line(xs, ys):
+    """Least squares y = a + b x. Returns (a, b, relative residuals)."""
+    n = len(xs)
+    if n < 2 or len(ys) != n:
+        raise ModelError("a fit needs at least two points (got %d)" % n)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        raise ModelError("a fit needs at least two different sizes")
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    a = my - b * mx
+    res = [(y - (a + b * x)) / y if y else 0.0 for x, y in zip(xs, ys)]
+    return a, b, res
+
+
+def fit_alpha_beta(points, kind, algo, p, gamma=0.0, min_bytes=0):
+    """alpha (s per step) and beta (s per byte) of a link from measured
+    (nbytes, seconds) of one collective at p ranks, sizes below min_bytes left out
+    (a tbf link's burst makes small transfers look faster than the rate); the
+    reduction's share (gamma s per byte, fitted apart) is taken out first.
+    Returns (alpha, beta, relative residuals of the kept points)."""
+    kept = [(b, t) for b, t in points if b >= min_bytes]
+    steps, wire, _ = coefficients(kind, algo, p, 1.0)  # wire and reduced grow linearly with bytes
+    if steps == 0 or wire == 0:
+        raise ModelError("cannot fit %s %s at %d ranks" % (kind, algo, p))
+    xs = [b for b, _ in kept]
+    ys = [t - coefficients(kind, algo, p, b)[2] * gamma for b, t in kept]
+    a, slope, res = fit_line(xs, ys)
+    return max(a / steps, 0.0), max(slope / wire, 0.0), res
+
+
+def fit_link(small, large, kind, algo, p, min_bytes=0):
+    """alpha from the smallest sizes (time per latency step of a collective of a few
+    bytes: the median over `small`), then beta by least squares through that intercept
+    over the `large` sizes from min_bytes (a tbf link's burst makes small transfers
+    look faster than its rate). The reduction's cost is folded into beta (its bytes
+    grow with the wire's at every rank count for the all-reduce). Returns (alpha,
+    beta, relative residuals of the large points)."""
+    steps, wire, _ = coefficients(kind, algo, p, 1.0)
+    if steps == 0 or wire == 0:
+        raise ModelError("cannot fit %s %s at %d ranks" % (kind, algo, p))
+    if not small:
+        raise ModelError("a latency fit needs at least one small size")
+    lat = sorted(t for _, t in small)
+    alpha = lat[len(lat) // 2] / steps
+    kept = [(b, t) for b, t in large if b >= min_bytes]
+    if len(kept) < 2:
+        raise ModelError("a bandwidth fit needs at least two sizes from %d bytes (got %d)" % (min_bytes, len(kept)))
+    xs = [b * wire for b, _ in kept]
+    ys = [t - steps * alpha for _, t in kept]
+    # relative least squares: every size weighs the same, not the largest most
+    beta = max(0.0, sum(x * y / t ** 2 for x, y, (_, t) in zip(xs, ys, kept)) /
+               sum(x * x / t ** 2 for x, (_, t) in zip(xs, kept)))
+    res = [(t - (steps * alpha + x * beta)) / t for (b, t), x in zip(kept, xs)]
+    return alpha, beta, res
+
+
+def beta_table(large, kind, algo, p, alpha):
+    """Each measured size's own beta (its time less the latency, per byte on the
+    wire): memory on one node is faster while a buffer stays in cache, which one
+    line through every size cannot follow. [[bytes, beta], ...] by size."""
+    steps, wire, _ = coefficients(kind, algo, p, 1.0)
+    return [[b, max(0.0, (t - steps * alpha) / (b * wire))] for b, t in sorted(large) if b > 0]
+
+
+def link_beta(link, nbytes):
+    """A link's beta for a collective of nbytes: its table interpolated in log size
+    (clamped at the ends), or its fitted beta."""
+    tab = link.get("beta_table")
+    if not tab or nbytes <= 0:
+        return link["beta"]
+    if nbytes <= tab[0][0]:
+        return tab[0][1]
+    for (b0, v0), (b1, v1) in zip(tab, tab[1:]):
+        if nbytes <= b1:
+            f = (math.log(nbytes) - math.log(b0)) / (math.log(b1) - math.log(b0))
+            return v0 + f * (v1 - v0)
+    return tab[-1][1]
+
+
+def collective_time(kind, algo, p, nbytes, link, gamma):
+    """Seconds for one collective; link = {"alpha": s, "beta": s/byte[, "beta_table"]}."""
+    steps, wire, red = coefficients(kind, algo, p, nbytes)
+    return steps * link["alpha"] + wire * link_beta(link, nbytes) + red * gamma
+
+
+def auto_algorithm(kind, p, nodes, nbytes):
+    """What libcoll's auto picks (collectives/select.c), reduced to the choices the
+    model knows: hier across nodes with several ranks each, shm on one node, else rd
+    for small buffers and the ring."""
+    if nodes > 1 and p > nodes and kind == "allreduce":
+        return "hier"
+    if nodes == 1 and p > 1:
+        return "shm"
+    return "rd" if kind == "allreduce" and nbytes <= RD_MAX.get(p, RD_MAX_DEFAULT) else "ring"
+
+
+class Cluster:
+    """Link costs for a configuration: ranks over nodes (equal numbers per node), each
+    node's ranks sharing its link. calib: {"links": {class: {"alpha", "beta"}},
+    "gamma": s per byte reduced, "cores": n}."""
+
+    def __init__(self, calib, ranks, nodes, link_class):
+        if ranks < 1 or nodes < 1 or ranks % nodes:
+            raise ModelError("%d ranks cannot be spread equally over %d nodes" % (ranks, nodes))
+        links = calib.get("links", {})
+        if "local" not in links:
+            raise ModelError("the calibration has no 'local' link (same node)")
+        if nodes > 1 and link_class not in links:
+            raise ModelError("the calibration has no link '%s' (it has: %s)" % (link_class, ", ".join(sorted(links))))
+        self.p, self.n, self.local_n = ranks, nodes, ranks // nodes
+        self.local = links["local"]
+        self.net = links.get(link_class) if nodes > 1 else None
+        self.gamma = float(calib.get("gamma", 0.0))
+        self.cores = int(calib.get("cores", 1))
+
+    def cpu_fraction(self):
+        """The share of a collective's time that is CPU work on the ranks' cores:
+        on one node all of it (shared-memory and process-to-process copies), across
+        nodes what the calibration says (TCP's copies; 0 unless measured)."""
+        if self.n == 1:
+            return float(self.local.get("cpu_fraction", 1.0))
+        return float(self.net.get("cpu_fraction", 0.0))
+
+    def spare_cores(self):
+        """Whether each rank's progress thread has a core of its own beside its compute."""
+        return 2 * self.local_n <= self.cores
+
+    def time(self, kind, algo, nbytes):
+        """Seconds of one collective of nbytes on this cluster."""
+        p, n, L = self.p, self.n, self.local_n
+        if algo == "auto":
+            algo = auto_algorithm(kind, p, n, nbytes)
+        if p == 1 or nbytes == 0:
+            return 0.0
+        if n == 1:
+            return collective_time(kind, algo, p, nbytes, self.local, self.gamma)
+        if algo == "hier":
+            if kind != "allreduce" or L == 1:
+                algo = "ring"
+            else:
+                # shm reduce-scatter and all-gather inside the node, and every node
+                # rank's shard all-reduced across nodes at once: L shards share the link
+                inside = collective_time("reduce_scatter", "shm", L, nbytes, self.local, self.gamma) + \
+                    collective_time("allgather", "shm", L, nbytes, self.local, 0.0)
+                shared = _shared(self.net, L)
+                return inside + collective_time("allreduce", "ring", n, nbytes / L, shared, self.gamma)
+        # a flat algorithm across nodes: every step crosses a link shared by L ranks
+        shared = _shared(self.net, L)
+        return collective_time(kind, "ring" if algo == "shm" else algo, p, nbytes, shared, self.gamma)
+
+
+def _shared(link, ranks):
+    """A node's link carrying `ranks` ranks' traffic at once: each gets 1/ranks of it."""
+    out = {"alpha": link["alpha"], "beta": link["beta"] * ranks}
+    if link.get("beta_table"):
+        out["beta_table"] = [[b, v * ranks] for b, v in link["beta_table"]]
+    return out
+
+
+def buckets(nparams, ranks, bucket_mb, overlap):
+    """The engine's buckets (src/ddp.c): [lo, hi) element ranges of the flat buffer
+    padded to a multiple of the ranks, bucket_mb each rounded down to a multiple of
+    the ranks; one bucket without overlap."""
+    padded = -(-nparams // ranks) * ranks
+    bf = int(bucket_mb * (1 << 20) / 4) // ranks * ranks
+    bf = max(bf, ranks)
+    if not overlap or bf > padded:
+        bf = padded if padded else ranks
+    return [(lo, min(lo + bf, padded)) for lo in range(0, padded, bf)]
+
+
+def ready_times(profile, bks):
+    """When each bucket's gradients are complete, in ms from the start of backward:
+    backward runs the layers in profile["backward"] order, each making the gradients
+    of its [lo, hi) (the flat layout puts the last layer first, so the frontier moves
+    up); a bucket is ready once the frontier passes its end (the padding past the
+    last parameter is always complete)."""
+    count = profile["params"]
+    t, frontier, out, i = 0.0, 0, [], 0
+    layers = profile["backward"]
+    for layer in layers:
+        t += layer["ms"]
+        if layer.get("hi", 0) > frontier:
+            frontier = layer["hi"]
+        while i < len(bks) and frontier >= min(bks[i][1], count):
+            out.append(t)
+            i += 1
+    total = sum(layer["ms"] for layer in layers)
+    out += [total] * (len(bks) - i)
+    return out
+
+
+def simulate(profile, cluster, cfg):
+    """One step's timeline. profile: {"params", "forward_ms", "backward": [{"ms", "lo",
+    "hi"}...] in execution order, "optimizer_ms", "data_ms"} measured at one rank;
+    cfg: {"overlap", "bucket_mb", "zero", "algorithm", "compress", "compute_scale"}.
+    Returns the figures in ms."""
+    p = cluster.p
+    scale = float(cfg.get("compute_scale", 1.0))
+    fwd = profile["forward_ms"] * scale
+    bwd = sum(layer["ms"] for layer in profile["backward"]) * scale
+    opt = profile["optimizer_ms"] * scale / (p if cfg.get("zero") else 1)
+    data = profile.get("data_ms", 0.0) * scale
+    compress = cfg.get("compress", "none")
+    if compress not in ("none", "bf16", "fp16"):
+        raise ModelError("compress = %s has no model (none, bf16, fp16)" % compress)
+    width = 2 if compress != "none" else 4
+    zc_ms = profile.get("compress_ms_per_mparam", 0.0) * profile["params"] / 1e6 if compress != "none" else 0.0
+    bks = buckets(profile["params"], p, cfg.get("bucket_mb", 4.0), cfg.get("overlap", True))
+    ready = [r * scale for r in ready_times(profile, bks)] if cfg.get("overlap", True) else [bwd] * len(bks)
+    kind = "reduce_scatter" if cfg.get("zero") else "allreduce"
+    algo = cfg.get("algorithm", "auto")
+    done, comm = 0.0, 0.0
+    for (lo, hi), r in zip(bks, ready):
+        c = 1e3 * cluster.time(kind, algo, (hi - lo) * width)
+        start = max(r, done)
+        done = start + c
+        comm += c
+    sync_end = max(bwd, done) if p > 1 else bwd
+    gather = 0.0
+    if cfg.get("zero") and p > 1:
+        gather = sum(1e3 * cluster.time("allgather", algo if algo in ("ring", "shm") else
+                                        ("shm" if cluster.n == 1 else "ring"), (hi - lo) * 4) for lo, hi in bks)
+        comm += gather
+    compute = fwd + bwd + opt + data + zc_ms * scale
+    step = data + fwd + sync_end + zc_ms * scale + opt + gather
+    # Overlapped communication is hidden only where the progress thread has a core
+    # to itself; otherwise its CPU work pre-empts the compute thread and lengthens
+    # the step by that much (ddp-train counts it as exposed, as here).
+    if p > 1 and not cluster.spare_cores():
+        hidden = comm - (sync_end - bwd) - gather
+        step += cluster.cpu_fraction() * max(0.0, hidden)
+    return {"median_step_ms": step, "compute_ms": compute, "comm_ms": comm,
+            "exposed_comm_ms": max(0.0, step - compute), "wire_bytes": _wire(bks, p, kind, width, cfg.get("zero"))}
+
+
+def _wire(bks, p, kind, width, zero):
+    """Bytes a rank sends per step by the ring's count (what libcoll reports):
+    2(P-1)/P of the gradients for an all-reduce; with ZeRO-1 (P-1)/P of them for
+    the reduce-scatter plus (P-1)/P of the float32 parameters for the all-gather."""
+    if p == 1:
+        return 0
+    elems = sum(hi - lo for lo, hi in bks)
+    if zero:
+        return int((p - 1) / p * elems * (width + 4))
+    return int(2 * (p - 1) / p * elems * width)
+
+
+def profile_from_records(records):
+    """The model's profile from ddp-train's log.profile records (JSON objects);
+    None when there are none."""
+    layers = sorted((r for r in records if r.get("event") == "profile_layer"), key=lambda r: r["order"])
+    steps = [r for r in records if r.get("event") == "profile"]
+    if not layers or not steps:
+        return None
+    step = steps[-1]
+    # The parts are means over the profiled steps, the step a median: scaled to it,
+    # so that one rank's step is the measured one (noise in the means, and the
+    # clock reads between layers, would otherwise bias every prediction alike).
+    parts = step["forward_ms"] + step["backward_ms"] + step["optimizer_ms"] + step["data_ms"]
+    k = step["step_ms"] / parts if step.get("step_ms") and parts > 0 else 1.0
+    return {"params": step["params"], "batch": step["batch"], "forward_ms": k * step["forward_ms"],
+            "optimizer_ms": k * step["optimizer_ms"], "data_ms": k * step["data_ms"],
+            "backward": [{"ms": k * r["backward_ms"], "lo": r["lo"], "hi": r["hi"]} for r in layers]}
+
+
+def compute_scale(calib, per_node):
+    """Compute time at per_node ranks on a node against one rank alone: measured up to
+    the cores (memory and cache shared), time-shared beyond them."""
+    table = {int(k): float(v) for k, v in calib.get("compute_scale", {}).items()}
+    cores = int(calib.get("cores", 1))
+    s = table.get(min(per_node, cores), 1.0)
+    return s * max(1.0, per_node / cores)
+
+
+def predict(calib, profile, ranks, nodes, link_class, cfg):
+    """One point of a scaling experiment: the simulated step at `ranks` over `nodes`
+    (link_class between them) and at one rank with the same configuration; adds
+    "efficiency" = t(1) / t(P) (weak scaling: the profile's batch per rank)."""
+    prof = dict(profile, compress_ms_per_mparam=float(calib.get("compress_ms_per_mparam", 0.0)))
+    out = {}
+    for p, n in ((1, 1), (ranks, nodes)):
+        cl = Cluster(calib, p, n, link_class)
+        out[p] = simulate(prof, cl, dict(cfg, compute_scale=compute_scale(calib, p // n)))
+    r = dict(out[ranks])
+    r["efficiency"] = out[1]["median_step_ms"] / r["median_step_ms"]
+    return r
+
+
+CALIB_KEYS = {"version", "machine", "date", "cores", "gamma", "links", "compute_scale", "compress_ms_per_mparam", "notes"}
+
+
+def load_calibration(path):
+    """A calibration file (launch/calibrate), checked: ModelError names what is wrong."""
+    import json
+    try:
+        with open(path) as f:
+            c = json.load(f)
+    except OSError as e:
+        raise ModelError("cannot read %s (%s)" % (path, e.strerror))
+    except ValueError as e:
+        raise ModelError("%s is not JSON (%s)" % (path, e))
+    if not isinstance(c, dict):
+        raise ModelError("%s is not a JSON object" % path)
+    for k in c:
+        if k not in CALIB_KEYS:
+            raise ModelError("%s: unknown key '%s' (known: %s)" % (path, k, ", ".join(sorted(CALIB_KEYS))))
+    links = c.get("links")
+    if not isinstance(links, dict) or "local" not in links:
+        raise ModelError("%s: links.local (the same node) is missing" % path)
+    for name, link in links.items():
+        for k in ("alpha", "beta"):
+            if not isinstance(link, dict) or not isinstance(link.get(k), (int, float)):
+                raise ModelError("%s: links.%s has no number '%s'" % (path, name, k))
+    return c

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""The step-time model (launch/ddpmodel.py) on hand-made profiles with known answers,
+its fits on synthetic data, and launch/predict's bad input. Prints
+"test_predict: N passed, N failed"."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "launch"))
+import ddpmodel as m  # noqa: E402
+
+MB_PER_100 = 100 * 4 / (1 << 20)  # bucket_mb of 100 floats
+
+
+def two_layer_profile():
+    """Backward: 10 ms making grads [0, 100), then 10 ms making [100, 200)."""
+    return {"params": 200, "batch": 8, "forward_ms": 5.0, "optimizer_ms": 2.0, "data_ms": 1.0,
+            "backward": [{"ms": 10.0, "lo": 0, "hi": 100}, {"ms": 10.0, "lo": 100, "hi": 200}]}
+
+
+def cluster(ms_per_100_floats, ranks=2, cores=8):
+    """One node; the ring all-reduce of 100 floats at 2 ranks takes the given ms
+    (T = 2 alpha + B beta + B/2 gamma with alpha = gamma = 0). With enough cores
+    every progress thread has one of its own."""
+    beta = ms_per_100_floats * 1e-3 / 400.0
+    return m.Cluster({"links": {"local": {"alpha": 0.0, "beta": beta}}, "gamma": 0.0, "cores": cores}, ranks, 1, None)
+
+
+class Timeline(unittest.TestCase):
+    def test_no_overlap(self):
+        # one bucket of 200 floats (2 ms) after the whole backward
+        r = m.simulate(two_layer_profile(), cluster(1.0), {"overlap": False, "algorithm": "ring"})
+        self.assertAlmostEqual(r["comm_ms"], 2.0)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 2)
+        self.assertAlmostEqual(r["exposed_comm_ms"], 2.0)
+
+    def test_last_bucket_exposed(self):
+        # buckets of 100: the first ready at 10 ms, done at 11; the second ready at 20: 1 ms exposed
+        r = m.simulate(two_layer_profile(), cluster(1.0), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                           "algorithm": "ring"})
+        self.assertAlmostEqual(r["comm_ms"], 2.0)
+        self.assertAlmostEqual(r["exposed_comm_ms"], 1.0)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 21 + 2)
+
+    def test_perfect_overlap_limit(self):
+        # communication 1000x faster: exposure vanishes
+        r = m.simulate(two_layer_profile(), cluster(0.001), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                             "algorithm": "ring"})
+        self.assertLess(r["exposed_comm_ms"], 0.0011)
+
+    def test_communication_bound(self):
+        # 15 ms a bucket: the second starts when the first is done (25), ends at 40
+        r = m.simulate(two_layer_profile(), cluster(15.0), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                            "algorithm": "ring"})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 40 + 2)
+        self.assertAlmostEqual(r["exposed_comm_ms"], 20.0)
+
+    def test_zero1(self):
+        # reduce-scatter per bucket ((P-1)/P of it: 0.5 ms at 2 ranks), the optimiser on half,
+        # then the all-gather of every bucket (0.5 ms each) after it
+        r = m.simulate(two_layer_profile(), cluster(1.0), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                           "algorithm": "ring", "zero": 1})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20.5 + 1 + 1.0)
+        self.assertAlmostEqual(r["comm_ms"], 2.0)
+
+    def test_no_spare_core(self):
+        # 2 ranks on 2 cores: the hidden first bucket (1 ms of copies) pre-empts the compute
+        r = m.simulate(two_layer_profile(), cluster(1.0, cores=2), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                                    "algorithm": "ring"})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 21 + 2 + 1)
+        self.assertAlmostEqual(r["exposed_comm_ms"], 2.0)
+        # across nodes the network's transfers are not CPU work unless calibrated so
+        calib = {"links": {"local": {"alpha": 0.0, "beta": 0.0}, "net": {"alpha": 0.0, "beta": 1e-3 / 400.0}},
+                 "cores": 1}
+        r = m.simulate(two_layer_profile(), m.Cluster(calib, 2, 2, "net"), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                                            "algorithm": "ring"})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 21 + 2)
+        calib["links"]["net"]["cpu_fraction"] = 0.5
+        r = m.simulate(two_layer_profile(), m.Cluster(calib, 2, 2, "net"), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                                            "algorithm": "ring"})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 21 + 2 + 0.5)
+
+    def test_one_rank_has_no_communication(self):
+        r = m.simulate(two_layer_profile(), cluster(1.0, ranks=1), {"overlap": True, "algorithm": "ring"})
+        self.assertEqual(r["comm_ms"], 0.0)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2)
+
+    def test_compute_scale(self):
+        r = m.simulate(two_layer_profile(), cluster(0.0), {"overlap": False, "algorithm": "ring",
+                                                           "compute_scale": 2.0})
+        self.assertAlmostEqual(r["median_step_ms"], 2 * (1 + 5 + 20 + 2))
+
+    def test_buckets_follow_the_engine(self):
+        # padded to the ranks, bucket length a multiple of the ranks, one bucket without overlap
+        self.assertEqual(m.buckets(10, 4, 1e-9, True), [(0, 4), (4, 8), (8, 12)])
+        self.assertEqual(m.buckets(10, 4, 1.0, False), [(0, 12)])
+        self.assertEqual(m.buckets(0, 2, 1.0, True), [])
+
+    def test_ready_times(self):
+        bks = [(0, 100), (100, 200)]
+        self.assertEqual(m.ready_times(two_layer_profile(), bks), [10.0, 20.0])
+        # a layer without parameters (hi 0) moves time, not the frontier
+        p = two_layer_profile()
+        p["backward"].insert(0, {"ms": 3.0, "lo": 0, "hi": 0})
+        self.assertEqual(m.ready_times(p, bks), [13.0, 23.0])
+
+
+class Costs(unittest.TestCase):
+    def test_ring_coefficients(self):
+        self.assertEqual(m.coefficients("allreduce", "ring", 4, 400.0), (6.0, 600.0, 300.0))
+        self.assertEqual(m.coefficients("allreduce", "rd", 4, 400.0), (2.0, 800.0, 800.0))
+        self.assertEqual(m.coefficients("allreduce", "rd", 3, 400.0)[0], 4.0)  # folded in and out
+        self.assertEqual(m.coefficients("allgather", "ring", 4, 400.0), (3.0, 300.0, 0.0))
+
+    def test_fit_recovers_known_parameters(self):
+        alpha, beta, gamma = 20e-6, 8e-9, 3e-10
+        pts = [(b, m.collective_time("allreduce", "ring", 2, b, {"alpha": alpha, "beta": beta}, gamma))
+               for b in (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)]
+        a, b, res = m.fit_alpha_beta(pts, "allreduce", "ring", 2, gamma=gamma)
+        self.assertAlmostEqual(a / alpha, 1.0, places=6)
+        self.assertAlmostEqual(b / beta, 1.0, places=6)
+        self.assertLess(max(abs(x) for x in res), 1e-9)
+
+    def test_fit_skips_the_burst(self):
+        # below min_bytes the "link" looks 10x faster (a tbf burst): left out of the fit
+        pts = [(1 << 12, 1e-6), (1 << 14, 2e-6)] + [(b, 1e-4 + b * 1e-8) for b in (1 << 20, 1 << 22, 1 << 24)]
+        a, b, _ = m.fit_alpha_beta(pts, "allgather", "ring", 2, min_bytes=1 << 20)
+        self.assertAlmostEqual(b, 2e-8, delta=1e-12)  # wire = B/2 at 2 ranks
+        self.assertAlmostEqual(a, 1e-4, delta=1e-9)
+
+    def test_fit_link(self):
+        # latency from the tiny sizes, bandwidth through it from the large ones
+        alpha, beta = 30e-6, 1e-9
+        t = lambda b: m.collective_time("allreduce", "ring", 2, b, {"alpha": alpha, "beta": beta}, 0.0)
+        small = [(8, t(8)), (64, t(64))]
+        large = [(b, t(b)) for b in (1 << 21, 1 << 23, 1 << 25)]
+        a, b, res = m.fit_link(small, large, "allreduce", "ring", 2)
+        self.assertAlmostEqual(a / alpha, 1.0, places=2)  # the tiny sizes carry a few bytes too
+        self.assertAlmostEqual(b / beta, 1.0, places=3)
+        with self.assertRaises(m.ModelError):
+            m.fit_link(small, large[:1], "allreduce", "ring", 2)
+
+    def test_beta_table(self):
+        link = {"alpha": 0.0, "beta": 5.0, "beta_table": [[1 << 10, 1.0], [1 << 20, 3.0]]}
+        self.assertEqual(m.link_beta(link, 1), 1.0)           # clamped below
+        self.assertEqual(m.link_beta(link, 1 << 30), 3.0)     # and above
+        self.assertAlmostEqual(m.link_beta(link, 1 << 15), 2.0)  # halfway in log size
+        self.assertEqual(m.link_beta({"alpha": 0, "beta": 5.0}, 1 << 15), 5.0)
+        tab = m.beta_table([(1 << 20, 2e-3), (1 << 10, 1e-5)], "allgather", "ring", 2, 0.0)
+        self.assertEqual([b for b, _ in tab], [1 << 10, 1 << 20])
+        self.assertAlmostEqual(tab[1][1], 2e-3 / (1 << 19))
+
+    def test_fit_needs_two_sizes(self):
+        with self.assertRaises(m.ModelError):
+            m.fit_line([1.0], [2.0])
+        with self.assertRaises(m.ModelError):
+            m.fit_line([1.0, 1.0], [2.0, 3.0])
+
+    def test_hier_shares_the_link(self):
+        calib = {"links": {"local": {"alpha": 0.0, "beta": 0.0}, "net": {"alpha": 0.0, "beta": 1e-9}}, "gamma": 0.0,
+                 "cores": 8}
+        flat = m.Cluster(calib, 4, 2, "net").time("allreduce", "ring", 1 << 20)
+        hier = m.Cluster(calib, 4, 2, "net").time("allreduce", "hier", 1 << 20)
+        # flat: 2(P-1)/P B over a link shared by 2 ranks = 3 B beta; hier: the shard of B/2
+        # over the 2-node ring (B/2 wire) with 2 shards sharing the link = B beta
+        self.assertAlmostEqual(flat, 3 * (1 << 20) * 1e-9)
+        self.assertAlmostEqual(hier, (1 << 20) * 1e-9)
+
+    def test_bad_cluster(self):
+        with self.assertRaises(m.ModelError):
+            m.Cluster({"links": {"local": {"alpha": 0, "beta": 0}}}, 3, 2, None)
+        with self.assertRaises(m.ModelError):
+            m.Cluster({"links": {"local": {"alpha": 0, "beta": 0}}}, 4, 2, "10gbit")
+
+
+class Cli(unittest.TestCase):
+    def run_predict(self, *args):
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "predict")] + list(args),
+                           capture_output=True, text=True)
+        return p.returncode, p.stdout, p.stderr
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        d = self.tmp.name
+        self.calib = os.path.join(d, "calib.json")
+        with open(self.calib, "w") as f:
+            json.dump({"cores": 2, "links": {"local": {"alpha": 1e-6, "beta": 1e-10}}, "gamma": 1e-10}, f)
+        self.prof = os.path.join(d, "m.jsonl")
+        with open(self.prof, "w") as f:
+            f.write('{"event":"profile_layer","order":0,"node":1,"kind":"linear","forward_ms":1,"backward_ms":2,'
+                    '"lo":0,"hi":1000}\n')
+            f.write('{"event":"profile","steps":10,"batch":8,"ranks":1,"params":1000,"forward_ms":1,'
+                    '"backward_ms":2,"optimizer_ms":0.5,"data_ms":0.1,"step_ms":3.6}\n')
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def test_prints_csv(self):
+        rc, out, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--ranks", "1,2")
+        self.assertEqual(rc, 0, err)
+        lines = out.strip().split("\n")
+        self.assertTrue(lines[0].startswith("ranks,nodes,link_rate,algorithm,overlap,median_step_ms"))
+        self.assertEqual(len(lines), 3)
+        self.assertEqual(lines[1].split(",")[10], "1.0000")  # 1 rank: efficiency 1
+
+    def test_missing_calibration(self):
+        rc, _, err = self.run_predict("--calib", "/nonexistent.json", "--profile", self.prof)
+        self.assertEqual(rc, 2)
+        self.assertIn("--calib: cannot read /nonexistent.json", err)
+
+    def test_unknown_key(self):
+        with open(self.calib, "w") as f:
+            json.dump({"links": {"local": {"alpha": 1, "beta": 1}}, "bogus": 1}, f)
+        rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof)
+        self.assertEqual(rc, 2)
+        self.assertIn("unknown key 'bogus'", err)
+
+    def test_link_not_calibrated(self):
+        rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2",
+                                      "--rate", "10gbit")
+        self.assertEqual(rc, 2)
+        self.assertIn("no link '10gbit'", err)
+        rc, out, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2,1024",
+                                        "--rate", "10gbit", "--latency-us", "20")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.strip().split("\n")), 3)
+
+    def test_profile_without_records(self):
+        with open(self.prof, "w") as f:
+            f.write('{"event":"done","ranks":1}\n')
+        rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof)
+        self.assertEqual(rc, 2)
+        self.assertIn("no profile records", err)
+
+    def test_bad_lists(self):
+        rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--algorithm", "magic")
+        self.assertEqual(rc, 2)
+        self.assertIn("--algorithm: 'magic'", err)
+        rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--rate", "fast",
+                                      "--latency-us", "1", "--nodes", "2")
+        self.assertEqual(rc, 2)
+        self.assertIn("not a rate", err)
+
+
+if __name__ == "__main__":
+    res = unittest.main(exit=False, verbosity=1).result
+    failed = len(res.failures) + len(res.errors)
+    print("test_predict: %d passed, %d failed" % (res.testsRun - failed, failed))
+    sys.exit(1 if failed else 0)
