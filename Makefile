@@ -209,6 +209,8 @@ bench: deps
 	@BUILD=$(BUILD) tests/bench/shm-bench
 	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/hier-bench 1gbit 10gbit; \
 	else echo "hier-bench: skipped (network namespaces need root)"; fi
+	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/predict-validate; \
+	else echo "predict-validate: skipped (network namespaces need root)"; fi
 
 install: $(LIB_A) $(LIB_SO)
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig

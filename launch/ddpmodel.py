@@ -163,28 +163,60 @@ class Cluster:
         self.net = links.get(link_class) if nodes > 1 else None
         self.gamma = float(calib.get("gamma", 0.0))
         self.cores = int(calib.get("cores", 1))
+        # ranks whose threads share a machine's cores: a node's, or every rank where
+        # the nodes are emulated on one machine (launch/vcluster)
+        self.emulated = nodes > 1 and bool(self.net.get("emulated"))
+        self.cpu_ranks = ranks if self.emulated else self.local_n
+
+    def threads_per_core(self):
+        """Busy threads per core while a step overlaps: each rank's compute thread and
+        its progress thread."""
+        return 2.0 * self.cpu_ranks / self.cores
+
+    def comm_slowdown(self):
+        """How much slower a collective runs while the ranks also compute, where their
+        threads outnumber the cores: a link whose transfers are CPU work (the same
+        node's copies: "cpu_bound") is time-shared with the compute threads, so it runs
+        threads-per-core times slower (2x at 2 ranks on 2 cores; the calibration's
+        loaded_slowdown, measured beside GEMM loops, was 1.9-2.6x there). A network
+        link's transfers wait on the wire, not the CPU: their CPU work is the floor in
+        simulate() instead."""
+        r = self.threads_per_core()
+        link = self.local if self.n == 1 else self.net
+        if r <= 1.0 or not link.get("cpu_bound"):
+            return 1.0
+        return r
 
     def cpu_fraction(self):
         """The share of a collective's time that is CPU work on the ranks' cores:
         on one node all of it (shared-memory and process-to-process copies), across
-        nodes what the calibration says (TCP's copies; 0 unless measured)."""
+        nodes what the calibration says (0 unless measured: its CPU work is the
+        floor in simulate())."""
         if self.n == 1:
             return float(self.local.get("cpu_fraction", 1.0))
         return float(self.net.get("cpu_fraction", 0.0))
 
+    def net_cpu_per_byte(self):
+        """CPU seconds the network stack spends per byte a rank sends (calibrated)."""
+        return float(self.net.get("cpu_s_per_byte", 0.0)) if self.net else 0.0
+
     def spare_cores(self):
         """Whether each rank's progress thread has a core of its own beside its compute."""
-        return 2 * self.local_n <= self.cores
+        return self.threads_per_core() <= 1.0
 
     def time(self, kind, algo, nbytes):
-        """Seconds of one collective of nbytes on this cluster."""
+        """Seconds of one collective of nbytes on this cluster, in a training step."""
+        return self.idle_time(kind, algo, nbytes) * self.comm_slowdown()
+
+    def idle_time(self, kind, algo, nbytes):
+        """The same with nothing else running."""
         p, n, L = self.p, self.n, self.local_n
         if algo == "auto":
             algo = auto_algorithm(kind, p, n, nbytes)
         if p == 1 or nbytes == 0:
             return 0.0
-        if n == 1:
-            return collective_time(kind, algo, p, nbytes, self.local, self.gamma)
+        if n == 1:  # hier on one node runs shm (collectives/select.c)
+            return collective_time(kind, "shm" if algo == "hier" else algo, p, nbytes, self.local, self.gamma)
         if algo == "hier":
             if kind != "allreduce" or L == 1:
                 algo = "ring"
@@ -280,9 +312,17 @@ def simulate(profile, cluster, cfg):
     # the step by that much (ddp-train counts it as exposed, as here).
     if p > 1 and not cluster.spare_cores():
         hidden = comm - (sync_end - bwd) - gather
-        step += cluster.cpu_fraction() * max(0.0, hidden)
+        step += cluster.cpu_fraction() * max(0.0, hidden) / cluster.comm_slowdown()  # the CPU work, not the wait
+    wire = _wire(bks, p, kind, width, cfg.get("zero"))
+    # Where the ranks' threads outnumber the cores, the step also cannot be shorter
+    # than the CPU work of all the ranks sharing them: each rank's compute and the
+    # network stack's work for its bytes (emulated nodes share one machine's cores).
+    if p > 1 and cluster.n > 1 and not cluster.spare_cores():
+        share = max(1.0, cluster.cpu_ranks / cluster.cores)
+        step = max(step, share * (compute / max(1.0, cluster.cpu_ranks / cluster.cores) +
+                                  1e3 * wire * cluster.net_cpu_per_byte()))
     return {"median_step_ms": step, "compute_ms": compute, "comm_ms": comm,
-            "exposed_comm_ms": max(0.0, step - compute), "wire_bytes": _wire(bks, p, kind, width, cfg.get("zero"))}
+            "exposed_comm_ms": max(0.0, step - compute), "wire_bytes": wire}
 
 
 def _wire(bks, p, kind, width, zero):
@@ -332,7 +372,7 @@ def predict(calib, profile, ranks, nodes, link_class, cfg):
     out = {}
     for p, n in ((1, 1), (ranks, nodes)):
         cl = Cluster(calib, p, n, link_class)
-        out[p] = simulate(prof, cl, dict(cfg, compute_scale=compute_scale(calib, p // n)))
+        out[p] = simulate(prof, cl, dict(cfg, compute_scale=compute_scale(calib, cl.cpu_ranks)))
     r = dict(out[ranks])
     r["efficiency"] = out[1]["median_step_ms"] / r["median_step_ms"]
     return r
@@ -364,3 +404,39 @@ def load_calibration(path):
             if not isinstance(link, dict) or not isinstance(link.get(k), (int, float)):
                 raise ModelError("%s: links.%s has no number '%s'" % (path, name, k))
     return c
+
+
+def rate_bits(name):
+    """'10gbit' -> 1e10 bits/s (tc's units: bit, kbit, mbit, gbit); None if not a rate."""
+    import re
+    m = re.fullmatch(r"([0-9.]+)(k|m|g|)bit", str(name).strip().lower())
+    if not m:
+        return None
+    return float(m.group(1)) * {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+
+
+def link_for(calib, name, latency_us=None):
+    """The link called `name`: the calibration's own; with latency_us, a link of that
+    rate and latency (projections to a real cluster's parameters); else one of a rate
+    the calibration never saw, made from the calibrated links of other rates: their
+    median latency, and the rate at the median efficiency (rate / measured bandwidth)
+    of those links, emulated like them."""
+    links = calib["links"]
+    bits = rate_bits(name)
+    if latency_us is not None:
+        if not bits:
+            raise ModelError("'%s' is not a rate like 1gbit or 400mbit" % name)
+        return {"alpha": latency_us * 1e-6, "beta": 8.0 / bits}
+    if name in links:
+        return links[name]
+    known = [(rate_bits(k), v) for k, v in links.items() if k != "local" and rate_bits(k)]
+    if not bits or not known:
+        raise ModelError("the calibration has no link '%s' (it has: %s)%s" % (
+            name, ", ".join(sorted(links)), "" if bits else "; a rate needs --latency-us or calibrated rates"))
+    effs = sorted((8.0 / r) / v["beta"] for r, v in known if v["beta"] > 0)
+    alphas = sorted(v["alpha"] for _, v in known)
+    link = {"alpha": alphas[len(alphas) // 2], "beta": 8.0 / bits / effs[len(effs) // 2],
+            "derived_from": ", ".join(sorted(k for k in links if k != "local"))}
+    if any(v.get("emulated") for _, v in known):
+        link["emulated"] = True
+    return link

@@ -370,6 +370,8 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     const int lo = (int)((long)t->test.n * t->rank / t->ranks), hi = (int)((long)t->test.n * (t->rank + 1) / t->ranks);
     const size_t S = dataset_sample_size(&t->test);
     double sums[2] = {0, 0}; /* correct, loss x samples */
+    double *prof = g->prof_ms; /* log.profile times training steps only */
+    g->prof_ms = NULL;
     g->training = 0;
     for (int i = lo; i < hi; i += B) { /* this rank's test samples are contiguous */
         const int n = hi - i < B ? hi - i : B;
@@ -378,12 +380,13 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
         graph_input_host(g, &x, &y);
         memcpy(x, t->test.x + (size_t)i * S, (size_t)n * S * sizeof(float));
         memcpy(y, t->test.y + i, (size_t)n * sizeof *y);
-        if (graph_input_commit(g, n)) return -1;
+        if (graph_input_commit(g, n)) return g->prof_ms = prof, -1;
         graph_loss_reset(g);
         graph_forward(g, n);
         sums[1] += graph_loss_sum(g) * n;
         sums[0] += graph_correct(g);
     }
+    g->prof_ms = prof;
     if (t->ddp && ddp_allreduce_double(t->ddp, sums, 2, COLL_SUM)) return -1;
     *acc = t->test.n ? sums[0] / t->test.n : 0.0;
     *loss = t->test.n ? sums[1] / t->test.n : 0.0;

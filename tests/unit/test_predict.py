@@ -84,6 +84,40 @@ class Timeline(unittest.TestCase):
                                                                             "algorithm": "ring"})
         self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 21 + 2 + 0.5)
 
+    def test_contention(self):
+        # a CPU-bound (same-node) link is time-shared with the compute threads: 2x at 2
+        # ranks on 2 cores, 4x at 4, none with spare cores
+        calib = {"links": {"local": {"alpha": 0.0, "beta": 1e-9, "cpu_bound": True, "loaded_slowdown": 9.0,
+                                     "loaded_threads_per_core": 2.0},
+                           "net": {"alpha": 0.0, "beta": 1e-9, "loaded_slowdown": 3.0, "emulated": True}},
+                 "cores": 2}
+        self.assertEqual(m.Cluster(calib, 2, 1, None).comm_slowdown(), 2.0)
+        self.assertEqual(m.Cluster(calib, 4, 1, None).comm_slowdown(), 4.0)
+        self.assertEqual(m.Cluster(dict(calib, cores=4), 2, 1, None).comm_slowdown(), 1.0)
+        # the network's loaded figure is not applied; emulated nodes share the cores
+        c = m.Cluster(calib, 4, 4, "net")
+        self.assertEqual(c.comm_slowdown(), 1.0)
+        self.assertEqual(c.cpu_ranks, 4)
+        self.assertEqual(m.Cluster(dict(calib, links=dict(calib["links"], net={"alpha": 0, "beta": 1})), 4, 4,
+                                   "net").cpu_ranks, 1)
+        self.assertAlmostEqual(m.compute_scale({"cores": 2, "compute_scale": {"1": 1.0, "2": 1.1}}, 4), 2.2)
+
+    def test_cpu_floor(self):
+        # 4 emulated nodes on 2 cores, a fast link whose bytes cost CPU: the step is at
+        # least the 4 ranks' compute and network work over the 2 cores
+        calib = {"links": {"local": {"alpha": 0.0, "beta": 0.0},
+                           "net": {"alpha": 0.0, "beta": 1e-12, "emulated": True, "cpu_s_per_byte": 1e-8}},
+                 "cores": 2}
+        prof = two_layer_profile()
+        r = m.simulate(prof, m.Cluster(calib, 4, 4, "net"), {"overlap": True, "algorithm": "ring", "compute_scale": 2.0})
+        wire = 2 * 3 / 4 * 200 * 4  # an all-reduce of 200 floats at 4 ranks
+        self.assertEqual(r["wire_bytes"], wire)
+        self.assertAlmostEqual(r["median_step_ms"], 2 * (28 + 1e3 * wire * 1e-8))
+        # not without the CPU cost
+        calib["links"]["net"]["cpu_s_per_byte"] = 0.0
+        r = m.simulate(prof, m.Cluster(calib, 4, 4, "net"), {"overlap": True, "algorithm": "ring", "compute_scale": 2.0})
+        self.assertLess(r["median_step_ms"], 2 * 28 + 0.1)
+
     def test_one_rank_has_no_communication(self):
         r = m.simulate(two_layer_profile(), cluster(1.0, ranks=1), {"overlap": True, "algorithm": "ring"})
         self.assertEqual(r["comm_ms"], 0.0)
@@ -170,6 +204,23 @@ class Costs(unittest.TestCase):
         self.assertAlmostEqual(flat, 3 * (1 << 20) * 1e-9)
         self.assertAlmostEqual(hier, (1 << 20) * 1e-9)
 
+    def test_link_for_an_unseen_rate(self):
+        calib = {"links": {"local": {"alpha": 0, "beta": 0},
+                           "1gbit": {"alpha": 40e-6, "beta": 8e-9 / 0.9, "emulated": True},
+                           "10gbit": {"alpha": 20e-6, "beta": 8e-10 / 0.8, "emulated": True}}}
+        l = m.link_for(calib, "2500mbit")
+        self.assertAlmostEqual(l["beta"], 8.0 / 2.5e9 / 0.9)  # the median efficiency (of two: the upper)
+        self.assertEqual(l["alpha"], 40e-6)
+        self.assertTrue(l["emulated"])
+        self.assertIs(m.link_for(calib, "1gbit"), calib["links"]["1gbit"])
+        real = m.link_for(calib, "400gbit", latency_us=2.0)
+        self.assertEqual((real["alpha"], real["beta"]), (2e-6, 8.0 / 400e9))
+        self.assertNotIn("emulated", real)
+        with self.assertRaises(m.ModelError):
+            m.link_for({"links": {"local": {"alpha": 0, "beta": 0}}}, "2500mbit")
+        with self.assertRaises(m.ModelError):
+            m.link_for(calib, "fast")
+
     def test_bad_cluster(self):
         with self.assertRaises(m.ModelError):
             m.Cluster({"links": {"local": {"alpha": 0, "beta": 0}}}, 3, 2, None)
@@ -223,7 +274,7 @@ class Cli(unittest.TestCase):
         rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2",
                                       "--rate", "10gbit")
         self.assertEqual(rc, 2)
-        self.assertIn("no link '10gbit'", err)
+        self.assertIn("no link '10gbit'", err)  # no calibrated rate to derive it from
         rc, out, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2,1024",
                                         "--rate", "10gbit", "--latency-us", "20")
         self.assertEqual(rc, 0, err)
