@@ -31,7 +31,13 @@ DDP_PID_DIR="$TMP/pids" launch/ddprun -np 3 --restarts 2 -x DDP_PID_DIR -- "${JO
     log.metrics="$TMP/m.jsonl" log.params="$TMP/p.bin" >"$TMP/out" 2>&1 &
 job=$!
 for _ in $(seq 100); do [ -s "$TMP/pids/rank-1.pid" ] && break; sleep 0.1; done
-sleep 2
+# mid-run: once a step record past the third checkpoint is out (a fixed sleep
+# missed the whole run once the step got faster)
+for _ in $(seq 300); do
+    s=$(grep -o '"step":[0-9]*' "$TMP/m.jsonl" 2>/dev/null | tail -1 | cut -d: -f2)
+    [ "${s:-0}" -ge 70 ] && break
+    sleep 0.05
+done
 tk=$(date +%s.%N)
 kill -KILL "$(cat "$TMP/pids/rank-1.pid")"
 wait $job
