@@ -296,9 +296,9 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
         shm_desc_t *d = &hdr(s, me)->desc[t & 1].d;
         if (zc) *d = (shm_desc_t){rin.fd, rout.fd, rin.id, rout.id, rin.bytes, rout.bytes, rin.off, rout.off};
-        else if (oneshot) d->in_fd = d->out_fd = -1, copy_bytes(region(s, me, t, 0), in + at * es, n * es);
-        else { /* only the shards the peers reduce: this rank reads its own from its input */
-            d->in_fd = d->out_fd = -1;
+        else describe_input(s, t, NULL);
+        if (!zc && oneshot) copy_bytes(region(s, me, t, 0), in + at * es, n * es);
+        else if (!zc) { /* only the shards the peers reduce: this rank reads its own from its input */
             const size_t mlo = coll_block_offset(n, P, me), mhi = mlo + coll_block_count(n, P, me);
             copy_bytes(region(s, me, t, 0), in + at * es, mlo * es);
             copy_bytes(region(s, me, t, 0) + mhi * es, in + (at + mhi) * es, (n - mhi) * es);

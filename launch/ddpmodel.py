@@ -3,7 +3,7 @@
 Three parts, each usable alone:
   - collective costs: alpha-beta-gamma forms (Thakur, Rabenseifner and Gropp) of the
     algorithms libcoll runs, with alpha (latency per step) and beta (time per byte)
-    per link class, fitted from coll-bench sweeps (fit_alpha_beta);
+    per link class, fitted from coll-bench sweeps (fit_link);
   - the step's timeline: each gradient bucket's collective starts at
     max(its gradients ready in backward, the previous bucket's collective done), one at
     a time as the progress thread runs them; ZeRO-1's all-gather after the optimiser;
@@ -46,37 +46,6 @@ def coefficients(kind, algo, p, nbytes):
         if algo in ("ring", "shm"):
             return float(p - 1), (p - 1) / p * b, (p - 1) / p * b if kind == "reduce_scatter" else 0.0
     raise ModelError("no cost model for %s with algorithm %s" % (kind, algo))
-
-
-def fit_line(xs, ys):
-    """Least squares y = a + b x. Returns (a, b, relative residuals)."""
-    n = len(xs)
-    if n < 2 or len(ys) != n:
-        raise ModelError("a fit needs at least two points (got %d)" % n)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        raise ModelError("a fit needs at least two different sizes")
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    a = my - b * mx
-    res = [(y - (a + b * x)) / y if y else 0.0 for x, y in zip(xs, ys)]
-    return a, b, res
-
-
-def fit_alpha_beta(points, kind, algo, p, gamma=0.0, min_bytes=0):
-    """alpha (s per step) and beta (s per byte) of a link from measured
-    (nbytes, seconds) of one collective at p ranks, sizes below min_bytes left out
-    (a tbf link's burst makes small transfers look faster than the rate); the
-    reduction's share (gamma s per byte, fitted apart) is taken out first.
-    Returns (alpha, beta, relative residuals of the kept points)."""
-    kept = [(b, t) for b, t in points if b >= min_bytes]
-    steps, wire, _ = coefficients(kind, algo, p, 1.0)  # wire and reduced grow linearly with bytes
-    if steps == 0 or wire == 0:
-        raise ModelError("cannot fit %s %s at %d ranks" % (kind, algo, p))
-    xs = [b for b, _ in kept]
-    ys = [t - coefficients(kind, algo, p, b)[2] * gamma for b, t in kept]
-    a, slope, res = fit_line(xs, ys)
-    return max(a / steps, 0.0), max(slope / wire, 0.0), res
 
 
 def fit_link(small, large, kind, algo, p, min_bytes=0):
@@ -187,15 +156,6 @@ class Cluster:
             return 1.0
         return r
 
-    def cpu_fraction(self):
-        """The share of a collective's time that is CPU work on the ranks' cores:
-        on one node all of it (shared-memory and process-to-process copies), across
-        nodes what the calibration says (0 unless measured: its CPU work is the
-        floor in simulate())."""
-        if self.n == 1:
-            return float(self.local.get("cpu_fraction", 1.0))
-        return float(self.net.get("cpu_fraction", 0.0))
-
     def net_cpu_per_byte(self):
         """CPU seconds the network stack spends per byte a rank sends (calibrated)."""
         return float(self.net.get("cpu_s_per_byte", 0.0)) if self.net else 0.0
@@ -302,18 +262,19 @@ def simulate(profile, cluster, cfg):
     sync_end = max(bwd, done) if p > 1 else bwd
     gather = 0.0
     if cfg.get("zero") and p > 1:
-        gather = sum(1e3 * cluster.time("allgather", algo if algo in ("ring", "shm") else
-                                        ("shm" if cluster.n == 1 else "ring"), (hi - lo) * 4) for lo, hi in bks)
+        galgo = "ring" if algo == "rd" else algo  # recursive doubling has no all-gather model here
+        gather = sum(1e3 * cluster.time("allgather", galgo, (hi - lo) * 4) for lo, hi in bks)
         comm += gather
     compute = fwd + bwd + opt + data + zc_ms * scale
     step = data + fwd + sync_end + zc_ms * scale + opt + gather
     # Overlapped communication is hidden only where the progress thread has a core
-    # to itself; otherwise its CPU work pre-empts the compute thread and lengthens
-    # the step by that much (ddp-train counts it as exposed, as here).
-    if p > 1 and not cluster.spare_cores():
+    # to itself; on one node its copies are CPU work that otherwise pre-empts the
+    # compute thread and lengthens the step by that much (ddp-train counts it as
+    # exposed, as here). Across nodes the network's CPU work is the floor below.
+    if p > 1 and cluster.n == 1 and not cluster.spare_cores():
         hidden = comm - (sync_end - bwd) - gather
-        step += cluster.cpu_fraction() * max(0.0, hidden) / cluster.comm_slowdown()  # the CPU work, not the wait
-    wire = _wire(bks, p, kind, width, cfg.get("zero"))
+        step += max(0.0, hidden) / cluster.comm_slowdown()  # the CPU work, not the time-shared wait
+    wire = _wire(bks, p, width, cfg.get("zero"))
     # Where the ranks' threads outnumber the cores, the step also cannot be shorter
     # than the CPU work of all the ranks sharing them: each rank's compute and the
     # network stack's work for its bytes (emulated nodes share one machine's cores).
@@ -325,7 +286,7 @@ def simulate(profile, cluster, cfg):
             "exposed_comm_ms": max(0.0, step - compute), "wire_bytes": wire}
 
 
-def _wire(bks, p, kind, width, zero):
+def _wire(bks, p, width, zero):
     """Bytes a rank sends per step by the ring's count (what libcoll reports):
     2(P-1)/P of the gradients for an all-reduce; with ZeRO-1 (P-1)/P of them for
     the reduce-scatter plus (P-1)/P of the float32 parameters for the all-gather."""
