@@ -9,6 +9,7 @@
 #include "device.h"
 #include "ops.h"
 #include "rng.h"
+#include "simd.h"
 
 static int add_param(graph_t *g, node_t *nd, int node, const char *what, size_t rows, size_t cols, int fan_in) {
     param_info_t *p = &g->param[g->nparam];
@@ -32,15 +33,36 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
     switch (l->kind) {
     case OP_LINEAR:
         tensor_shape(&nd->out, 2, (int[]){B, l->n});
-        add_param(g, nd, i, "weight", (size_t)l->n, (size_t)F, F);
+        if (l->tie) {
+            /* the owner's weight: same rows x cols (PyTorch's weight tying) */
+            const node_t *o = &g->nodes[l->tie - 1];
+            const param_info_t *w = o->nparam ? &g->param[o->param[0]] : NULL;
+            if (!w || w->rows != (size_t)l->n || w->cols != (size_t)F) {
+                snprintf(err, errlen, "layer %d (%s) ties its weight to layer %d's, which is not %d x %d", i + 1, nm,
+                         l->tie, l->n, F);
+                return -1;
+            }
+            nd->param[nd->nparam++] = o->param[0];
+        } else {
+            add_param(g, nd, i, "weight", (size_t)l->n, (size_t)F, F);
+        }
         add_param(g, nd, i, "bias", (size_t)l->n, 1, F);
         return 0;
+    case OP_ADD: {
+        const tensor_t *b = nd->input2 < 0 ? &g->input : &g->nodes[nd->input2].out;
+        if (tensor_sample_size(b) != (size_t)F) {
+            snprintf(err, errlen, "layer %d (%s) adds %zu features to %d: a residual block must keep its input's size",
+                     i + 1, nm, tensor_sample_size(b), F);
+            return -1;
+        }
+        tensor_shape(&nd->out, in->ndim, in->dim);
+        return 0;
+    }
     case OP_RELU: case OP_GELU: case OP_TANH: case OP_DROPOUT:
         tensor_shape(&nd->out, in->ndim, in->dim);
         return 0;
-    case OP_FLATTEN:
+    case OP_FLATTEN: /* a view of its input when it is the input's only consumer (graph_create), else a copy */
         tensor_shape(&nd->out, 2, (int[]){B, F});
-        nd->views_input = 1;
         return 0;
     case OP_CONV2D: case OP_MAXPOOL: {
         if (in->ndim != 4) {
@@ -86,40 +108,101 @@ static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     }
 }
 
-/* Kahn's algorithm over the input edges; also rejects an output consumed
- * twice (backward overwrites input gradients, which needs one consumer). */
+/* The producer of node i's input `slot`, -1 for the graph input. */
+static int src_of(const node_t *nd, int slot) { return slot ? nd->input2 : nd->input; }
+
+/* Kahn's algorithm over the input edges. */
 static int topo_order(graph_t *g, char *err, size_t errlen) {
-    int *consumers = calloc((size_t)g->nnodes, sizeof(int));
     int *done = calloc((size_t)g->nnodes, sizeof(int));
-    int rc = 0, k = 0;
-    if (!consumers || !done) rc = -1;
-    for (int i = 0; !rc && i < g->nnodes; i++)
-        if (g->nodes[i].input >= 0 && ++consumers[g->nodes[i].input] > 1) {
-            snprintf(err, errlen, "node %d's output feeds two nodes; only chains and trees are supported", g->nodes[i].input);
-            rc = -1;
-        }
-    while (!rc && k < g->nnodes) {
+    int k = 0;
+    if (!done) return snprintf(err, errlen, "out of memory"), -1;
+    while (k < g->nnodes) {
         int progressed = 0;
         for (int i = 0; i < g->nnodes; i++) {
-            const int in = g->nodes[i].input;
-            if (!done[i] && (in < 0 || done[in])) {
+            const node_t *nd = &g->nodes[i];
+            int ready = !done[i];
+            for (int j = 0; ready && j < nd->ninputs; j++) ready = src_of(nd, j) < 0 || done[src_of(nd, j)];
+            if (ready) {
                 done[i] = 1;
                 g->order[k++] = i;
                 progressed = 1;
             }
         }
-        if (!progressed) {
-            snprintf(err, errlen, "the graph has a cycle");
-            rc = -1;
-        }
+        if (!progressed) break;
     }
-    free(consumers);
     free(done);
-    return rc;
+    if (k < g->nnodes) return snprintf(err, errlen, "the graph has a cycle"), -1;
+    return 0;
+}
+
+/* Wires node i's inputs from its spec (nspecs: the loss node reads the last
+ * layer); 0, or -1 naming the layer. */
+static int wire(graph_t *g, int i, int nspecs, char *err, size_t errlen) {
+    node_t *nd = &g->nodes[i];
+    const layer_spec_t *l = &nd->spec;
+    const char *nm = layers_op_name(l->kind);
+    const int want = l->kind == OP_ADD ? 2 : 1;
+    nd->input2 = -1;
+    if (i == nspecs || l->nsrc == 0) {
+        nd->input = i - 1;
+        nd->ninputs = 1;
+    } else {
+        if (l->nsrc > 2) return snprintf(err, errlen, "layer %d (%s): %d inputs (at most 2)", i + 1, nm, l->nsrc), -1;
+        for (int j = 0; j < l->nsrc; j++)
+            if (l->src[j] < -1 || l->src[j] >= i)
+                return snprintf(err, errlen, "layer %d (%s) reads layer %d, which does not come before it", i + 1,
+                                nm, l->src[j] + 1), -1;
+        nd->input = l->src[0];
+        nd->input2 = l->nsrc > 1 ? l->src[1] : -1;
+        nd->ninputs = l->nsrc;
+    }
+    if (nd->ninputs != want)
+        return snprintf(err, errlen, "layer %d (%s) takes %d input%s, given %d", i + 1, nm, want, want > 1 ? "s" : "",
+                        nd->ninputs), -1;
+    if (l->tie && (l->kind != OP_LINEAR || l->tie - 1 < 0 || l->tie - 1 >= i))
+        return snprintf(err, errlen, "layer %d (%s): only a linear layer may tie its weight, to an earlier layer's",
+                        i + 1, nm), -1;
+    return 0;
+}
+
+/* Whether node j (-1: the graph input) has a gradient backward must make. */
+static int requires_grad(const graph_t *g, int j) {
+    if (j < 0) return g->dinput != NULL;
+    const node_t *nd = &g->nodes[j];
+    return nd->nparam > 0 || nd->needs_dinput || nd->needs_dinput2;
 }
 
 static const tensor_t *input_of(const graph_t *g, const node_t *nd) {
     return nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+}
+
+/* Walks the nodes in backward order: the first consumer of an output to
+ * run its backward writes the gradient, every later one adds its share
+ * (din_add, through dsum: ops always overwrite their din). Sizes dsum for
+ * the largest such tensor. 0, or -1 with err. */
+static int plan_gradient_sums(graph_t *g, char *err, size_t errlen) {
+    int *written = calloc((size_t)g->nnodes + 1, sizeof *written);
+    size_t most = 0;
+    if (!written) return snprintf(err, errlen, "out of memory"), -1;
+    for (int k = g->nnodes - 1; k >= 0; k--) {
+        node_t *nd = &g->nodes[g->order[k]];
+        for (int j = 0; j < nd->ninputs; j++) {
+            const int s = src_of(nd, j);
+            nd->din_add[j] = written[s + 1];
+            written[s + 1] = 1;
+            const size_t size = s < 0 ? g->input.size : g->nodes[s].out.size;
+            if (nd->din_add[j] && size > most) most = size;
+        }
+    }
+    free(written);
+    if (!most) return 0;
+    if (g->dev != DEV_CPU) {
+        snprintf(err, errlen, "an output feeding several layers (residuals) runs on the CPU only for now");
+        return -1;
+    }
+    for (int j = 0; j < 2; j++)
+        if (!(g->dsum[j] = device_alloc_floats(g->dev, most))) return snprintf(err, errlen, "out of memory for gradient sums"), -1;
+    return 0;
 }
 
 #define OOM(what) do { snprintf(err, errlen, "out of memory for %s", what); goto fail; } while (0)
@@ -131,6 +214,7 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         snprintf(err, errlen, "graph_create: bad arguments (layers %d, batch %d, classes %d)", nspecs, batch, classes);
         return -1;
     }
+    int *consumers = NULL;
     graph_t *g = calloc(1, sizeof *g);
     if (!g) return snprintf(err, errlen, "out of memory"), -1;
     g->dev = dev;
@@ -145,14 +229,25 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
     if (!g->nodes || !g->order || !g->param) OOM("the graph");
     for (int i = 0; i < g->nnodes; i++) {
         g->nodes[i].spec = i < nspecs ? specs[i] : (layer_spec_t){.kind = OP_SOFTMAX_CE};
-        g->nodes[i].input = i - 1;
+        if (wire(g, i, nspecs, err, errlen)) goto fail;
     }
-    for (int i = 0; i < g->nnodes; i++)
-        if (!ops_impl(dev, g->nodes[i].spec.kind)) {
+    for (int i = 0; i < g->nnodes; i++) {
+        const op_impl_t *op = ops_impl(dev, g->nodes[i].spec.kind);
+        if (!op || !op->forward) {
             snprintf(err, errlen, "op %s has no implementation on this device", layers_op_name(g->nodes[i].spec.kind));
             goto fail;
         }
+    }
     if (topo_order(g, err, errlen)) goto fail;
+    /* consumers of each output ([0]: the graph input's) */
+    if (!(consumers = calloc((size_t)g->nnodes + 1, sizeof *consumers))) OOM("the graph");
+    for (int i = 0; i < g->nnodes; i++)
+        for (int j = 0; j < g->nodes[i].ninputs; j++) consumers[src_of(&g->nodes[i], j) + 1]++;
+    for (int i = 0; i < nspecs; i++)
+        if (!consumers[i + 1]) {
+            snprintf(err, errlen, "layer %d (%s): its output feeds no layer", i + 1, layers_op_name(specs[i].kind));
+            goto fail;
+        }
 
     tensor_shape(&g->input, 4, (int[]){batch, in[0], in[1], in[2]});
     g->input.dev = dev;
@@ -182,13 +277,16 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         const int i = g->order[k];
         node_t *nd = &g->nodes[i];
         const tensor_t *x = nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+        if (nd->spec.kind == OP_FLATTEN && consumers[nd->input + 1] > 1) nd->views_input = 0;
+        else if (nd->spec.kind == OP_FLATTEN) nd->views_input = 1;
         if (infer(g, i, x, err, errlen)) goto fail;
         nd->out.dev = nd->dout.dev = dev;
         nd->dout.ndim = nd->out.ndim;
         memcpy(nd->dout.dim, nd->out.dim, sizeof nd->dout.dim);
         nd->dout.size = nd->out.size;
         const node_t *src = nd->input < 0 ? NULL : &g->nodes[nd->input];
-        nd->needs_dinput = src && (src->nparam > 0 || src->needs_dinput);
+        nd->needs_dinput = requires_grad(g, nd->input);
+        nd->needs_dinput2 = nd->ninputs > 1 && requires_grad(g, nd->input2);
         if (nd->views_input) {
             nd->out.data = x->data;
             nd->dout.data = src ? src->dout.data : NULL;
@@ -201,32 +299,55 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         if (nd->spec.kind == OP_MAXPOOL && !(nd->index = device_alloc(dev, nd->out.size * sizeof(int32_t))))
             OOM("max-pool indices");
     }
-    /* flat layout: reverse topological order, weight then bias */
+    /* flat layout: in the order backward finishes the gradients (a tied
+     * weight at its use earliest in the graph), weight then bias */
     size_t off = 0;
-    param_info_t *placed = calloc((size_t)g->nparam ? (size_t)g->nparam : 1, sizeof *placed);
-    if (!placed) OOM("the parameter table");
+    param_info_t *placed = calloc((size_t)g->nparam + 1, sizeof *placed);
+    int *first = calloc((size_t)g->nparam + 1, sizeof *first), *newidx = calloc((size_t)g->nparam + 1, sizeof *newidx);
+    g->puses = calloc((size_t)g->nparam + 1, sizeof *g->puses);
+    g->pdone = calloc((size_t)g->nparam + 1, sizeof *g->pdone);
+    if (!placed || !first || !newidx || !g->puses || !g->pdone) {
+        free(placed), free(first), free(newidx);
+        OOM("the parameter table");
+    }
+    for (int p = 0; p < g->nparam; p++) first[p] = g->nnodes, newidx[p] = -1;
+    for (int k = 0; k < g->nnodes; k++)
+        for (int j = 0; j < g->nodes[g->order[k]].nparam; j++) {
+            const int p = g->nodes[g->order[k]].param[j];
+            if (k < first[p]) first[p] = k;
+        }
     int np = 0;
     for (int k = g->nnodes - 1; k >= 0; k--) {
-        node_t *nd = &g->nodes[g->order[k]];
+        const node_t *nd = &g->nodes[g->order[k]];
         for (int j = 0; j < nd->nparam; j++) {
-            placed[np] = g->param[nd->param[j]];
+            const int p = nd->param[j];
+            if (first[p] != k || newidx[p] >= 0) continue;
+            placed[np] = g->param[p];
             placed[np].offset = off;
             off += placed[np].count;
-            nd->param[j] = np++;
+            newidx[p] = np++;
         }
     }
+    for (int i = 0; i < g->nnodes; i++)
+        for (int j = 0; j < g->nodes[i].nparam; j++) {
+            g->nodes[i].param[j] = newidx[g->nodes[i].param[j]];
+            g->puses[g->nodes[i].param[j]]++;
+        }
     memcpy(g->param, placed, (size_t)np * sizeof *placed);
-    free(placed);
+    free(placed), free(first), free(newidx);
     g->nweights = off;
     if (graph_pad_params(g, 1)) OOM("parameters");
+    if (plan_gradient_sums(g, err, errlen)) goto fail;
     for (int k = 0; k < g->nnodes; k++) {
         node_t *nd = &g->nodes[g->order[k]];
         const op_impl_t *op = ops_impl(dev, nd->spec.kind);
         if (op->setup && op->setup(g, nd, input_of(g, nd), err, errlen)) goto fail;
     }
+    free(consumers);
     *out = g;
     return 0;
 fail:
+    free(consumers);
     graph_destroy(g);
     return -1;
 }
@@ -264,6 +385,7 @@ int graph_enable_input_grad(graph_t *g) {
     for (int k = 0; k < g->nnodes; k++) {
         node_t *nd = &g->nodes[g->order[k]];
         nd->needs_dinput = 1; /* every node is downstream of the input */
+        nd->needs_dinput2 = nd->ninputs > 1;
         if (nd->views_input) nd->dout.data = nd->input < 0 ? g->dinput : g->nodes[nd->input].dout.data;
     }
     return 0;
@@ -297,6 +419,9 @@ void graph_destroy(graph_t *g) {
     }
     free(g->probs_host);
     free(g->prof_ms);
+    for (int j = 0; j < 2; j++) device_free(dev, g->dsum[j]);
+    free(g->puses);
+    free(g->pdone);
     free(g->nodes);
     free(g->order);
     free(g->param);
@@ -399,6 +524,7 @@ float graph_forward(graph_t *g, int n) {
     double t = g->prof_ms ? prof_now_ms(g) : 0;
     for (int k = 0; k < g->nnodes; k++) {
         node_t *nd = &g->nodes[g->order[k]];
+        if (nd->ninputs > 1) nd->in2 = nd->input2 < 0 ? &g->input : &g->nodes[nd->input2].out;
         ops_impl(g->dev, nd->spec.kind)->forward(g, nd, input_of(g, nd));
         if (g->prof_ms) {
             const double u = prof_now_ms(g);
@@ -412,14 +538,39 @@ float graph_forward(graph_t *g, int n) {
     return g->loss;
 }
 
+/* dst += src over the rows of the current pass (CPU: plan_gradient_sums
+ * refuses sums elsewhere) */
+HOT_LOOP static void add_rows(const graph_t *g, tensor_t *dst, const float *restrict src) {
+    const size_t m = (size_t)g->n * tensor_sample_size(dst);
+    float *restrict d = dst->data;
+    for (size_t i = 0; i < m; i++) d[i] += src[i];
+}
+
 void graph_backward(graph_t *g) {
     double t = g->prof_ms ? prof_now_ms(g) : 0;
+    memset(g->pdone, 0, (size_t)g->nparam * sizeof *g->pdone);
+    tensor_t dx = g->input;
+    dx.data = g->dinput;
     for (int k = g->nnodes - 1; k >= 0; k--) {
         node_t *nd = &g->nodes[g->order[k]];
-        tensor_t dx = g->input;
-        dx.data = g->dinput;
-        tensor_t *din = nd->input < 0 ? &dx : &g->nodes[nd->input].dout;
-        ops_impl(g->dev, nd->spec.kind)->backward(g, nd, input_of(g, nd), din);
+        tensor_t *real[2], sum[2];
+        tensor_t *din[2] = {NULL, NULL};
+        for (int j = 0; j < nd->ninputs; j++) {
+            const int s = src_of(nd, j);
+            din[j] = real[j] = s < 0 ? &dx : &g->nodes[s].dout;
+            if (nd->din_add[j]) {
+                sum[j] = *real[j];
+                sum[j].data = g->dsum[j];
+                din[j] = &sum[j];
+            }
+        }
+        if (nd->ninputs > 1) {
+            nd->in2 = nd->input2 < 0 ? &g->input : &g->nodes[nd->input2].out;
+            nd->din2 = din[1];
+        }
+        ops_impl(g->dev, nd->spec.kind)->backward(g, nd, input_of(g, nd), din[0]);
+        if (nd->din_add[0] && nd->needs_dinput) add_rows(g, real[0], g->dsum[0]);
+        if (nd->ninputs > 1 && nd->din_add[1] && nd->needs_dinput2) add_rows(g, real[1], g->dsum[1]);
         if (g->prof_ms) {
             const double u = prof_now_ms(g);
             g->prof_ms[g->nnodes + g->order[k]] += u - t;

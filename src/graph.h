@@ -25,6 +25,17 @@ typedef struct node {
     layer_spec_t spec;
     int input;        /* index of the producing node, -1 for the graph input */
     int needs_dinput; /* backward must produce the input's gradient */
+    /* a second input (OP_ADD): its producer (-1 the graph input) and, set by
+     * the graph before each call, the tensor and where its gradient goes */
+    int ninputs;
+    int input2;
+    int needs_dinput2;
+    const tensor_t *in2;
+    tensor_t *din2;
+    /* per input: another consumer of the same output wrote its gradient
+     * earlier in backward, so this node's share is added to it (the graph
+     * points din at a scratch tensor and adds that in, in a fixed order) */
+    int din_add[2];
     tensor_t out;     /* activation, [batch, ...] */
     tensor_t dout;    /* its gradient, same shape */
     int nparam;
@@ -53,6 +64,9 @@ typedef struct graph {
     int nnodes;
     node_t *nodes;
     int *order; /* topological order of nodes */
+    float *dsum[2]; /* scratch for input gradients that are added (din_add), the largest such tensor */
+    int *puses;     /* per parameter: how many nodes use it (tied weights: several) */
+    int *pdone;     /* per parameter: uses whose backward has run in this backward */
     int nparam;
     param_info_t *param;
     size_t nweights; /* floats of parameters in params (and grads) */
@@ -83,7 +97,8 @@ typedef struct graph {
 } graph_t;
 
 /* Builds a graph for inputs of shape in[0..2] = C, H, W (an MLP sees C*H*W
- * features), `classes` outputs and at most `batch` rows. Returns 0, or -1
+ * features), `classes` outputs and at most `batch` rows. The layers form a
+ * DAG (layer_spec_t's src and tie); the last one's output is the logits. Returns 0, or -1
  * with a message in err (shape errors name the layer). */
 int graph_create(graph_t **g, const layer_spec_t *specs, int nspecs, const int in[3], int classes,
                  int batch, device_t dev, char *err, size_t errlen);
@@ -140,9 +155,16 @@ int graph_node_params(const graph_t *g, int k, size_t *lo, size_t *hi);
  * gradient checks and input attributions. 0, or -1 when out of memory. */
 int graph_enable_input_grad(graph_t *g);
 
-/* Used by ops: tells the callback that a parameter's gradient is final (on
- * a GPU: that the kernel producing it has been queued). */
+/* Used by ops: whether this use's gradient of `param` is added to what the
+ * buffer holds (gradient accumulation, or a tied weight whose other use
+ * already wrote it this backward) rather than overwriting it. */
+static inline int graph_grad_add(const graph_t *g, int param) { return g->accumulate || g->pdone[param] > 0; }
+
+/* Used by ops after each use's gradient of `param`: on the last use in this
+ * backward, tells the callback that the gradient is final (on a GPU: that the
+ * kernel producing it has been queued). */
 static inline void graph_grad_ready(graph_t *g, int param) {
+    if (++g->pdone[param] < g->puses[param]) return;
     if (g->on_grad) g->on_grad(g->on_grad_user, param, g->param[param].offset, g->param[param].count);
 }
 

@@ -10,6 +10,7 @@ static const char *const op_names[OP_COUNT] = {
     [OP_LINEAR] = "linear", [OP_RELU] = "relu",       [OP_GELU] = "gelu",
     [OP_TANH] = "tanh",     [OP_DROPOUT] = "dropout", [OP_CONV2D] = "conv",
     [OP_MAXPOOL] = "maxpool", [OP_FLATTEN] = "flatten", [OP_SOFTMAX_CE] = "softmax_ce",
+    [OP_ADD] = "add",
 };
 
 const char *layers_op_name(op_kind_t kind) { return kind < OP_COUNT ? op_names[kind] : "?"; }
@@ -35,12 +36,23 @@ static int parse_args(const char *s, double *v, int max) {
 /* the range first: converting an out-of-range double to int is undefined (found by tests/fuzz) */
 static int is_int(double v, int lo, int hi) { return v >= lo && v <= hi && v == (int)v; }
 
-int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t errlen) {
-    int n = 0;
+#define NEST_MAX 16 /* residual blocks inside residual blocks */
+
+/* The closing parenthesis matching the one at open, or NULL. */
+static const char *matching(const char *open) {
+    int depth = 0;
+    for (const char *s = open; *s; s++)
+        if (*s == '(') depth++;
+        else if (*s == ')' && --depth == 0) return s;
+    return NULL;
+}
+
+/* Appends the layers of text to out[*n ..]; returns 0 or -1 with err. */
+static int parse_seq(const char *text, int depth, layer_spec_t *out, int *n, int max, char *err, size_t errlen) {
     const char *s = text;
     for (;;) {
         while (isspace((unsigned char)*s)) s++;
-        if (!*s) break;
+        if (!*s) return 0;
         const char *t0 = s;
         while (isalnum((unsigned char)*s) || *s == '_') s++;
         char name[32] = "";
@@ -48,23 +60,51 @@ int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t
         double a[4];
         int na = 0;
         char args[128] = "";
+        const char *inner = NULL, *close = NULL;
         if (*s == '(') {
-            const char *close = strchr(s, ')');
-            if (!close) {
+            if (!(close = matching(s))) {
                 snprintf(err, errlen, "layer '%s': missing ')'", name);
                 return -1;
             }
+            inner = s + 1;
             snprintf(args, sizeof args, "%.*s", (int)(close - s - 1), s + 1);
             s = close + 1;
-            na = parse_args(args, a, 4);
+            if (strcmp(name, "residual")) na = parse_args(args, a, 4);
         }
         if (!*name || (*s && !isspace((unsigned char)*s))) {
             snprintf(err, errlen, "unexpected text at '%.20s'", t0);
             return -1;
         }
-        if (n == max) {
+        if (*n == max) {
             snprintf(err, errlen, "more than %d layers", max);
             return -1;
+        }
+        if (!strcmp(name, "residual")) {
+            if (!inner) {
+                snprintf(err, errlen, "residual needs its layers: residual(LAYERS)");
+                return -1;
+            }
+            if (depth == NEST_MAX) {
+                snprintf(err, errlen, "residual blocks nested deeper than %d", NEST_MAX);
+                return -1;
+            }
+            char *body = strndup(inner, (size_t)(close - inner));
+            if (!body) return snprintf(err, errlen, "out of memory"), -1;
+            const int from = *n - 1; /* the block's input: the previous layer, -1 the model's input */
+            const int rc = parse_seq(body, depth + 1, out, n, max, err, errlen);
+            free(body);
+            if (rc) return -1;
+            if (*n == from + 1) {
+                snprintf(err, errlen, "residual() needs at least one layer");
+                return -1;
+            }
+            if (*n == max) {
+                snprintf(err, errlen, "more than %d layers", max);
+                return -1;
+            }
+            out[*n] = (layer_spec_t){.kind = OP_ADD, .nsrc = 2, .src = {*n - 1, from}};
+            (*n)++;
+            continue;
         }
         layer_spec_t l = {0};
         const char *want = NULL;
@@ -100,15 +140,21 @@ int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t
             l.kind = name[0] == 'r' ? OP_RELU : name[0] == 'g' ? OP_GELU : name[0] == 't' ? OP_TANH : OP_FLATTEN;
             if (*args || na) want = "no arguments";
         } else {
-            snprintf(err, errlen, "unknown layer '%s' (expected linear, conv, maxpool, dropout, relu, gelu, tanh, flatten)", name);
+            snprintf(err, errlen,
+                     "unknown layer '%s' (expected linear, conv, maxpool, dropout, relu, gelu, tanh, flatten, residual)", name);
             return -1;
         }
         if (want || na < 0) {
             snprintf(err, errlen, "layer '%s(%s)': expected %s", name, args, want ? want : "numbers");
             return -1;
         }
-        out[n++] = l;
+        out[(*n)++] = l;
     }
+}
+
+int layers_parse(const char *text, layer_spec_t *out, int max, char *err, size_t errlen) {
+    int n = 0;
+    if (parse_seq(text, 0, out, &n, max, err, errlen)) return -1;
     if (n == 0) snprintf(err, errlen, "no layers");
     return n ? n : -1;
 }
@@ -133,13 +179,31 @@ int layers_cnn(int classes, layer_spec_t *out, int max) {
     return layers_parse(text, out, max, err, sizeof err);
 }
 
-void layers_format(const layer_spec_t *l, int n, char *buf, size_t len) {
-    size_t o = 0;
-    buf[0] = 0;
-    for (int i = 0; i < n && o < len; i++) {
-        const char *sep = i ? " " : "";
+/* The residual block that starts at layer i within [i, hi): the index of its
+ * add (the outermost when several start at i), or -1. */
+static int block_at(const layer_spec_t *l, int i, int hi) {
+    for (int j = hi - 1; j > i; j--)
+        if (l[j].kind == OP_ADD && l[j].nsrc == 2 && l[j].src[0] == j - 1 && l[j].src[1] == i - 1) return j;
+    return -1;
+}
+
+static size_t format_range(const layer_spec_t *l, int lo, int hi, char *buf, size_t len, size_t o) {
+    for (int i = lo; i < hi && o < len; i++) {
+        const char *sep = i > lo ? " " : "";
         const char *nm = layers_op_name(l[i].kind);
         int w;
+        const int end = block_at(l, i, hi);
+        if (end >= 0) {
+            w = snprintf(buf + o, len - o, "%sresidual(", sep);
+            if (w < 0 || (o += (size_t)w) >= len) break;
+            o = format_range(l, i, end, buf, len, o);
+            if (o >= len) break;
+            w = snprintf(buf + o, len - o, ")");
+            i = end;
+            if (w < 0) break;
+            o += (size_t)w;
+            continue;
+        }
         switch (l[i].kind) {
         case OP_LINEAR: w = snprintf(buf + o, len - o, "%s%s(%d)", sep, nm, l[i].n); break;
         case OP_CONV2D: w = snprintf(buf + o, len - o, "%s%s(%d,%d,%d,%d)", sep, nm, l[i].n, l[i].k, l[i].stride, l[i].pad); break;
@@ -160,4 +224,11 @@ void layers_format(const layer_spec_t *l, int n, char *buf, size_t len) {
         if (w < 0) break;
         o += (size_t)w;
     }
+    return o;
+}
+
+void layers_format(const layer_spec_t *l, int n, char *buf, size_t len) {
+    if (!len) return;
+    buf[0] = 0;
+    format_range(l, 0, n, buf, len, 0);
 }

@@ -11,6 +11,9 @@
  * linear(N)                 N outputs; flattens its input
  * dropout(P)                drops with probability P in training
  * relu gelu tanh flatten    no arguments
+ * residual(LAYERS)          LAYERS applied to the input, then the input added
+ *                           back (the block must keep the input's size);
+ *                           blocks nest
  *
  * The softmax cross-entropy loss is appended by the graph, not written. */
 #ifndef DDP_LAYERS_H
@@ -28,6 +31,7 @@ typedef enum {
     OP_MAXPOOL,
     OP_FLATTEN,
     OP_SOFTMAX_CE,
+    OP_ADD, /* element-wise sum of two inputs of the same size (residuals) */
     OP_COUNT
 } op_kind_t;
 
@@ -38,9 +42,18 @@ typedef struct layer_spec {
     int stride; /* conv or pool stride */
     int pad;    /* conv zero padding on each side */
     float p;    /* dropout probability */
+    /* Where the inputs come from: nsrc 0 reads the previous layer's output
+     * (the model's input for the first layer); otherwise src[0..nsrc) are
+     * the producing layers' indices, each before this one, -1 for the
+     * model's input. Any output may feed several layers. */
+    int nsrc;
+    int src[2];
+    /* 0, or 1 + the index of an earlier layer whose weight this one uses
+     * (same shape; weight tying); the bias stays its own */
+    int tie;
 } layer_spec_t;
 
-#define LAYERS_MAX 64
+#define LAYERS_MAX 256
 
 const char *layers_op_name(op_kind_t kind);
 

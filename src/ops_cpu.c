@@ -37,9 +37,9 @@ static void linear_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t
     const int n = g->n, N = nd->spec.n, F = (int)tensor_sample_size(in);
     const float *dY = nd->dout.data;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, F, n, 1.0f, dY, N, in->data, F,
-                g->accumulate ? 1.0f : 0.0f, DW_OF(g, nd), F);
+                graph_grad_add(g, nd->param[0]) ? 1.0f : 0.0f, DW_OF(g, nd), F);
     graph_grad_ready(g, nd->param[0]);
-    column_sums(dY, n, N, DB_OF(g, nd), g->accumulate);
+    column_sums(dY, n, N, DB_OF(g, nd), graph_grad_add(g, nd->param[1]));
     graph_grad_ready(g, nd->param[1]);
     if (nd->needs_dinput)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, F, N, 1.0f, dY, N, W_OF(g, nd), F,
@@ -193,16 +193,17 @@ static void conv_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *
     const int P = q.OH * q.OW, CKK = q.C * q.K * q.K;
     const size_t in_s = tensor_sample_size(in), out_s = tensor_sample_size(&nd->out);
     float *col = nd->scratch, *dW = DW_OF(g, nd), *db = DB_OF(g, nd);
+    const int add_w = graph_grad_add(g, nd->param[0]), add_b = graph_grad_add(g, nd->param[1]);
     for (int s = 0; s < g->n; s++) {
         const float *dy = nd->dout.data + s * out_s;
-        const int add = s > 0 || g->accumulate;
+        const int add = s > 0 || add_w;
         im2col(&q, in->data + s * in_s, col);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q.OC, CKK, P, 1.0f, dy, P, col, P,
                     add ? 1.0f : 0.0f, dW, CKK);
         for (int oc = 0; oc < q.OC; oc++) {
             float acc = 0.0f;
             for (int p = 0; p < P; p++) acc += dy[(size_t)oc * P + p];
-            db[oc] = add ? db[oc] + acc : acc;
+            db[oc] = s > 0 || add_b ? db[oc] + acc : acc;
         }
     }
     graph_grad_ready(g, nd->param[0]);
@@ -249,11 +250,30 @@ static void maxpool_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_
     }
 }
 
-/* ---- flatten: a view (graph.c aliases the buffers); nothing to compute ---- */
+/* ---- flatten: a view (graph.c aliases the buffers) unless its input feeds other layers too ---- */
 
-static void nop_forward(graph_t *g, node_t *nd, const tensor_t *in) { (void)g, (void)nd, (void)in; }
-static void nop_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
-    (void)g, (void)nd, (void)in, (void)din;
+static void flatten_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    if (!nd->views_input) memcpy(nd->out.data, in->data, (size_t)g->n * tensor_sample_size(in) * sizeof(float));
+}
+
+static void flatten_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    if (!nd->views_input && nd->needs_dinput)
+        memcpy(din->data, nd->dout.data, (size_t)g->n * tensor_sample_size(in) * sizeof(float));
+}
+
+/* ---- add: y = a + b, the gradient passes to both ---- */
+
+HOT_LOOP static void add_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+    const size_t m = (size_t)g->n * tensor_sample_size(in);
+    const float *restrict a = in->data, *restrict b = nd->in2->data;
+    float *restrict y = nd->out.data;
+    for (size_t i = 0; i < m; i++) y[i] = a[i] + b[i];
+}
+
+static void add_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+    const size_t bytes = (size_t)g->n * tensor_sample_size(in) * sizeof(float);
+    if (nd->needs_dinput) memcpy(din->data, nd->dout.data, bytes);
+    if (nd->needs_dinput2) memcpy(nd->din2->data, nd->dout.data, bytes);
 }
 
 /* ---- fused softmax cross-entropy: out holds the probabilities ---- */
@@ -296,6 +316,7 @@ const op_impl_t ops_cpu[OP_COUNT] = {
     [OP_DROPOUT] = {dropout_forward, dropout_backward, NULL, NULL},
     [OP_CONV2D] = {conv_forward, conv_backward, NULL, NULL},
     [OP_MAXPOOL] = {maxpool_forward, maxpool_backward, NULL, NULL},
-    [OP_FLATTEN] = {nop_forward, nop_backward, NULL, NULL},
+    [OP_FLATTEN] = {flatten_forward, flatten_backward, NULL, NULL},
     [OP_SOFTMAX_CE] = {softmax_ce_forward, softmax_ce_backward, NULL, NULL},
+    [OP_ADD] = {add_forward, add_backward, NULL, NULL},
 };

@@ -47,13 +47,14 @@ static void linear_forward(graph_t *g, node_t *nd, const tensor_t *in) {
 
 static void linear_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
     const int n = g->n, N = nd->spec.n, F = (int)tensor_sample_size(in);
-    const float *beta = g->accumulate ? &ONE : &ZERO;
     const float *dY = nd->dout.data;
     // dW [N, F] = dY^T X
-    cublasSgemm(blas(), CUBLAS_OP_N, CUBLAS_OP_T, F, N, n, &ONE, in->data, F, dY, N, beta, DW_OF(g, nd), F);
+    cublasSgemm(blas(), CUBLAS_OP_N, CUBLAS_OP_T, F, N, n, &ONE, in->data, F, dY, N,
+                graph_grad_add(g, nd->param[0]) ? &ONE : &ZERO, DW_OF(g, nd), F);
     graph_grad_ready(g, nd->param[0]);
     // db [N] = dY^T 1
-    cublasSgemv(blas(), CUBLAS_OP_N, N, n, &ONE, dY, N, g->ones, 1, beta, DB_OF(g, nd), 1);
+    cublasSgemv(blas(), CUBLAS_OP_N, N, n, &ONE, dY, N, g->ones, 1, graph_grad_add(g, nd->param[1]) ? &ONE : &ZERO,
+                DB_OF(g, nd), 1);
     graph_grad_ready(g, nd->param[1]);
     // dX [n, F] = dY W
     if (nd->needs_dinput)
@@ -219,12 +220,12 @@ static void conv_forward(graph_t *g, node_t *nd, const tensor_t *in) {
 
 static void conv_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
     conv_state_t *c = (conv_state_t *)nd->aux;
-    const float *beta = g->accumulate ? &ONE : &ZERO;
     conv_set_batch(c, nd, in, g->n);
     cudnnConvolutionBackwardFilter(dnn(), &ONE, c->x, in->data, c->y, nd->dout.data, c->conv, c->bwd_filter, c->ws,
-                                   c->ws_bytes, beta, c->w, DW_OF(g, nd));
+                                   c->ws_bytes, graph_grad_add(g, nd->param[0]) ? &ONE : &ZERO, c->w, DW_OF(g, nd));
     graph_grad_ready(g, nd->param[0]);
-    cudnnConvolutionBackwardBias(dnn(), &ONE, c->y, nd->dout.data, beta, c->b, DB_OF(g, nd));
+    cudnnConvolutionBackwardBias(dnn(), &ONE, c->y, nd->dout.data, graph_grad_add(g, nd->param[1]) ? &ONE : &ZERO,
+                                 c->b, DB_OF(g, nd));
     graph_grad_ready(g, nd->param[1]);
     if (nd->needs_dinput)
         cudnnConvolutionBackwardData(dnn(), &ONE, c->w, W_OF(g, nd), c->y, nd->dout.data, c->conv, c->bwd_data, c->ws,
@@ -341,7 +342,7 @@ static void softmax_ce_backward(graph_t *g, node_t *nd, const tensor_t *in, tens
 }
 
 // in op_kind_t order (C++ has no array designators)
-static_assert(OP_COUNT == 9, "a new op needs its CUDA entry here");
+static_assert(OP_COUNT == 10, "a new op needs its CUDA entry here");
 extern "C" const op_impl_t ops_cuda[OP_COUNT];
 const op_impl_t ops_cuda[OP_COUNT] = {
     {linear_forward, linear_backward, NULL, NULL},       // OP_LINEAR
@@ -353,4 +354,5 @@ const op_impl_t ops_cuda[OP_COUNT] = {
     {maxpool_forward, maxpool_backward, NULL, NULL},     // OP_MAXPOOL
     {nop_forward, nop_backward, NULL, NULL},             // OP_FLATTEN
     {softmax_ce_forward, softmax_ce_backward, NULL, NULL}, // OP_SOFTMAX_CE
+    {NULL, NULL, NULL, NULL}, // OP_ADD: not on the GPU yet (graph_create says so; residual gradient sums are CPU-only too)
 };

@@ -22,7 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) {
     if (nb != na) abort(); /* the canonical form must parse back */
     for (int i = 0; i < na; i++)
         if (a[i].kind != b[i].kind || a[i].n != b[i].n || a[i].k != b[i].k || a[i].stride != b[i].stride ||
-            a[i].pad != b[i].pad || a[i].p != b[i].p)
+            a[i].pad != b[i].pad || a[i].p != b[i].p || a[i].nsrc != b[i].nsrc || a[i].src[0] != b[i].src[0] ||
+            a[i].src[1] != b[i].src[1] || a[i].tie != b[i].tie)
             abort();
     /* small models only: the point is memory safety, not big allocations */
     for (int i = 0; i < na; i++)

@@ -156,6 +156,12 @@ static void layer_syntax(void **st) {
         {"conv(8,3111111111111111111111111,1,0)", "expected conv(C,K[,stride[,pad]])"},
         {"linear(1e300)", "expected linear(N)"},
         {"", "no layers"},
+        {"residual()", "residual() needs at least one layer"},
+        {"linear(4) residual", "residual needs its layers"},
+        {"residual(linear(4)", "layer 'residual': missing ')'"},
+        {"residual(linear(4) bogus)", "unknown layer 'bogus'"},
+        {"residual(residual(residual(residual(residual(residual(residual(residual(residual(residual(residual("
+         "residual(residual(residual(residual(residual(residual(relu)))))))))))))))))", "nested deeper than 16"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         assert_int_equal(layers_parse(cases[i].text, l, LAYERS_MAX, err, sizeof err), -1);
@@ -171,6 +177,17 @@ static void layer_syntax(void **st) {
     n = model_layers(&c, 10, l, LAYERS_MAX, err, sizeof err);
     layers_format(l, n, text, sizeof text);
     assert_string_equal(text, "conv(32,5,1,2) relu maxpool(2,2) conv(64,5,1,2) relu maxpool(2,2) flatten linear(1024) relu dropout(0.4) linear(10)");
+    /* residual blocks: the layers, then an add of the block's last output and its input */
+    n = layers_parse("linear(8) residual(linear(8) relu residual(linear(8))) residual(tanh)", l, LAYERS_MAX, err, sizeof err);
+    assert_int_equal(n, 8);
+    const int kinds[8] = {OP_LINEAR, OP_LINEAR, OP_RELU, OP_LINEAR, OP_ADD, OP_ADD, OP_TANH, OP_ADD};
+    for (int i = 0; i < 8; i++) assert_int_equal(l[i].kind, kinds[i]);
+    assert_true(l[4].nsrc == 2 && l[4].src[0] == 3 && l[4].src[1] == 2); /* inner: relu's output + linear(8) */
+    assert_true(l[5].nsrc == 2 && l[5].src[0] == 4 && l[5].src[1] == 0); /* outer: the first linear's output */
+    assert_true(l[7].nsrc == 2 && l[7].src[0] == 6 && l[7].src[1] == 5);
+    assert_int_equal(l[1].nsrc, 0);
+    layers_format(l, n, text, sizeof text);
+    assert_string_equal(text, "linear(8) residual(linear(8) relu residual(linear(8))) residual(tanh)");
     /* the canonical text reads back as the same model (found by tests/fuzz:
      * %g printed 0.477777779 as 0.477778) */
     layer_spec_t back[LAYERS_MAX];

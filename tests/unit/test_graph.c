@@ -52,6 +52,7 @@ static double ref_loss(const graph_t *g, const double *P, const double *X, int n
         const node_t *nd = &g->nodes[id];
         const tensor_t *it = in_of(g, nd);
         const double *x = nd->input < 0 ? X : act[nd->input];
+        const double *x2 = nd->ninputs < 2 ? NULL : nd->input2 < 0 ? X : act[nd->input2];
         const size_t is = tensor_sample_size(it), os = tensor_sample_size(&nd->out);
         double *y = act[id] = calloc((size_t)n * os + 1, sizeof *y);
         const double *W = nd->nparam ? P + g->param[nd->param[0]].offset : NULL;
@@ -80,6 +81,9 @@ static double ref_loss(const graph_t *g, const double *P, const double *X, int n
             break;
         case OP_FLATTEN:
             memcpy(y, x, n * is * sizeof *y);
+            break;
+        case OP_ADD:
+            for (size_t i = 0; i < n * is; i++) y[i] = x[i] + x2[i];
             break;
         case OP_CONV2D: {
             const int C = it->dim[1], H = it->dim[2], Wd = it->dim[3], OC = nd->out.dim[1];
@@ -184,10 +188,10 @@ static void check_entries(const char *what, const graph_t *g, double *P, double 
     }
 }
 
-/* Builds the graph, runs forward+backward on random data with n of batch
- * rows, and checks the loss, every parameter and the input gradient. */
-static void gradcheck(const char *layers, int C, int H, int W, int classes, int batch, int n) {
-    graph_t *g = must_build(layers, C, H, W, classes, batch);
+/* Runs forward+backward of g on random data with n of batch rows, and
+ * checks the loss, every parameter and the input gradient. */
+static void gradcheck_graph(graph_t *g, const char *layers, int classes, int batch, int n) {
+    const int C = g->input.dim[1], H = g->input.dim[2], W = g->input.dim[3];
     assert_int_equal(graph_enable_input_grad(g), 0);
     graph_init_params(g, 7);
     rng_t r;
@@ -213,6 +217,18 @@ static void gradcheck(const char *layers, int C, int H, int W, int classes, int 
     free(P);
     free(X);
     graph_destroy(g);
+}
+
+static void gradcheck(const char *layers, int C, int H, int W, int classes, int batch, int n) {
+    gradcheck_graph(must_build(layers, C, H, W, classes, batch), layers, classes, batch, n);
+}
+
+/* a graph from specs written out (DAG edges and ties the syntax cannot say) */
+static graph_t *must_create(const layer_spec_t *specs, int ns, int F, int classes, int batch) {
+    char err[256];
+    graph_t *g;
+    if (graph_create(&g, specs, ns, (int[]){1, 1, F}, classes, batch, DEV_CPU, err, sizeof err)) fail_msg("%s", err);
+    return g;
 }
 
 static void grad_linear(void **s) { (void)s; gradcheck("linear(5)", 1, 1, 7, 5, 4, 3); }
@@ -283,6 +299,109 @@ static void layout_and_callback(void **st) {
     graph_destroy(g);
 }
 
+
+/* ---- the graph as a DAG: residuals, shared outputs, tied weights ---- */
+
+static void grad_residual(void **s) { (void)s; gradcheck("linear(6) residual(linear(6) relu linear(6)) tanh linear(4)", 1, 1, 5, 4, 5, 4); }
+/* the graph input feeds the block and the add: its gradient is a sum too */
+static void grad_residual_of_input(void **s) { (void)s; gradcheck("residual(linear(7) tanh) linear(3)", 1, 1, 7, 3, 4, 3); }
+static void grad_residual_nested(void **s) {
+    (void)s;
+    gradcheck("residual(residual(linear(5) gelu) linear(5)) relu residual(linear(5)) linear(3)", 1, 1, 5, 3, 4, 4);
+}
+/* a flatten whose input feeds another layer is a copy, not a view */
+static void grad_residual_flatten(void **s) { (void)s; gradcheck("conv(2,3) residual(flatten) linear(3)", 1, 4, 4, 3, 3, 2); }
+
+#define L(k, ...) ((layer_spec_t){.kind = (k), __VA_ARGS__})
+
+/* node 0's output feeds three nodes (relu, tanh and the second add) */
+static void grad_three_consumers(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {
+        L(OP_LINEAR, .n = 6),
+        L(OP_RELU, .nsrc = 1, .src = {0}),
+        L(OP_TANH, .nsrc = 1, .src = {0}),
+        L(OP_ADD, .nsrc = 2, .src = {1, 2}),
+        L(OP_ADD, .nsrc = 2, .src = {3, 0}),
+        L(OP_LINEAR, .n = 4),
+    };
+    graph_t *g = must_create(l, 6, 5, 4, 5);
+    assert_int_equal(g->nodes[1].din_add[0] + g->nodes[2].din_add[0] + g->nodes[4].din_add[1], 2);
+    gradcheck_graph(g, "linear(6) -> {relu, tanh, add}", 4, 5, 5);
+}
+
+/* add(x, x): both inputs of one node are the same output */
+static void grad_add_self(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {L(OP_LINEAR, .n = 4), L(OP_ADD, .nsrc = 2, .src = {0, 0}), L(OP_GELU)};
+    gradcheck_graph(must_create(l, 3, 3, 4, 3), "linear(4) add(x, x) gelu", 4, 3, 3);
+}
+
+/* layer 2 uses layer 0's weight: one parameter, its gradient the sum of
+ * both uses; placed and announced where backward finishes it (layer 0) */
+static void tied_weight(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {L(OP_LINEAR, .n = 6), L(OP_TANH), L(OP_LINEAR, .n = 6, .tie = 1), L(OP_RELU),
+                              L(OP_LINEAR, .n = 3)};
+    graph_t *g = must_create(l, 5, 6, 3, 4);
+    assert_int_equal(g->nparam, 5); /* 3 weights (one shared) + 3 biases - ... */
+    assert_int_equal(g->nodes[0].param[0], g->nodes[2].param[0]);
+    const char *want[5] = {"linear4.weight", "linear4.bias", "linear2.bias", "linear0.weight", "linear0.bias"};
+    for (int p = 0; p < 5; p++) assert_string_equal(g->param[p].name, want[p]);
+    assert_int_equal(g->nweights, 3 * 6 + 3 + 6 + 6 * 6 + 6);
+    gradcheck_graph(g, "linear(6) tanh linear(6, tied to layer 1) relu linear(3)", 3, 4, 4);
+
+    /* announced once each, in layout order, final when announced; again with accumulation */
+    g = must_create(l, 5, 6, 3, 4);
+    graph_init_params(g, 1);
+    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = (float)((i * 5) % 7) - 3.0f;
+    for (int i = 0; i < 4; i++) g->labels[i] = i % 3;
+    for (int acc = 0; acc < 2; acc++) {
+        seen_t sn = {.g = g};
+        g->on_grad = on_grad;
+        g->on_grad_user = &sn;
+        g->accumulate = acc;
+        graph_forward(g, 4);
+        float *before = malloc(g->nweights * sizeof *before);
+        memcpy(before, g->grads, g->nweights * sizeof *before);
+        graph_backward(g);
+        assert_int_equal(sn.n, 5);
+        for (int p = 0; p < 5; p++) {
+            assert_int_equal(sn.param[p], p);
+            assert_memory_equal(sn.snap[p], g->grads + sn.off[p], sn.cnt[p] * sizeof(float));
+            free(sn.snap[p]);
+        }
+        if (acc) /* accumulation doubles: same batch, same parameters */
+            for (size_t i = 0; i < g->nweights; i++)
+                assert_float_equal(g->grads[i], 2 * before[i], 1e-5f * (1 + fabsf(before[i])));
+        free(before);
+    }
+    graph_destroy(g);
+}
+
+/* DAG errors name the layer */
+static void dag_errors(void **st) {
+    (void)st;
+    char err[256];
+    graph_t *g;
+    assert_null(build("linear(4) residual(linear(3))", 1, 1, 5, 3, 2, err, sizeof err));
+    assert_non_null(strstr(err, "layer 3 (add) adds 4 features to 3: a residual block must keep its input's size"));
+    const struct { layer_spec_t l[3]; int n; const char *needle; } cases[] = {
+        {{L(OP_LINEAR, .n = 3), L(OP_RELU, .nsrc = 1, .src = {2}), L(OP_LINEAR, .n = 3)}, 3,
+         "layer 2 (relu) reads layer 3, which does not come before it"},
+        {{L(OP_LINEAR, .n = 3), L(OP_ADD, .nsrc = 1, .src = {0})}, 2, "layer 2 (add) takes 2 inputs, given 1"},
+        {{L(OP_LINEAR, .n = 3), L(OP_RELU, .nsrc = 2, .src = {0, 0})}, 2, "layer 2 (relu) takes 1 input, given 2"},
+        {{L(OP_LINEAR, .n = 3), L(OP_LINEAR, .n = 3, .nsrc = 1, .src = {-1})}, 2, "layer 1 (linear): its output feeds no layer"},
+        {{L(OP_LINEAR, .n = 4), L(OP_LINEAR, .n = 3, .tie = 1)}, 2, "layer 2 (linear) ties its weight to layer 1's, which is not 3 x 4"},
+        {{L(OP_LINEAR, .n = 3, .tie = 1)}, 1, "only a linear layer may tie its weight, to an earlier layer's"},
+        {{L(OP_RELU, .tie = 1), L(OP_LINEAR, .n = 3)}, 2, "layer 1 (relu): only a linear layer may tie"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        assert_int_equal(graph_create(&g, cases[i].l, cases[i].n, (int[]){1, 1, 3}, 3, 2, DEV_CPU, err, sizeof err), -1);
+        if (!strstr(err, cases[i].needle)) fail_msg("case %zu: got '%s'", i, err);
+    }
+}
+
 /* accumulate = 1 adds into the gradients; loss_scale scales them */
 static void accumulation(void **st) {
     (void)st;
@@ -307,7 +426,8 @@ static void accumulation(void **st) {
 /* forward + backward + optimiser step: no heap allocation after the first */
 static void step_allocates_nothing(void **st) {
     (void)st;
-    graph_t *g = must_build("conv(4,3) relu maxpool(2) flatten linear(16) gelu dropout(0.2) linear(10)", 1, 8, 8, 10, 8);
+    graph_t *g = must_build("conv(4,3) relu maxpool(2) flatten linear(16) gelu dropout(0.2) "
+                            "residual(linear(16) relu residual(linear(16))) linear(10)", 1, 8, 8, 10, 8);
     graph_init_params(g, 2);
     optim_t o;
     const optim_cfg_t oc = {.kind = OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
@@ -347,6 +467,10 @@ int main(void) {
         cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_whole_mlp),
         cmocka_unit_test(layout_and_callback), cmocka_unit_test(accumulation),
         cmocka_unit_test(step_allocates_nothing), cmocka_unit_test(shape_errors),
+        cmocka_unit_test(grad_residual),       cmocka_unit_test(grad_residual_of_input),
+        cmocka_unit_test(grad_residual_nested), cmocka_unit_test(grad_residual_flatten),
+        cmocka_unit_test(grad_three_consumers), cmocka_unit_test(grad_add_self),
+        cmocka_unit_test(tied_weight),         cmocka_unit_test(dag_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
