@@ -19,9 +19,24 @@ static int add_param(graph_t *g, node_t *nd, int node, const char *what, size_t 
     p->cols = cols;
     p->node = node;
     p->fan_in = fan_in;
+    p->std = 0;
+    p->fill = 0;
     nd->param[nd->nparam++] = g->nparam;
     return g->nparam++;
 }
+
+/* a parameter filled with a constant (LayerNorm's 1 and 0, GPT-2's zero biases) */
+static void add_const(graph_t *g, node_t *nd, int node, const char *what, size_t rows, float fill) {
+    g->param[add_param(g, nd, node, what, rows, 1, 0)].fill = fill;
+}
+
+/* a weight drawn from N(0, std) */
+static void add_normal(graph_t *g, node_t *nd, int node, const char *what, size_t rows, size_t cols, float std) {
+    g->param[add_param(g, nd, node, what, rows, cols, 0)].std = std;
+}
+
+/* the last dimension and the rows before it, for ops on [batch, ..., C] */
+static int last_dim(const tensor_t *t) { return t->dim[t->ndim - 1]; }
 
 /* Output shape of node i from its input's; params registered (unplaced). */
 static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen) {
@@ -31,23 +46,32 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
     const int F = (int)tensor_sample_size(in);
     const char *nm = layers_op_name(l->kind);
     switch (l->kind) {
-    case OP_LINEAR:
-        tensor_shape(&nd->out, 2, (int[]){B, l->n});
+    case OP_LINEAR: {
+        /* a sequence [B, T, C] keeps its positions: the layer acts on C */
+        const int seq = in->ndim == 3;
+        const int F_ = seq ? last_dim(in) : F;
+        if (seq) tensor_shape(&nd->out, 3, (int[]){B, in->dim[1], l->n});
+        else tensor_shape(&nd->out, 2, (int[]){B, l->n});
         if (l->tie) {
             /* the owner's weight: same rows x cols (PyTorch's weight tying) */
             const node_t *o = &g->nodes[l->tie - 1];
             const param_info_t *w = o->nparam ? &g->param[o->param[0]] : NULL;
-            if (!w || w->rows != (size_t)l->n || w->cols != (size_t)F) {
+            if (!w || w->rows != (size_t)l->n || w->cols != (size_t)F_) {
                 snprintf(err, errlen, "layer %d (%s) ties its weight to layer %d's, which is not %d x %d", i + 1, nm,
-                         l->tie, l->n, F);
+                         l->tie, l->n, F_);
                 return -1;
             }
             nd->param[nd->nparam++] = o->param[0];
+        } else if (l->init_std > 0) {
+            add_normal(g, nd, i, "weight", (size_t)l->n, (size_t)F_, l->init_std);
         } else {
-            add_param(g, nd, i, "weight", (size_t)l->n, (size_t)F, F);
+            add_param(g, nd, i, "weight", (size_t)l->n, (size_t)F_, F_);
         }
-        add_param(g, nd, i, "bias", (size_t)l->n, 1, F);
+        if (l->nobias) return 0;
+        if (l->init_std > 0) add_const(g, nd, i, "bias", (size_t)l->n, 0.0f);
+        else add_param(g, nd, i, "bias", (size_t)l->n, 1, F_);
         return 0;
+    }
     case OP_ADD: {
         const tensor_t *b = nd->input2 < 0 ? &g->input : &g->nodes[nd->input2].out;
         if (tensor_sample_size(b) != (size_t)F) {
@@ -87,12 +111,54 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
         return 0;
     }
     case OP_SOFTMAX_CE:
-        if (F != g->classes) { /* any shape: the loss reads its input flat */
+        /* any shape: the loss reads its input flat, classes at a time (a
+         * sequence model's logits: one set per position) */
+        if (F % g->classes || (F != g->classes && in->ndim != 3)) {
             snprintf(err, errlen, "the last layer produces %d outputs but the data has %d classes", F, g->classes);
             return -1;
         }
+        g->positions = F / g->classes;
         tensor_shape(&nd->out, 2, (int[]){B, F});
         return 0;
+    case OP_EMBED: {
+        const int V = l->k ? l->k : g->classes;
+        tensor_shape(&nd->out, 3, (int[]){B, F, l->n});
+        add_normal(g, nd, i, "weight", (size_t)V, (size_t)l->n, l->init_std > 0 ? l->init_std : 1.0f);
+        return 0;
+    }
+    case OP_POS_EMBED: case OP_LAYERNORM: case OP_ATTENTION:
+        if (in->ndim != 3) {
+            snprintf(err, errlen, "layer %d (%s) needs a sequence input (T, C) but gets %d features", i + 1, nm, F);
+            return -1;
+        }
+        if (l->kind == OP_POS_EMBED) {
+            tensor_shape(&nd->out, 3, in->dim);
+            add_normal(g, nd, i, "weight", (size_t)in->dim[1], (size_t)in->dim[2], l->init_std > 0 ? l->init_std : 1.0f);
+        } else if (l->kind == OP_LAYERNORM) {
+            tensor_shape(&nd->out, 3, in->dim);
+            add_const(g, nd, i, "weight", (size_t)in->dim[2], 1.0f);
+            add_const(g, nd, i, "bias", (size_t)in->dim[2], 0.0f);
+        } else {
+            const int C3 = in->dim[2];
+            if (l->n < 1 || C3 % (3 * l->n)) {
+                snprintf(err, errlen, "layer %d (%s): %d heads do not divide its input of %d = 3 x C (q, k, v)",
+                         i + 1, nm, l->n, C3);
+                return -1;
+            }
+            tensor_shape(&nd->out, 3, (int[]){B, in->dim[1], C3 / 3});
+        }
+        return 0;
+    case OP_MATMUL: {
+        const tensor_t *b = nd->input2 < 0 ? &g->input : &g->nodes[nd->input2].out;
+        const int bt = l->k == 1;
+        if (in->ndim != 3 || b->ndim != 3 || in->dim[2] != b->dim[bt ? 2 : 1]) {
+            snprintf(err, errlen, "layer %d (%s): [%d x %d] x [%d x %d]%s do not match", i + 1, nm, in->dim[1],
+                     last_dim(in), b->dim[1], last_dim(b), bt ? " transposed" : "");
+            return -1;
+        }
+        tensor_shape(&nd->out, 3, (int[]){B, in->dim[1], b->dim[bt ? 1 : 2]});
+        return 0;
+    }
     default:
         snprintf(err, errlen, "layer %d: unknown op %d", i + 1, (int)l->kind);
         return -1;
@@ -104,6 +170,11 @@ static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     case OP_CONV2D: return (size_t)in->dim[1] * nd->spec.k * nd->spec.k * nd->out.dim[2] * nd->out.dim[3];
     case OP_DROPOUT: return nd->out.size;
     case OP_SOFTMAX_CE: return (size_t)nd->out.dim[0]; /* per-row losses (GPU) */
+    case OP_LAYERNORM: return 2 * (size_t)in->dim[0] * in->dim[1]; /* mean and 1/std per row */
+    case OP_ATTENTION: { /* probabilities [B, heads, T, T] for backward, and two T x T work tiles */
+        const size_t T = (size_t)in->dim[1];
+        return (size_t)in->dim[0] * nd->spec.n * T * T + 2 * T * T;
+    }
     default: return 0;
     }
 }
@@ -141,7 +212,7 @@ static int wire(graph_t *g, int i, int nspecs, char *err, size_t errlen) {
     node_t *nd = &g->nodes[i];
     const layer_spec_t *l = &nd->spec;
     const char *nm = layers_op_name(l->kind);
-    const int want = l->kind == OP_ADD ? 2 : 1;
+    const int want = l->kind == OP_ADD || l->kind == OP_MATMUL ? 2 : 1;
     nd->input2 = -1;
     if (i == nspecs || l->nsrc == 0) {
         nd->input = i - 1;
@@ -252,7 +323,6 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
     tensor_shape(&g->input, 4, (int[]){batch, in[0], in[1], in[2]});
     g->input.dev = dev;
     if (!(g->input.data = device_alloc_floats(dev, g->input.size))) OOM("the input");
-    if (!(g->labels = device_alloc(dev, (size_t)batch * sizeof *g->labels))) OOM("labels");
     if (!(g->loss_dev = device_alloc_floats(dev, 2))) OOM("the loss");
     if (!(g->ones = device_alloc_floats(dev, (size_t)batch))) OOM("the ones vector");
     {
@@ -263,16 +333,6 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         free(one);
         if (rc) OOM("the ones vector (copy)");
     }
-    if (dev != DEV_CPU) {
-        for (int k = 0; k < 2; k++) {
-            g->stage_x[k] = device_host_alloc(g->input.size * sizeof(float));
-            g->stage_y[k] = device_host_alloc((size_t)batch * sizeof(int32_t));
-            g->staged[k] = device_event_new(dev);
-            if (!g->stage_x[k] || !g->stage_y[k] || !g->staged[k]) OOM("input staging");
-        }
-        if (!(g->probs_host = malloc((size_t)batch * classes * sizeof(float)))) OOM("probabilities");
-    }
-
     for (int k = 0; k < g->nnodes; k++) {
         const int i = g->order[k];
         node_t *nd = &g->nodes[i];
@@ -298,6 +358,18 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         if (sc && !(nd->scratch = device_alloc_floats(dev, sc))) OOM("scratch");
         if (nd->spec.kind == OP_MAXPOOL && !(nd->index = device_alloc(dev, nd->out.size * sizeof(int32_t))))
             OOM("max-pool indices");
+    }
+    /* the loss node set g->positions */
+    const size_t nlabels = (size_t)batch * g->positions;
+    if (!(g->labels = device_alloc(dev, nlabels * sizeof *g->labels))) OOM("labels");
+    if (dev != DEV_CPU) {
+        for (int k = 0; k < 2; k++) {
+            g->stage_x[k] = device_host_alloc(g->input.size * sizeof(float));
+            g->stage_y[k] = device_host_alloc(nlabels * sizeof(int32_t));
+            g->staged[k] = device_event_new(dev);
+            if (!g->stage_x[k] || !g->stage_y[k] || !g->staged[k]) OOM("input staging");
+        }
+        if (!(g->probs_host = malloc(nlabels * classes * sizeof(float)))) OOM("probabilities");
     }
     /* flat layout: in the order backward finishes the gradients (a tied
      * weight at its use earliest in the graph), weight then bias */
@@ -435,9 +507,16 @@ void graph_init_params(graph_t *g, uint64_t seed) {
     for (int p = 0; p < g->nparam; p++) {
         rng_t r;
         rng_seed(&r, seed ^ 0x696e6974ULL, (uint64_t)p, 0);
-        const float bound = 1.0f / sqrtf((float)g->param[p].fan_in);
-        float *w = host + g->param[p].offset;
-        for (size_t i = 0; i < g->param[p].count; i++) w[i] = (2.0f * rng_uniform(&r) - 1.0f) * bound;
+        const param_info_t *pi = &g->param[p];
+        float *w = host + pi->offset;
+        if (pi->std > 0) {
+            for (size_t i = 0; i < pi->count; i++) w[i] = pi->std * rng_normal(&r);
+        } else if (pi->fan_in > 0) {
+            const float bound = 1.0f / sqrtf((float)pi->fan_in);
+            for (size_t i = 0; i < pi->count; i++) w[i] = (2.0f * rng_uniform(&r) - 1.0f) * bound;
+        } else {
+            for (size_t i = 0; i < pi->count; i++) w[i] = pi->fill;
+        }
     }
     if (host != g->params) {
         if (graph_params_from_host(g, host)) abort();
@@ -471,7 +550,7 @@ int graph_input_commit(graph_t *g, int n) {
     const int k = g->stage ^= 1;
     const size_t S = tensor_sample_size(&g->input);
     if (device_from_host_async(g->dev, g->input.data, g->stage_x[k], (size_t)n * S * sizeof(float)) ||
-        device_from_host_async(g->dev, g->labels, g->stage_y[k], (size_t)n * sizeof(int32_t)))
+        device_from_host_async(g->dev, g->labels, g->stage_y[k], (size_t)n * g->positions * sizeof(int32_t)))
         return -1;
     device_event_record(g->staged[k]);
     return 0;
@@ -582,7 +661,7 @@ void graph_backward(graph_t *g) {
 const float *graph_probs(graph_t *g) {
     const float *p = g->nodes[g->nnodes - 1].out.data;
     if (g->dev == DEV_CPU) return p;
-    device_to_host(g->dev, g->probs_host, p, (size_t)g->n * g->classes * sizeof(float));
+    device_to_host(g->dev, g->probs_host, p, (size_t)g->n * g->positions * g->classes * sizeof(float));
     return g->probs_host;
 }
 
@@ -590,7 +669,7 @@ int graph_correct(graph_t *g) {
     const float *p = graph_probs(g);
     const int32_t *labels = g->dev == DEV_CPU ? g->labels : g->stage_y[g->stage];
     int ok = 0;
-    for (int i = 0; i < g->n; i++) {
+    for (int i = 0; i < g->n * g->positions; i++) {
         int best = 0;
         for (int c = 1; c < g->classes; c++)
             if (p[(size_t)i * g->classes + c] > p[(size_t)i * g->classes + best]) best = c;

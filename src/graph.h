@@ -51,7 +51,10 @@ typedef struct param_info {
     size_t offset, count;
     size_t rows, cols; /* count = rows x cols: a weight as PyTorch's view(out, -1); a bias is rows x 1 */
     int node;
+    /* initial values: N(0, std) when std > 0, else U(+-1/sqrt(fan_in)) when
+     * fan_in > 0 (PyTorch's default), else all `fill` */
     int fan_in;
+    float std, fill;
 } param_info_t;
 
 typedef struct graph {
@@ -60,7 +63,8 @@ typedef struct graph {
     int n;         /* rows in the current forward/backward, <= batch */
     int classes;
     tensor_t input;  /* the caller fills input.data[0 .. n * sample) */
-    int32_t *labels; /* and labels[0 .. n) */
+    int32_t *labels; /* and labels[0 .. n x positions) */
+    int positions;   /* labels per sample: 1, or T for a sequence model's logits [T, classes] */
     int nnodes;
     node_t *nodes;
     int *order; /* topological order of nodes */
@@ -104,7 +108,8 @@ int graph_create(graph_t **g, const layer_spec_t *specs, int nspecs, const int i
                  int batch, device_t dev, char *err, size_t errlen);
 void graph_destroy(graph_t *g);
 
-/* PyTorch's default initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)). */
+/* Each parameter as param_info says: PyTorch's default U(-1/sqrt(fan_in),
+ * 1/sqrt(fan_in)), N(0, std) where a layer asks for it, or a constant. */
 void graph_init_params(graph_t *g, uint64_t seed);
 
 /* Where the caller writes the next batch (n rows of input, and labels):
@@ -122,10 +127,10 @@ void graph_loss_reset(graph_t *g);
 double graph_loss_sum(graph_t *g);
 /* Gradients of loss_scale x the last forward's loss, into grads. */
 void graph_backward(graph_t *g);
-/* Rows of the last forward whose arg-max output equals the label (the
- * labels as given to graph_input_host). */
+/* Predictions of the last forward (n x positions) whose arg-max equals the
+ * label (the labels as given to graph_input_host). */
 int graph_correct(graph_t *g);
-/* The model's output probabilities, [n, classes], in host memory. */
+/* The model's output probabilities, [n x positions, classes], in host memory. */
 const float *graph_probs(graph_t *g);
 
 /* Parameters (nweights floats) between the device and host memory. */

@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,8 @@ static const char *const op_names[OP_COUNT] = {
     [OP_LINEAR] = "linear", [OP_RELU] = "relu",       [OP_GELU] = "gelu",
     [OP_TANH] = "tanh",     [OP_DROPOUT] = "dropout", [OP_CONV2D] = "conv",
     [OP_MAXPOOL] = "maxpool", [OP_FLATTEN] = "flatten", [OP_SOFTMAX_CE] = "softmax_ce",
-    [OP_ADD] = "add",
+    [OP_ADD] = "add", [OP_EMBED] = "embed", [OP_POS_EMBED] = "pos_embed", [OP_LAYERNORM] = "layernorm",
+    [OP_ATTENTION] = "attention", [OP_MATMUL] = "matmul",
 };
 
 const char *layers_op_name(op_kind_t kind) { return kind < OP_COUNT ? op_names[kind] : "?"; }
@@ -167,6 +169,34 @@ int layers_mlp(const int *hidden, int nhidden, int classes, op_kind_t act, layer
         out[n++] = (layer_spec_t){.kind = act};
     }
     out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = classes};
+    return n;
+}
+
+int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, layer_spec_t *out, int max) {
+    const int C = n_embd;
+    if (n_layer < 1 || n_head < 1 || C % n_head || vocab < 2 || 2 + 10 * n_layer + 2 > max) return -1;
+    const float std = 0.02f, proj = std / sqrtf(2.0f * (float)n_layer);
+    int n = 0;
+    out[n++] = (layer_spec_t){.kind = OP_EMBED, .n = C, .init_std = std};
+    out[n++] = (layer_spec_t){.kind = OP_POS_EMBED, .init_std = std};
+    for (int l = 0; l < n_layer; l++) {
+        const int x = n - 1; /* the residual stream */
+        out[n++] = (layer_spec_t){.kind = OP_LAYERNORM};
+        out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = 3 * C, .init_std = std};
+        out[n++] = (layer_spec_t){.kind = OP_ATTENTION, .n = n_head};
+        out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = C, .init_std = proj};
+        out[n] = (layer_spec_t){.kind = OP_ADD, .nsrc = 2, .src = {n - 1, x}};
+        n++;
+        const int y = n - 1;
+        out[n++] = (layer_spec_t){.kind = OP_LAYERNORM};
+        out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = 4 * C, .init_std = std};
+        out[n++] = (layer_spec_t){.kind = OP_GELU};
+        out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = C, .init_std = proj};
+        out[n] = (layer_spec_t){.kind = OP_ADD, .nsrc = 2, .src = {n - 1, y}};
+        n++;
+    }
+    out[n++] = (layer_spec_t){.kind = OP_LAYERNORM};
+    out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = vocab, .nobias = 1, .tie = tie ? 1 : 0, .init_std = std};
     return n;
 }
 

@@ -32,13 +32,20 @@ typedef enum {
     OP_FLATTEN,
     OP_SOFTMAX_CE,
     OP_ADD, /* element-wise sum of two inputs of the same size (residuals) */
+    /* sequence models: activations [batch, T, C], a linear layer on a 3-D
+     * input acts on the last dimension */
+    OP_EMBED,     /* token ids [T] (as floats) -> [T, n]; weight [k or classes, n] */
+    OP_POS_EMBED, /* [T, C] + a learned [T, C] */
+    OP_LAYERNORM, /* over the last dimension; weight (1) and bias (0) per channel */
+    OP_ATTENTION, /* causal self-attention, n heads: q,k,v [T, 3C] -> [T, C] */
+    OP_MATMUL,    /* batched: a [M, K] x b [K, N] -> [M, N] per sample (b transposed when k = 1) */
     OP_COUNT
 } op_kind_t;
 
 typedef struct layer_spec {
     op_kind_t kind;
-    int n;      /* linear outputs, conv output channels */
-    int k;      /* conv or pool kernel size */
+    int n;      /* linear outputs, conv output channels, embedding width, attention heads */
+    int k;      /* conv or pool kernel size, embedding vocabulary (0: the classes) */
     int stride; /* conv or pool stride */
     int pad;    /* conv zero padding on each side */
     float p;    /* dropout probability */
@@ -51,6 +58,8 @@ typedef struct layer_spec {
     /* 0, or 1 + the index of an earlier layer whose weight this one uses
      * (same shape; weight tying); the bias stays its own */
     int tie;
+    int nobias;     /* linear: no bias */
+    float init_std; /* weights ~ N(0, init_std) (GPT-2's 0.02); 0: PyTorch's default */
 } layer_spec_t;
 
 #define LAYERS_MAX 256
@@ -66,6 +75,15 @@ int layers_mlp(const int *hidden, int nhidden, int classes, op_kind_t act, layer
 
 /* The "2 Conv+pooling" CNN of the TensorFlow layers tutorial. */
 int layers_cnn(int classes, layer_spec_t *out, int max);
+
+/* GPT-2's layout for a vocabulary of `vocab` tokens: token + positional
+ * embedding; per block pre-LayerNorm, attention (q, k, v from one linear
+ * layer) with an output projection, residual, pre-LayerNorm, an MLP of
+ * 4 x n_embd with GELU, residual; a final LayerNorm; a bias-free linear
+ * head, its weight the token embedding's when tie. Weights ~ N(0, 0.02), the
+ * residual projections N(0, 0.02 / sqrt(2 n_layer)), biases 0. Returns the
+ * number of layers, or -1 (n_embd not a multiple of n_head, too many). */
+int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, layer_spec_t *out, int max);
 
 /* Writes the canonical layer-list text (used in logs and config hashes). */
 void layers_format(const layer_spec_t *l, int n, char *buf, size_t len);

@@ -6,41 +6,52 @@
 #include <math.h>
 #include <string.h>
 
-#include "ops.h"
+#include "ops_cpu.h"
 #include "rng.h"
 #include "simd.h"
 
-#define W_OF(g, nd) ((g)->params + (g)->param[(nd)->param[0]].offset)
-#define B_OF(g, nd) ((g)->params + (g)->param[(nd)->param[1]].offset)
-#define DW_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[0]].offset)
-#define DB_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[1]].offset)
+/* ---- linear: Y = X W^T + b, W is [out, in] as in PyTorch; on a sequence
+ * [T, C] each position is a row ---- */
 
-/* ---- linear: Y = X W^T + b, W is [out, in] as in PyTorch ---- */
+/* rows and features: a sample's flat input, or its positions and their last dimension */
+static void linear_dims(const graph_t *g, const tensor_t *in, int *rows, int *F) {
+    const int seq = in->ndim == 3;
+    *F = seq ? in->dim[2] : (int)tensor_sample_size(in);
+    *rows = seq ? g->n * in->dim[1] : g->n;
+}
 
 static void linear_forward(graph_t *g, node_t *nd, const tensor_t *in) {
-    const int n = g->n, N = nd->spec.n, F = (int)tensor_sample_size(in);
-    const float *b = B_OF(g, nd);
+    const int N = nd->spec.n;
+    int n, F;
+    linear_dims(g, in, &n, &F);
     float *Y = nd->out.data;
-    for (int i = 0; i < n; i++) memcpy(Y + (size_t)i * N, b, (size_t)N * sizeof(float));
+    if (!nd->spec.nobias) {
+        const float *b = B_OF(g, nd);
+        for (int i = 0; i < n; i++) memcpy(Y + (size_t)i * N, b, (size_t)N * sizeof(float));
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, N, F, 1.0f, in->data, F, W_OF(g, nd), F,
-                1.0f, Y, N);
+                nd->spec.nobias ? 0.0f : 1.0f, Y, N);
 }
 
 /* Sums the rows of an n x N matrix into acc (overwritten unless add). */
-HOT_LOOP static void column_sums(const float *restrict m, int n, int N, float *restrict acc, int add) {
+HOT_LOOP void column_sums(const float *restrict m, int n, int N, float *restrict acc, int add) {
     if (!add) memset(acc, 0, (size_t)N * sizeof(float));
     for (int i = 0; i < n; i++)
         for (int j = 0; j < N; j++) acc[j] += m[(size_t)i * N + j];
 }
 
 static void linear_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
-    const int n = g->n, N = nd->spec.n, F = (int)tensor_sample_size(in);
+    const int N = nd->spec.n;
+    int n, F;
+    linear_dims(g, in, &n, &F);
     const float *dY = nd->dout.data;
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, F, n, 1.0f, dY, N, in->data, F,
                 graph_grad_add(g, nd->param[0]) ? 1.0f : 0.0f, DW_OF(g, nd), F);
     graph_grad_ready(g, nd->param[0]);
-    column_sums(dY, n, N, DB_OF(g, nd), graph_grad_add(g, nd->param[1]));
-    graph_grad_ready(g, nd->param[1]);
+    if (!nd->spec.nobias) {
+        column_sums(dY, n, N, DB_OF(g, nd), graph_grad_add(g, nd->param[1]));
+        graph_grad_ready(g, nd->param[1]);
+    }
     if (nd->needs_dinput)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, F, N, 1.0f, dY, N, W_OF(g, nd), F,
                     0.0f, din->data, F);
@@ -279,7 +290,7 @@ static void add_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *d
 /* ---- fused softmax cross-entropy: out holds the probabilities ---- */
 
 static void softmax_ce_forward(graph_t *g, node_t *nd, const tensor_t *in) {
-    const int n = g->n, C = g->classes;
+    const int n = g->n * g->positions, C = g->classes;
     double loss = 0.0;
     for (int i = 0; i < n; i++) {
         const float *z = in->data + (size_t)i * C;
@@ -297,7 +308,7 @@ static void softmax_ce_forward(graph_t *g, node_t *nd, const tensor_t *in) {
 }
 
 static void softmax_ce_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
-    const int n = g->n, C = g->classes;
+    const int n = g->n * g->positions, C = g->classes;
     (void)in;
     const float s = n ? g->loss_scale / (float)n : 0.0f;
     for (int i = 0; i < n; i++) {
@@ -319,4 +330,9 @@ const op_impl_t ops_cpu[OP_COUNT] = {
     [OP_FLATTEN] = {flatten_forward, flatten_backward, NULL, NULL},
     [OP_SOFTMAX_CE] = {softmax_ce_forward, softmax_ce_backward, NULL, NULL},
     [OP_ADD] = {add_forward, add_backward, NULL, NULL},
+    [OP_EMBED] = {embed_forward, embed_backward, NULL, NULL},
+    [OP_POS_EMBED] = {pos_embed_forward, pos_embed_backward, NULL, NULL},
+    [OP_LAYERNORM] = {layernorm_forward, layernorm_backward, NULL, NULL},
+    [OP_ATTENTION] = {attention_forward, attention_backward, NULL, NULL},
+    [OP_MATMUL] = {matmul_forward, matmul_backward, NULL, NULL},
 };

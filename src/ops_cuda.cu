@@ -342,7 +342,7 @@ static void softmax_ce_backward(graph_t *g, node_t *nd, const tensor_t *in, tens
 }
 
 // in op_kind_t order (C++ has no array designators)
-static_assert(OP_COUNT == 10, "a new op needs its CUDA entry here");
+static_assert(OP_COUNT == 15, "a new op needs its CUDA entry here");
 extern "C" const op_impl_t ops_cuda[OP_COUNT];
 const op_impl_t ops_cuda[OP_COUNT] = {
     {linear_forward, linear_backward, NULL, NULL},       // OP_LINEAR
@@ -354,5 +354,11 @@ const op_impl_t ops_cuda[OP_COUNT] = {
     {maxpool_forward, maxpool_backward, NULL, NULL},     // OP_MAXPOOL
     {nop_forward, nop_backward, NULL, NULL},             // OP_FLATTEN
     {softmax_ce_forward, softmax_ce_backward, NULL, NULL}, // OP_SOFTMAX_CE
-    {NULL, NULL, NULL, NULL}, // OP_ADD: not on the GPU yet (graph_create says so; residual gradient sums are CPU-only too)
+    // not on the GPU yet (graph_create says so; residual gradient sums are CPU-only too)
+    {NULL, NULL, NULL, NULL}, // OP_ADD
+    {NULL, NULL, NULL, NULL}, // OP_EMBED
+    {NULL, NULL, NULL, NULL}, // OP_POS_EMBED
+    {NULL, NULL, NULL, NULL}, // OP_LAYERNORM
+    {NULL, NULL, NULL, NULL}, // OP_ATTENTION
+    {NULL, NULL, NULL, NULL}, // OP_MATMUL
 };

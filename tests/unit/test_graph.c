@@ -56,16 +56,75 @@ static double ref_loss(const graph_t *g, const double *P, const double *X, int n
         const size_t is = tensor_sample_size(it), os = tensor_sample_size(&nd->out);
         double *y = act[id] = calloc((size_t)n * os + 1, sizeof *y);
         const double *W = nd->nparam ? P + g->param[nd->param[0]].offset : NULL;
-        const double *b = nd->nparam ? P + g->param[nd->param[1]].offset : NULL;
+        const double *b = nd->nparam > 1 ? P + g->param[nd->param[1]].offset : NULL;
         switch (nd->spec.kind) {
-        case OP_LINEAR:
-            for (int i = 0; i < n; i++)
-                for (size_t j = 0; j < os; j++) {
-                    double a = b[j];
-                    for (size_t f = 0; f < is; f++) a += x[i * is + f] * W[j * is + f];
-                    y[i * os + j] = a;
+        case OP_LINEAR: { /* a sequence's positions are rows */
+            const size_t T = it->ndim == 3 ? (size_t)it->dim[1] : 1, F = is / T, N = os / T;
+            for (size_t i = 0; i < n * T; i++)
+                for (size_t j = 0; j < N; j++) {
+                    double a = nd->spec.nobias ? 0 : b[j];
+                    for (size_t f = 0; f < F; f++) a += x[i * F + f] * W[j * F + f];
+                    y[i * N + j] = a;
                 }
             break;
+        }
+        case OP_EMBED: {
+            const size_t C = (size_t)nd->spec.n;
+            for (size_t i = 0; i < n * is; i++)
+                for (size_t c = 0; c < C; c++) y[i * C + c] = W[(size_t)lround(x[i]) * C + c];
+            break;
+        }
+        case OP_POS_EMBED:
+            for (size_t i = 0; i < n * is; i++) y[i] = x[i] + W[i % is];
+            break;
+        case OP_LAYERNORM: {
+            const size_t C = (size_t)it->dim[2];
+            for (size_t r = 0; r < n * is / C; r++) {
+                double m = 0, v = 0;
+                for (size_t c = 0; c < C; c++) m += x[r * C + c] / C;
+                for (size_t c = 0; c < C; c++) v += (x[r * C + c] - m) * (x[r * C + c] - m) / C;
+                for (size_t c = 0; c < C; c++) y[r * C + c] = (x[r * C + c] - m) / sqrt(v + 1e-5) * W[c] + b[c];
+            }
+            break;
+        }
+        case OP_ATTENTION: {
+            const int T = it->dim[1], C = it->dim[2] / 3, H = nd->spec.n, hs = C / H;
+            double *p = calloc((size_t)T, sizeof *p);
+            for (int i = 0; i < n; i++)
+                for (int h = 0; h < H; h++)
+                    for (int t = 0; t < T; t++) {
+                        const double *q = x + (size_t)i * is + (size_t)t * 3 * C + h * hs;
+                        double mx = -INFINITY, sum = 0;
+                        for (int j = 0; j <= t; j++) {
+                            const double *k = x + (size_t)i * is + (size_t)j * 3 * C + C + h * hs;
+                            double d = 0;
+                            for (int e = 0; e < hs; e++) d += q[e] * k[e];
+                            p[j] = d / sqrt((double)hs);
+                            mx = fmax(mx, p[j]);
+                        }
+                        for (int j = 0; j <= t; j++) sum += (p[j] = exp(p[j] - mx));
+                        for (int e = 0; e < hs; e++) {
+                            double a = 0;
+                            for (int j = 0; j <= t; j++) a += p[j] / sum * x[(size_t)i * is + (size_t)j * 3 * C + 2 * C + h * hs + e];
+                            y[(size_t)i * os + (size_t)t * C + h * hs + e] = a;
+                        }
+                    }
+            free(p);
+            break;
+        }
+        case OP_MATMUL: {
+            const int M = it->dim[1], K = it->dim[2], N = nd->out.dim[2], bt = nd->spec.k == 1;
+            const size_t bs = (size_t)K * N;
+            for (int i = 0; i < n; i++)
+                for (int r = 0; r < M; r++)
+                    for (int c = 0; c < N; c++) {
+                        double a = 0;
+                        for (int e = 0; e < K; e++)
+                            a += x[i * is + (size_t)r * K + e] * x2[i * bs + (bt ? (size_t)c * K + e : (size_t)e * N + c)];
+                        y[i * os + (size_t)r * N + c] = a;
+                    }
+            break;
+        }
         case OP_RELU:
             for (size_t i = 0; i < n * is; i++) y[i] = x[i] > 0 ? x[i] : 0;
             break;
@@ -121,15 +180,17 @@ static double ref_loss(const graph_t *g, const double *P, const double *X, int n
                         }
             break;
         }
-        case OP_SOFTMAX_CE:
-            for (int i = 0; i < n; i++) {
+        case OP_SOFTMAX_CE: { /* every position of a sequence, classes at a time */
+            const size_t V = (size_t)g->classes, rows = (size_t)n * g->positions;
+            for (size_t i = 0; i < rows; i++) {
                 double mx = -INFINITY, s = 0;
-                for (size_t c = 0; c < is; c++) mx = fmax(mx, x[i * is + c]);
-                for (size_t c = 0; c < is; c++) s += exp(x[i * is + c] - mx);
-                loss += log(s) + mx - x[i * is + g->labels[i]];
+                for (size_t c = 0; c < V; c++) mx = fmax(mx, x[i * V + c]);
+                for (size_t c = 0; c < V; c++) s += exp(x[i * V + c] - mx);
+                loss += log(s) + mx - x[i * V + g->labels[i]];
             }
-            loss /= n;
+            loss /= (double)rows;
             break;
+        }
         default:
             fail_msg("no reference for op %d", nd->spec.kind);
         }
@@ -196,8 +257,10 @@ static void gradcheck_graph(graph_t *g, const char *layers, int classes, int bat
     graph_init_params(g, 7);
     rng_t r;
     rng_seed(&r, 42, (uint64_t)n, (uint64_t)C * H * W);
-    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = rng_normal(&r);
-    for (int i = 0; i < batch; i++) g->labels[i] = (int32_t)rng_below(&r, (uint64_t)classes);
+    const int ids = g->nodes[g->order[0]].spec.kind == OP_EMBED; /* token ids, not features */
+    for (size_t i = 0; i < g->input.size; i++)
+        g->input.data[i] = ids ? (float)rng_below(&r, (uint64_t)classes) : rng_normal(&r);
+    for (int i = 0; i < batch * g->positions; i++) g->labels[i] = (int32_t)rng_below(&r, (uint64_t)classes);
     g->training = 1;
     g->seed = 3;
     const float loss = graph_forward(g, n);
@@ -344,7 +407,7 @@ static void tied_weight(void **st) {
     const layer_spec_t l[] = {L(OP_LINEAR, .n = 6), L(OP_TANH), L(OP_LINEAR, .n = 6, .tie = 1), L(OP_RELU),
                               L(OP_LINEAR, .n = 3)};
     graph_t *g = must_create(l, 5, 6, 3, 4);
-    assert_int_equal(g->nparam, 5); /* 3 weights (one shared) + 3 biases - ... */
+    assert_int_equal(g->nparam, 5); /* 2 weights (one used by layers 1 and 3) + 3 biases */
     assert_int_equal(g->nodes[0].param[0], g->nodes[2].param[0]);
     const char *want[5] = {"linear4.weight", "linear4.bias", "linear2.bias", "linear0.weight", "linear0.bias"};
     for (int p = 0; p < 5; p++) assert_string_equal(g->param[p].name, want[p]);
@@ -400,6 +463,107 @@ static void dag_errors(void **st) {
         assert_int_equal(graph_create(&g, cases[i].l, cases[i].n, (int[]){1, 1, 3}, 3, 2, DEV_CPU, err, sizeof err), -1);
         if (!strstr(err, cases[i].needle)) fail_msg("case %zu: got '%s'", i, err);
     }
+}
+
+/* ---- sequence ops: token ids [T] in, logits [T, V] out, a loss per position ---- */
+
+static void grad_embed(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {L(OP_EMBED, .n = 5), L(OP_LINEAR, .n = 7)};
+    gradcheck_graph(must_create(l, 2, 4, 7, 3), "embed(5) linear(7), T=4", 7, 3, 2);
+}
+static void grad_pos_embed(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {L(OP_EMBED, .n = 5), L(OP_POS_EMBED), L(OP_LINEAR, .n = 6, .nobias = 1)};
+    gradcheck_graph(must_create(l, 3, 4, 6, 3), "embed(5) pos_embed linear(6, no bias)", 6, 3, 3);
+}
+static void grad_layernorm(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {L(OP_EMBED, .n = 6, .init_std = 0.5f), L(OP_LINEAR, .n = 6), L(OP_LAYERNORM),
+                              L(OP_LINEAR, .n = 5)};
+    graph_t *g = must_create(l, 4, 3, 5, 4);
+    gradcheck_graph(g, "embed(6) linear(6) layernorm linear(5)", 5, 4, 3);
+}
+static void grad_attention(void **st) {
+    (void)st;
+    const layer_spec_t l[] = {L(OP_EMBED, .n = 12, .init_std = 0.5f), L(OP_LINEAR, .n = 36), L(OP_ATTENTION, .n = 3),
+                              L(OP_LINEAR, .n = 5)};
+    gradcheck_graph(must_create(l, 4, 5, 5, 3), "embed(12) linear(36) attention(3 heads) linear(5), T=5", 5, 3, 2);
+}
+static void grad_matmul(void **st) {
+    (void)st;
+    /* a [4 x 3] b^T [3 x 4] -> [4 x 4]; then c [4 x 4] d [4 x 5] */
+    const layer_spec_t l[] = {L(OP_EMBED, .n = 6, .init_std = 0.5f), L(OP_LINEAR, .n = 3), L(OP_LINEAR, .n = 3, .nsrc = 1, .src = {0}),
+                              L(OP_MATMUL, .k = 1, .nsrc = 2, .src = {1, 2}), L(OP_LINEAR, .n = 5, .nsrc = 1, .src = {0}),
+                              L(OP_MATMUL, .nsrc = 2, .src = {3, 4}), L(OP_LINEAR, .n = 6)};
+    gradcheck_graph(must_create(l, 7, 4, 6, 3), "matmul(a, b^T) then matmul(., c)", 6, 3, 3);
+}
+
+static graph_t *gpt(int n_layer, int n_head, int n_embd, int T, int V, int tie, int batch) {
+    layer_spec_t l[LAYERS_MAX];
+    const int n = layers_gpt(n_layer, n_head, n_embd, V, tie, l, LAYERS_MAX);
+    assert_true(n > 0);
+    return must_create(l, n, T, V, batch);
+}
+
+/* one transformer block, untied; then two blocks with the head tied to the embedding */
+static void grad_gpt_block(void **st) {
+    (void)st;
+    gradcheck_graph(gpt(1, 2, 8, 5, 7, 0, 3), "gpt: 1 block, 2 heads, C=8, T=5, V=7", 7, 3, 2);
+}
+static void grad_gpt_tied(void **st) {
+    (void)st;
+    graph_t *g = gpt(2, 2, 8, 4, 6, 1, 2);
+    int head = g->nnodes - 2;
+    assert_int_equal(g->nodes[head].param[0], g->nodes[0].param[0]);
+    gradcheck_graph(g, "gpt: 2 blocks, tied embedding, C=8, T=4, V=6", 6, 2, 2);
+}
+
+/* no position sees the future: changing token t0 leaves every output before t0 as it was */
+static void causal_mask(void **st) {
+    (void)st;
+    const int T = 9, V = 11, t0 = 5;
+    graph_t *g = gpt(2, 4, 16, T, V, 1, 2);
+    graph_init_params(g, 3);
+    for (int i = 0; i < 2 * T; i++) g->input.data[i] = (float)((i * 7) % V);
+    graph_forward(g, 2);
+    float *before = malloc((size_t)2 * T * V * sizeof *before);
+    memcpy(before, graph_probs(g), (size_t)2 * T * V * sizeof *before);
+    g->input.data[T + t0] = (float)(((int)g->input.data[T + t0] + 3) % V); /* sample 1 */
+    graph_forward(g, 2);
+    const float *after = graph_probs(g);
+    assert_memory_equal(before, after, (size_t)(T + t0) * V * sizeof *before); /* sample 0, and sample 1 before t0 */
+    int changed = 0;
+    for (int i = (T + t0) * V; i < 2 * T * V; i++) changed += before[i] != after[i];
+    assert_true(changed > (T - t0) * V / 2);
+    free(before);
+    graph_destroy(g);
+}
+
+/* a GPT step (forward, backward, AdamW) allocates nothing either */
+static void gpt_step_allocates_nothing(void **st) {
+    (void)st;
+    graph_t *g = gpt(2, 2, 16, 8, 13, 1, 4);
+    graph_init_params(g, 2);
+    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = (float)(i % 13);
+    for (int i = 0; i < 4 * 8; i++) g->labels[i] = (i * 5) % 13;
+    optim_t o;
+    const optim_cfg_t oc = {.kind = OPTIM_ADAMW, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    assert_int_equal(optim_init(&o, &oc, g->nweights), 0);
+    g->training = 1;
+    float first = 0, last = 0;
+    for (int step = 0; step < 20; step++) {
+        counting = step > 0;
+        last = graph_forward(g, 4);
+        graph_backward(g);
+        optim_step(&o, g->params, g->grads, 1e-2f);
+        counting = 0;
+        if (!step) first = last;
+    }
+    assert_int_equal(allocs, 0);
+    assert_true(last < 0.5f * first); /* and it learns the fixed batch */
+    optim_free(&o);
+    graph_destroy(g);
 }
 
 /* accumulate = 1 adds into the gradients; loss_scale scales them */
@@ -471,6 +635,11 @@ int main(void) {
         cmocka_unit_test(grad_residual_nested), cmocka_unit_test(grad_residual_flatten),
         cmocka_unit_test(grad_three_consumers), cmocka_unit_test(grad_add_self),
         cmocka_unit_test(tied_weight),         cmocka_unit_test(dag_errors),
+        cmocka_unit_test(grad_embed),          cmocka_unit_test(grad_pos_embed),
+        cmocka_unit_test(grad_layernorm),      cmocka_unit_test(grad_attention),
+        cmocka_unit_test(grad_matmul),         cmocka_unit_test(grad_gpt_block),
+        cmocka_unit_test(grad_gpt_tied),       cmocka_unit_test(causal_mask),
+        cmocka_unit_test(gpt_step_allocates_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

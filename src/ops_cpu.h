@@ -1,0 +1,28 @@
+/* Shared by the CPU op files: parameter access and the sequence ops'
+ * entry points for ops_cpu.c's table. */
+#ifndef DDP_OPS_CPU_H
+#define DDP_OPS_CPU_H
+
+#include "ops.h"
+
+#define W_OF(g, nd) ((g)->params + (g)->param[(nd)->param[0]].offset)
+#define B_OF(g, nd) ((g)->params + (g)->param[(nd)->param[1]].offset)
+#define DW_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[0]].offset)
+#define DB_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[1]].offset)
+
+/* Sums the rows of an n x N matrix into acc (overwritten unless add). */
+void column_sums(const float *restrict m, int n, int N, float *restrict acc, int add);
+
+/* ops_seq.c */
+void embed_forward(graph_t *g, node_t *nd, const tensor_t *in);
+void embed_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+void pos_embed_forward(graph_t *g, node_t *nd, const tensor_t *in);
+void pos_embed_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+void layernorm_forward(graph_t *g, node_t *nd, const tensor_t *in);
+void layernorm_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+void attention_forward(graph_t *g, node_t *nd, const tensor_t *in);
+void attention_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+void matmul_forward(graph_t *g, node_t *nd, const tensor_t *in);
+void matmul_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din);
+
+#endif
