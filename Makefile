@@ -202,6 +202,7 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tests/bench/compare-native
 	@BUILD=$(BUILD) tests/bench/train-vs-pytorch
+	@BUILD=$(BUILD) tests/bench/gpt-vs-pytorch
 	@BUILD=$(BUILD) tests/bench/ddp-scaling
 	@if tests/e2e/vcluster.sh --probe; then BUILD=$(BUILD) tests/bench/vcluster-bench 1gbit 2; \
 	else echo "vcluster-bench: skipped (network namespaces need root)"; fi

@@ -24,11 +24,18 @@ typedef struct key_def {
 #define F(field) offsetof(config_t, field)
 #define BIG 1e18
 static const key_def_t keys[] = {
-    {"model", "arch", T_ENUM, F(arch), 0, 0, 0, "mlp|cnn|layers", "mlp", 1},
+    {"model", "arch", T_ENUM, F(arch), 0, 0, 0, "mlp|cnn|layers|gpt", "mlp", 1},
     {"model", "hidden", T_INTLIST, F(hidden), F(nhidden), 1, 1 << 20, NULL, "256,128,100", 1},
     {"model", "layers", T_STR, F(layers), 0, 0, 0, NULL, "", 1},
     {"model", "activation", T_ENUM, F(activation), 0, 0, 0, "relu|gelu|tanh", "relu", 1},
-    {"data", "dataset", T_ENUM, F(dataset), 0, 0, 0, "fashion-mnist|synthetic", "fashion-mnist", 1},
+    {"model", "n_layer", T_INT, F(n_layer), 0, 1, 1024, NULL, "4", 1},
+    {"model", "n_head", T_INT, F(n_head), 0, 1, 1024, NULL, "4", 1},
+    {"model", "n_embd", T_INT, F(n_embd), 0, 1, 1 << 16, NULL, "256", 1},
+    {"model", "block_size", T_INT, F(block_size), 0, 1, 1 << 16, NULL, "128", 1},
+    {"model", "tie_embeddings", T_BOOL, F(tie_embeddings), 0, 0, 1, NULL, "true", 1},
+    {"data", "dataset", T_ENUM, F(dataset), 0, 0, 0, "fashion-mnist|synthetic|text", "fashion-mnist", 1},
+    {"data", "path", T_STR, F(path), 0, 0, 0, NULL, "", 0},
+    {"data", "val_fraction", T_DOUBLE, F(val_fraction), 0, 1e-6, 0.5, NULL, "0.1", 0},
     {"data", "dir", T_STR, F(dir), 0, 0, 0, NULL, "/usr/share/datasets/fashion-mnist", 0},
     {"data", "batch_size", T_INT, F(batch_size), 0, 1, 1 << 20, NULL, "64", 0},
     {"data", "shape", T_INTLIST, F(shape), F(nshape), 1, 1 << 20, NULL, "1,28,28", 1},
@@ -344,6 +351,25 @@ int config_validate(config_t *c, char *err, size_t errlen) {
     }
     if (c->arch != CFG_ARCH_LAYERS && c->layers[0]) {
         snprintf(err, errlen, "%s: [model] layers is set but [model] arch is not 'layers'", origin_of(c, "model", "layers"));
+        return -1;
+    }
+    if (c->arch == CFG_ARCH_GPT && c->dataset == CFG_DATA_FMNIST) {
+        snprintf(err, errlen, "%s: [model] arch = gpt needs [data] dataset = text or synthetic (token streams)",
+                 origin_of(c, "model", "arch"));
+        return -1;
+    }
+    if (c->dataset == CFG_DATA_TEXT && c->arch != CFG_ARCH_GPT) {
+        snprintf(err, errlen, "%s: [data] dataset = text needs [model] arch = gpt", origin_of(c, "data", "dataset"));
+        return -1;
+    }
+    if (c->dataset == CFG_DATA_TEXT && !c->path[0]) {
+        snprintf(err, errlen, "%s: [data] dataset = text needs [data] path", origin_of(c, "data", "dataset"));
+        return -1;
+    }
+    if (c->arch == CFG_ARCH_GPT && c->n_embd % c->n_head) {
+        const char *o = origin_of(c, "model", "n_head"); /* whichever of the two was set */
+        if (!strcmp(o, "default")) o = origin_of(c, "model", "n_embd");
+        snprintf(err, errlen, "%s: [model] n_embd = %d is not a multiple of n_head = %d", o, c->n_embd, c->n_head);
         return -1;
     }
     if (c->dataset == CFG_DATA_SYNTHETIC && c->nshape > 3) {

@@ -19,6 +19,7 @@ typedef struct config {
     int nhidden;
     char layers[CFG_STR_MAX];
     int activation;             /* CFG_ACT_* */
+    int n_layer, n_head, n_embd, block_size, tie_embeddings; /* arch = gpt */
     /* [data] */
     int dataset;                /* CFG_DATA_* */
     char dir[CFG_STR_MAX];
@@ -27,6 +28,8 @@ typedef struct config {
     int nshape;
     int classes;
     int train_size, test_size;
+    char path[CFG_STR_MAX];     /* dataset = text: the file */
+    double val_fraction;        /* dataset = text: its last part, for validation */
     /* [optim] */
     int optim;                  /* CFG_OPTIM_* */
     double lr, momentum, weight_decay, beta1, beta2, eps, gamma, min_lr;
@@ -68,9 +71,9 @@ typedef struct config {
     char origin[CFG_KEYS_MAX][128];
 } config_t;
 
-enum { CFG_ARCH_MLP, CFG_ARCH_CNN, CFG_ARCH_LAYERS };
+enum { CFG_ARCH_MLP, CFG_ARCH_CNN, CFG_ARCH_LAYERS, CFG_ARCH_GPT };
 enum { CFG_ACT_RELU, CFG_ACT_GELU, CFG_ACT_TANH };
-enum { CFG_DATA_FMNIST, CFG_DATA_SYNTHETIC };
+enum { CFG_DATA_FMNIST, CFG_DATA_SYNTHETIC, CFG_DATA_TEXT };
 enum { CFG_OPTIM_SGD, CFG_OPTIM_ADAMW };
 enum { CFG_SCHED_CONSTANT, CFG_SCHED_STEP, CFG_SCHED_COSINE };
 enum { CFG_PROGRESS_AUTO, CFG_PROGRESS_ON, CFG_PROGRESS_OFF };

@@ -268,8 +268,10 @@ int synthetic_make(dataset_t *train, dataset_t *test, const int shape[3], int cl
 void dataset_free(dataset_t *d) {
     free(d->x);
     free(d->y);
+    free(d->tokens);
     d->x = NULL;
     d->y = NULL;
+    d->tokens = NULL;
 }
 
 void data_permutation(uint32_t *perm, int n, uint64_t seed, long epoch) {
@@ -283,10 +285,26 @@ void data_permutation(uint32_t *perm, int n, uint64_t seed, long epoch) {
     }
 }
 
-void data_gather(const dataset_t *d, const uint32_t *idx, int n, float *x, int32_t *y) {
-    const size_t s = dataset_sample_size(d);
-    for (int i = 0; i < n; i++) {
-        memcpy(x + (size_t)i * s, d->x + (size_t)idx[i] * s, s * sizeof(float));
-        y[i] = d->y[idx[i]];
+/* one sample: an image and its label, or a window and the next tokens */
+static void gather_one(const dataset_t *d, size_t i, size_t j, float *x, int32_t *y) {
+    if (d->tokens) {
+        const size_t T = (size_t)d->block;
+        const uint8_t *w = d->tokens + i * (size_t)d->stride;
+        for (size_t t = 0; t < T; t++) {
+            x[j * T + t] = (float)w[t];
+            y[j * T + t] = w[t + 1];
+        }
+        return;
     }
+    const size_t s = dataset_sample_size(d);
+    memcpy(x + j * s, d->x + i * s, s * sizeof(float));
+    y[j] = d->y[i];
+}
+
+void data_gather(const dataset_t *d, const uint32_t *idx, int n, float *x, int32_t *y) {
+    for (int j = 0; j < n; j++) gather_one(d, idx[j], (size_t)j, x, y);
+}
+
+void data_gather_range(const dataset_t *d, int lo, int n, float *x, int32_t *y) {
+    for (int j = 0; j < n; j++) gather_one(d, (size_t)lo + (size_t)j, (size_t)j, x, y);
 }

@@ -84,13 +84,21 @@ void metrics_profile(metrics_t *m, const profile_layer_t *layers, int n, const p
     fflush(m->f);
 }
 
-void metrics_eval(metrics_t *m, int epoch, double acc, double loss) {
+void metrics_eval(metrics_t *m, int epoch, double acc, double loss, int bytes) {
     metrics_progress_end(m);
-    if (m->live || m->plain) fprintf(stderr, "epoch %d: test accuracy %.4f, test loss %.4f\n", epoch, acc, loss);
+    if ((m->live || m->plain) && bytes)
+        fprintf(stderr, "epoch %d: validation loss %.4f (%.4f bits per byte), next-byte accuracy %.4f\n", epoch, loss,
+                loss / M_LN2, acc);
+    else if (m->live || m->plain)
+        fprintf(stderr, "epoch %d: test accuracy %.4f, test loss %.4f\n", epoch, acc, loss);
     if (!m->f) return;
     fprintf(m->f, "{\"event\":\"eval\",\"epoch\":%d", epoch);
     num(m->f, "test_acc", acc);
     num(m->f, "test_loss", loss);
+    if (bytes) { /* a byte-level language model: the loss in nats per byte, and in bits */
+        num(m->f, "val_loss", loss);
+        num(m->f, "bits_per_byte", loss / M_LN2);
+    }
     fputs("}\n", m->f);
     fflush(m->f);
 }

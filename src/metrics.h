@@ -50,7 +50,8 @@ typedef struct profile_record {
     double forward_ms, backward_ms, optimizer_ms, data_ms, step_ms;
 } profile_record_t;
 void metrics_profile(metrics_t *m, const profile_layer_t *layers, int n, const profile_record_t *r);
-void metrics_eval(metrics_t *m, int epoch, double acc, double loss);
+/* bytes: the model predicts bytes (a text): also val_loss and bits_per_byte */
+void metrics_eval(metrics_t *m, int epoch, double acc, double loss, int bytes);
 
 typedef struct done_record {
     int ranks;

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "fastmath.h"
 #include "ops_cpu.h"
 #include "rng.h"
 #include "simd.h"
@@ -31,6 +32,13 @@ static void linear_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, N, F, 1.0f, in->data, F, W_OF(g, nd), F,
                 nd->spec.nobias ? 0.0f : 1.0f, Y, N);
+}
+
+HOT_LOOP float exp_shifted(float *restrict x, int n, float shift) {
+    for (int i = 0; i < n; i++) x[i] = fast_expf(x[i] - shift);
+    float sum = 0.0f; /* apart: a float sum does not vectorise without reassociation */
+    for (int i = 0; i < n; i++) sum += x[i];
+    return sum;
 }
 
 /* Sums the rows of an n x N matrix into acc (overwritten unless add). */
@@ -76,9 +84,11 @@ HOT_LOOP static void relu_backward(graph_t *g, node_t *nd, const tensor_t *in, t
     }
 }
 
-static void tanh_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+HOT_LOOP static void tanh_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     const size_t m = (size_t)g->n * tensor_sample_size(in);
-    for (size_t i = 0; i < m; i++) nd->out.data[i] = tanhf(in->data[i]);
+    const float *restrict x = in->data;
+    float *restrict y = nd->out.data;
+    for (size_t i = 0; i < m; i++) y[i] = fast_tanhf(x[i]);
 }
 
 static void tanh_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
@@ -92,20 +102,24 @@ static void tanh_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *
 #define GELU_C 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_A 0.044715f
 
-static void gelu_forward(graph_t *g, node_t *nd, const tensor_t *in) {
+HOT_LOOP static void gelu_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     const size_t m = (size_t)g->n * tensor_sample_size(in);
+    const float *restrict xs = in->data;
+    float *restrict y = nd->out.data;
     for (size_t i = 0; i < m; i++) {
-        float x = in->data[i];
-        nd->out.data[i] = 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_A * x * x * x)));
+        const float x = xs[i];
+        y[i] = 0.5f * x * (1.0f + fast_tanhf(GELU_C * (x + GELU_A * x * x * x)));
     }
 }
 
-static void gelu_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
+HOT_LOOP static void gelu_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
     const size_t m = (size_t)g->n * tensor_sample_size(in);
+    const float *restrict xs = in->data, *restrict dy = nd->dout.data;
+    float *restrict dx = din->data;
     for (size_t i = 0; i < m; i++) {
-        float x = in->data[i], t = tanhf(GELU_C * (x + GELU_A * x * x * x));
-        float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * x * x);
-        din->data[i] = nd->dout.data[i] * d;
+        const float x = xs[i], t = fast_tanhf(GELU_C * (x + GELU_A * x * x * x));
+        const float d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_A * x * x);
+        dx[i] = dy[i] * d;
     }
 }
 
@@ -297,8 +311,8 @@ static void softmax_ce_forward(graph_t *g, node_t *nd, const tensor_t *in) {
         float *p = nd->out.data + (size_t)i * C;
         float mx = -FLT_MAX;
         for (int c = 0; c < C; c++) mx = z[c] > mx ? z[c] : mx;
-        float sum = 0.0f;
-        for (int c = 0; c < C; c++) sum += (p[c] = expf(z[c] - mx));
+        memcpy(p, z, (size_t)C * sizeof *p);
+        const float sum = exp_shifted(p, C, mx);
         const float inv = 1.0f / sum;
         for (int c = 0; c < C; c++) p[c] *= inv;
         /* log-sum-exp form: exact even where p[label] underflows */

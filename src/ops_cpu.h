@@ -10,6 +10,9 @@
 #define DW_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[0]].offset)
 #define DB_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[1]].offset)
 
+/* x = e^(x - shift) element-wise (fastmath.h); returns their sum. */
+float exp_shifted(float *restrict x, int n, float shift);
+
 /* Sums the rows of an n x N matrix into acc (overwritten unless add). */
 void column_sums(const float *restrict m, int n, int N, float *restrict acc, int add);
 

@@ -129,10 +129,9 @@ void attention_forward(graph_t *g, node_t *nd, const tensor_t *in) {
             float *P = nd->scratch + ((size_t)b * q.H + h) * T * T;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, q.hs, q.scale, Q, C3, K, C3, 0.0f, P, T);
             for (int t = 0; t < T; t++) {
-                float *row = P + (size_t)t * T, mx = -FLT_MAX, sum = 0.0f;
+                float *row = P + (size_t)t * T, mx = -FLT_MAX;
                 for (int j = 0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
-                for (int j = 0; j <= t; j++) sum += (row[j] = expf(row[j] - mx));
-                const float inv = 1.0f / sum;
+                const float inv = 1.0f / exp_shifted(row, t + 1, mx);
                 for (int j = 0; j <= t; j++) row[j] *= inv;
                 for (int j = t + 1; j < T; j++) row[j] = 0.0f; /* the future is masked */
             }

@@ -19,6 +19,15 @@
 static int load_data(trainer_t *t, char *err, size_t errlen) {
     const config_t *c = &t->cfg;
     if (c->dataset == CFG_DATA_FMNIST) return fmnist_load(c->dir, &t->train, &t->test, err, errlen);
+    if (c->dataset == CFG_DATA_TEXT) {
+        if (text_load(c->path, c->block_size, c->val_fraction, &t->train, &t->test, err, errlen) == 0) return 0;
+        char e[1024];
+        snprintf(e, sizeof e, "[data] path: %s", err);
+        return snprintf(err, errlen, "%s", e), -1;
+    }
+    if (c->arch == CFG_ARCH_GPT) /* synthetic tokens: train_size of them, split as a text */
+        return text_synthetic(c->classes, c->train_size, c->block_size, c->val_fraction, (uint64_t)c->seed, &t->train,
+                              &t->test, err, errlen);
     int shape[3] = {1, 1, 1};
     for (int i = 0; i < c->nshape; i++) shape[3 - c->nshape + i] = c->shape[i];
     return synthetic_make(&t->train, &t->test, shape, c->classes, c->train_size, c->test_size, (uint64_t)c->seed, err, errlen);
@@ -368,7 +377,6 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     graph_t *g = t->g;
     const int B = g->batch;
     const int lo = (int)((long)t->test.n * t->rank / t->ranks), hi = (int)((long)t->test.n * (t->rank + 1) / t->ranks);
-    const size_t S = dataset_sample_size(&t->test);
     double sums[2] = {0, 0}; /* correct, loss x samples */
     double *prof = g->prof_ms; /* log.profile times training steps only */
     g->prof_ms = NULL;
@@ -378,8 +386,7 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
         float *x;
         int32_t *y;
         graph_input_host(g, &x, &y);
-        memcpy(x, t->test.x + (size_t)i * S, (size_t)n * S * sizeof(float));
-        memcpy(y, t->test.y + i, (size_t)n * sizeof *y);
+        data_gather_range(&t->test, i, n, x, y);
         if (graph_input_commit(g, n)) return g->prof_ms = prof, -1;
         graph_loss_reset(g);
         graph_forward(g, n);
@@ -388,7 +395,7 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     }
     g->prof_ms = prof;
     if (t->ddp && ddp_allreduce_double(t->ddp, sums, 2, COLL_SUM)) return -1;
-    *acc = t->test.n ? sums[0] / t->test.n : 0.0;
+    *acc = t->test.n ? sums[0] / ((double)t->test.n * dataset_positions(&t->test)) : 0.0; /* per position */
     *loss = t->test.n ? sums[1] / t->test.n : 0.0;
     return 0;
 }
@@ -650,7 +657,7 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
             double acc, tl;
             if (trainer_evaluate(t, &acc, &tl)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
             t->last_acc = acc;
-            metrics_eval(&t->m, (int)epoch + 1, acc, tl);
+            metrics_eval(&t->m, (int)epoch + 1, acc, tl, t->test.tokens != NULL);
         }
     }
     const long ran = t->step - first;

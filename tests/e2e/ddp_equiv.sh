@@ -64,5 +64,19 @@ done
 for a in ring rd native; do
     check "sgd np=3 algorithm=$a" "$TMP/ref-sgd.bin" $TOL 3 data.batch_size=4 ddp.algorithm=$a
 done
+# a GPT (residuals, a tied embedding, attention) on a synthetic token stream, AdamW:
+# 2 and 4 ranks against 1 with the same global batch of 12 windows
+GPT=(model.arch=gpt model.n_layer=2 model.n_head=2 model.n_embd=16 model.block_size=8 data.dataset=synthetic
+     data.classes=11 data.train_size=3000 optim.name=adamw optim.lr=0.003 optim.weight_decay=0.01)
+if train "$TMP/ref-gpt.bin" 1 data.batch_size=12 "${GPT[@]}"; then
+    check "gpt np=2" "$TMP/ref-gpt.bin" $TOL 2 data.batch_size=6 "${GPT[@]}"
+    check "gpt np=4, 1 KiB buckets" "$TMP/ref-gpt.bin" $TOL 4 data.batch_size=3 ddp.bucket_mb=0.001 "${GPT[@]}"
+    check "gpt np=4 zero=1" "$TMP/ref-gpt.bin" $TOL 4 data.batch_size=3 ddp.zero=1 "${GPT[@]}"
+    train "$TMP/ref-gpt-untied.bin" 1 data.batch_size=12 model.tie_embeddings=false "${GPT[@]}" &&
+        check "gpt np=3 no overlap, untied" "$TMP/ref-gpt-untied.bin" $TOL 3 data.batch_size=4 ddp.overlap=false \
+            model.tie_embeddings=false "${GPT[@]}"
+else
+    F=$((F + 1)); echo "FAIL: gpt reference run"
+fi
 echo "ddp-equivalence: $P passed, $F failed"
 [ "$F" -eq 0 ]

@@ -69,6 +69,11 @@ static void config_errors(void **st) {
     /* combinations name where the key was set */
     bad("[model]\n\narch = layers\n", 3, "[model] arch = layers needs [model] layers");
     bad("[model]\nlayers = relu\n", 2, "[model] layers is set but [model] arch is not 'layers'");
+    bad("[model]\narch = gpt\n", 2, "[model] arch = gpt needs [data] dataset = text or synthetic");
+    bad("[model]\narch = gpt\nn_head = 3\n[data]\ndataset = synthetic\n", 3, "[model] n_embd = 256 is not a multiple of n_head = 3");
+    bad("[data]\n\ndataset = text\n", 3, "[data] dataset = text needs [model] arch = gpt");
+    bad("[model]\narch = gpt\n[data]\ndataset = text\n", 4, "[data] dataset = text needs [data] path");
+    bad("[data]\nval_fraction = 0.9\n", 2, "[data] val_fraction: 0.9 is out of range");
     bad("[optim]\nmomentum = 0\nnesterov = true\n", 3, "[optim] nesterov needs momentum > 0");
     bad("[ddp]\ncompress = zstd\n", 2, "[ddp] compress: expected one of none|bf16|fp16|powersgd, got 'zstd'");
     bad("[ddp]\npowersgd_rank = 0\n", 2, "[ddp] powersgd_rank: 0 is out of range");

@@ -208,6 +208,89 @@ static int setup(void **st) {
     return mkdtemp(dir) ? 0 : -1;
 }
 
+static const char *write_text(const char *name, const void *bytes, size_t len) {
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes, 1, len, f), len);
+    fclose(f);
+    return path;
+}
+
+/* the text loader: vocabulary, windows and their next-byte labels, the split, bad input */
+static void text_windows(void **st) {
+    (void)st;
+    dataset_t tr, va;
+    char err[512];
+    const char *txt = "abracadabra, abracadabra!";
+    char path[512];
+    snprintf(path, sizeof path, "%s", write_text("t.txt", txt, strlen(txt))); /* 25 bytes */
+    assert_int_equal(text_load(path, 4, 0.4, &tr, &va, err, sizeof err), 0);
+    /* bytes that occur, in byte order: ' ' ! , a b c d r */
+    assert_int_equal(tr.classes, 8);
+    assert_int_equal(tr.byte_of[0], ' ');
+    assert_int_equal(tr.byte_of[3], 'a');
+    assert_int_equal(tr.byte_of[7], 'r');
+    /* 15 training bytes: windows at 0..10; 10 validation bytes: disjoint windows at 0, 4 */
+    assert_int_equal(tr.n, 11);
+    assert_int_equal(va.n, 2);
+    assert_int_equal(dataset_positions(&tr), 4);
+    float x[8];
+    int32_t y[8];
+    const uint32_t idx[2] = {10, 1};
+    data_gather(&tr, idx, 2, x, y);
+    const char *w = txt + 10; /* "a, a" then the labels ", ab" */
+    for (int t = 0; t < 4; t++) {
+        assert_int_equal(tr.byte_of[(int)x[t]], w[t]);
+        assert_int_equal(tr.byte_of[y[t]], w[t + 1]);
+        assert_int_equal(tr.byte_of[(int)x[4 + t]], txt[1 + t]);
+    }
+    data_gather_range(&va, 1, 1, x, y);
+    for (int t = 0; t < 4; t++) assert_int_equal(va.byte_of[(int)x[t]], txt[15 + 4 + t]);
+    dataset_free(&tr);
+    dataset_free(&va);
+
+    /* a directory: its text files in name order, a binary one (a NUL byte) left out */
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s/corpus", dir);
+    mkdir(sub, 0755);
+    write_text("corpus/b", "world!", 6);
+    write_text("corpus/a", "hello ", 6);
+    write_text("corpus/a.dat", "x\0y", 3);
+    assert_int_equal(text_load(sub, 2, 0.25, &tr, &va, err, sizeof err), 0);
+    assert_int_equal(tr.ntokens + va.ntokens, 12);
+    char back[13] = {0};
+    for (size_t i = 0; i < tr.ntokens; i++) back[i] = (char)tr.byte_of[tr.tokens[i]];
+    for (size_t i = 0; i < va.ntokens; i++) back[tr.ntokens + i] = (char)va.byte_of[va.tokens[i]];
+    assert_string_equal(back, "hello world!");
+    dataset_free(&tr);
+    dataset_free(&va);
+
+    snprintf(sub, sizeof sub, "%s/missing.txt", dir);
+    assert_int_equal(text_load(sub, 4, 0.1, &tr, &va, err, sizeof err), -1);
+    assert_non_null(strstr(err, "missing.txt: No such file or directory"));
+    assert_int_equal(text_load(path, 8, 0.1, &tr, &va, err, sizeof err), -1);
+    assert_non_null(strstr(err, "t.txt: 25 bytes is too short for block_size 8: the validation split (2 bytes"));
+    assert_int_equal(text_load(path, 30, 0.1, &tr, &va, err, sizeof err), -1);
+    assert_non_null(strstr(err, "the training split (23 bytes"));
+    assert_int_equal(text_load(write_text("one.txt", "aaaaaaaaaaaaaaaaaaaa", 20), 2, 0.2, &tr, &va, err, sizeof err), -1);
+    assert_non_null(strstr(err, "1 distinct bytes"));
+}
+
+/* the synthetic stream is deterministic and keeps to its vocabulary */
+static void text_synthetic_stream(void **st) {
+    (void)st;
+    dataset_t a, av, b, bv;
+    char err[256];
+    assert_int_equal(text_synthetic(13, 5000, 16, 0.1, 7, &a, &av, err, sizeof err), 0);
+    assert_int_equal(text_synthetic(13, 5000, 16, 0.1, 7, &b, &bv, err, sizeof err), 0);
+    assert_int_equal(a.ntokens, 4500);
+    assert_memory_equal(a.tokens, b.tokens, a.ntokens);
+    for (size_t i = 0; i < a.ntokens; i++) assert_true(a.tokens[i] < 13);
+    dataset_free(&a), dataset_free(&av), dataset_free(&b), dataset_free(&bv);
+}
+
 static int teardown(void **st) {
     (void)st;
     char cmd[300];
@@ -218,7 +301,8 @@ static int teardown(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(idx_good),     cmocka_unit_test(idx_corrupt),          cmocka_unit_test(fmnist_checks),
-        cmocka_unit_test(permutations), cmocka_unit_test(synthetic_and_gather),
+        cmocka_unit_test(permutations), cmocka_unit_test(synthetic_and_gather), cmocka_unit_test(text_windows),
+        cmocka_unit_test(text_synthetic_stream),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 
+#include "fastmath.h"
 #include "graph.h"
 #include "optim.h"
 #include "rng.h"
@@ -465,6 +466,22 @@ static void dag_errors(void **st) {
     }
 }
 
+/* the vectorisable expf and tanhf against libm, over their whole useful range */
+static void fast_math(void **st) {
+    (void)st;
+    double worst_e = 0, worst_t = 0;
+    for (float x = -87.0f; x <= 88.0f; x += 0.001f) {
+        const double e = fabs((double)fast_expf(x) - exp((double)x)) / exp((double)x);
+        worst_e = fmax(worst_e, e);
+    }
+    for (float x = -20.0f; x <= 20.0f; x += 0.0001f) worst_t = fmax(worst_t, fabs((double)fast_tanhf(x) - tanh((double)x)));
+    print_message("fast_expf: max relative error %.2e; fast_tanhf: max absolute error %.2e\n", worst_e, worst_t);
+    assert_true(worst_e < 5e-7);
+    assert_true(worst_t < 5e-7);
+    assert_true(fast_expf(-200.0f) < 1e-37f && fast_expf(200.0f) > 1e38f); /* clamped, finite */
+    assert_true(fast_tanhf(1e30f) == 1.0f && fast_tanhf(-1e30f) == -1.0f && fast_tanhf(0.0f) == 0.0f);
+}
+
 /* ---- sequence ops: token ids [T] in, logits [T, V] out, a loss per position ---- */
 
 static void grad_embed(void **st) {
@@ -639,7 +656,7 @@ int main(void) {
         cmocka_unit_test(grad_layernorm),      cmocka_unit_test(grad_attention),
         cmocka_unit_test(grad_matmul),         cmocka_unit_test(grad_gpt_block),
         cmocka_unit_test(grad_gpt_tied),       cmocka_unit_test(causal_mask),
-        cmocka_unit_test(gpt_step_allocates_nothing),
+        cmocka_unit_test(gpt_step_allocates_nothing), cmocka_unit_test(fast_math),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
