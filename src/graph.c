@@ -617,6 +617,23 @@ float graph_forward(graph_t *g, int n) {
     return g->loss;
 }
 
+float graph_train_forward(graph_t *g, int n, const graph_pass_t *p) {
+    g->training = 1;
+    g->step = p->step;
+    g->loss_scale = p->loss_scale;
+    g->accumulate = p->accumulate;
+    return graph_forward(g, n);
+}
+
+float graph_eval_forward(graph_t *g, int n) {
+    double *prof = g->prof_ms; /* profiles time training steps only */
+    g->prof_ms = NULL;
+    g->training = 0;
+    const float loss = graph_forward(g, n);
+    g->prof_ms = prof;
+    return loss;
+}
+
 /* dst += src over the rows of the current pass (CPU: plan_gradient_sums
  * refuses sums elsewhere) */
 HOT_LOOP static void add_rows(const graph_t *g, tensor_t *dst, const float *restrict src) {

@@ -119,8 +119,22 @@ void graph_input_host(graph_t *g, float **x, int32_t **y);
 int graph_input_commit(graph_t *g, int n);
 
 /* Forward over the first n rows of input. Returns the mean loss on the
- * CPU; on a GPU it returns NAN without waiting (read graph_loss_sum). */
+ * CPU; on a GPU it returns NAN without waiting (read graph_loss_sum). Uses
+ * the graph's fields as they are (training, step, ...): tests set them. */
 float graph_forward(graph_t *g, int n);
+
+/* A training pass's settings, which the trainer passes per micro-batch. */
+typedef struct graph_pass {
+    uint64_t step;    /* dropout streams derive from (seed, step, node, rank) */
+    float loss_scale; /* multiplies the loss gradient (1/K for K accumulation steps) */
+    int accumulate;   /* backward adds into grads instead of overwriting them */
+} graph_pass_t;
+
+/* Forward in training mode (dropout on) under p; the next graph_backward
+ * runs under p too. */
+float graph_train_forward(graph_t *g, int n, const graph_pass_t *p);
+/* Forward in evaluation mode (dropout off, not profiled). */
+float graph_eval_forward(graph_t *g, int n);
 /* The sum of the mean losses of the forwards since graph_loss_reset (on a
  * GPU this waits for them: call it only when the loss is logged). */
 void graph_loss_reset(graph_t *g);

@@ -13,6 +13,7 @@
 #include "compress.h"
 #include "faults.h"
 #include "model.h"
+#include "observe.h"
 #include "paths.h"
 #include "straggler.h"
 
@@ -378,50 +379,27 @@ int trainer_evaluate(trainer_t *t, double *acc, double *loss) {
     const int B = g->batch;
     const int lo = (int)((long)t->test.n * t->rank / t->ranks), hi = (int)((long)t->test.n * (t->rank + 1) / t->ranks);
     double sums[2] = {0, 0}; /* correct, loss x samples */
-    double *prof = g->prof_ms; /* log.profile times training steps only */
-    g->prof_ms = NULL;
-    g->training = 0;
     for (int i = lo; i < hi; i += B) { /* this rank's test samples are contiguous */
         const int n = hi - i < B ? hi - i : B;
         float *x;
         int32_t *y;
         graph_input_host(g, &x, &y);
         data_gather_range(&t->test, i, n, x, y);
-        if (graph_input_commit(g, n)) return g->prof_ms = prof, -1;
+        if (graph_input_commit(g, n)) return -1;
         graph_loss_reset(g);
-        graph_forward(g, n);
+        graph_eval_forward(g, n);
         sums[1] += graph_loss_sum(g) * n;
         sums[0] += graph_correct(g);
     }
-    g->prof_ms = prof;
     if (t->ddp && ddp_allreduce_double(t->ddp, sums, 2, COLL_SUM)) return -1;
     *acc = t->test.n ? sums[0] / ((double)t->test.n * dataset_positions(&t->test)) : 0.0; /* per position */
     *loss = t->test.n ? sums[1] / t->test.n : 0.0;
     return 0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* Median of v[from, n); the whole of v when it is shorter than that. */
-static double median_after(const double *v, long n, long from) {
-    if (n <= 0) return NAN;
-    if (n <= from) from = 0;
-    const long m = n - from;
-    double *c = malloc((size_t)m * sizeof *c);
-    if (!c) return NAN;
-    memcpy(c, v + from, (size_t)m * sizeof *c);
-    qsort(c, (size_t)m, sizeof *c, cmp_double);
-    const double r = m % 2 ? c[m / 2] : 0.5 * (c[m / 2 - 1] + c[m / 2]);
-    free(c);
-    return r;
-}
-
 #define CKPT_WAIT_S 600.0
 
-static int save_checkpoint(trainer_t *t, char *err, size_t errlen) {
+int trainer_checkpoint(trainer_t *t, char *err, size_t errlen) {
     const int ns = optim_state_arrays(&t->opt);
     float *state[2] = {NULL, NULL};
     if (t->ddp) ddp_slow_phase_begin(t->ddp); /* every rank answers liveness pings until the write is done */
@@ -483,30 +461,6 @@ static void profile_optimizer_done(trainer_t *t, double t0) {
     t->prof_opt_ms += 1e3 * (now_s() - t0);
 }
 
-/* log.profile's records: the graph's nodes in backward's order, then the
- * step's means (rank 0; the metrics file). */
-static void write_profile(trainer_t *t, double step_ms) {
-    const graph_t *g = t->g;
-    const long n = g->prof_passes ? g->prof_passes : 1, steps = t->prof_steps ? t->prof_steps : 1;
-    profile_layer_t *l = calloc((size_t)g->nnodes, sizeof *l);
-    if (!l) return;
-    profile_record_t r = {.steps = t->prof_steps, .batch = t->cfg.batch_size, .ranks = t->ranks, .params = g->nweights,
-                          .optimizer_ms = t->prof_opt_ms / (double)steps, .data_ms = t->prof_data_ms / (double)steps,
-                          .step_ms = step_ms};
-    const double per_step = (double)n / (double)steps; /* micro-batches per step */
-    for (int i = 0; i < g->nnodes; i++) {
-        const int k = g->order[g->nnodes - 1 - i];
-        l[i] = (profile_layer_t){.node = k, .kind = layers_op_name(g->nodes[k].spec.kind),
-                                 .forward_ms = g->prof_ms[k] / (double)n * per_step,
-                                 .backward_ms = g->prof_ms[g->nnodes + k] / (double)n * per_step};
-        graph_node_params(g, k, &l[i].lo, &l[i].hi);
-        r.forward_ms += l[i].forward_ms;
-        r.backward_ms += l[i].backward_ms;
-    }
-    metrics_profile(&t->m, l, g->nnodes, &r);
-    free(l);
-}
-
 /* One optimiser step: K micro-batches, gradient sync, update, gather.
  * *loss = the mean loss of this rank's samples. 0, or -1 with err. */
 static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char *err, size_t errlen) {
@@ -523,11 +477,8 @@ static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char
         data_gather(&t->train, t->perm + base, B, x, y);
         if (graph_input_commit(g, B)) return snprintf(err, errlen, "copying the batch to the device: %s", device_error()), -1;
         if (prof) t->prof_data_ms += 1e3 * (now_s() - d0);
-        g->training = 1;
-        g->step = (uint64_t)(t->step * K + k);
-        g->accumulate = k > 0;
-        g->loss_scale = 1.0f / (float)K;
-        graph_forward(g, B);
+        const graph_pass_t pass = {.step = (uint64_t)(t->step * K + k), .loss_scale = 1.0f / (float)K, .accumulate = k > 0};
+        graph_train_forward(g, B, &pass);
         if (t->ddp && ddp_backward_begin(t->ddp, k == K - 1)) goto fail;
         graph_backward(g);
     }
@@ -554,40 +505,6 @@ fail:
     return -1;
 }
 
-#define WARMUP_STEPS 20
-
-/* Straggler attribution for the steps since the last record: one all-gather
- * of every rank's probes (no collective in the other steps), judged on rank
- * 0 against a threshold of 15% of the median step's compute (the step less
- * its exposed communication; at least 0.5 ms): half the lateness of a rank
- * computing 1.3x slower. Against the whole step, a communication-bound step
- * (across emulated nodes: compute a third of it) hid such a rank in a third
- * of the records. A verdict is reported when the next record's window
- * repeats it (or the previous one named it at half the threshold), and
- * stays while the rank is late at half the threshold (straggler_confirm). */
-static int attribute(trainer_t *t, long last, straggler_t *out) {
-    const int K = t->probe_n, P = t->ranks;
-    if (K == 0) return 0;
-    const size_t stride = (size_t)t->probe_cap * PROBE_FIELDS + 1;
-    t->probes[stride - 1] = ddp_hop_probe(t->ddp);
-    if (ddp_allgather_double(t->ddp, t->probes, t->probes_all, stride)) return -1;
-    if (t->rank == 0) {
-        double *compute = t->hops + P; /* K entries, after the hops */
-        for (int k = 0; k < K; k++) compute[k] = t->step_ms[last + 1 - K + k] - t->exposed_ms[last + 1 - K + k];
-        const double thr = fmax(0.5, 0.15 * median_after(compute, K, 0));
-        for (int r = 0; r < P; r++) t->hops[r] = t->probes_all[(size_t)r * stride + stride - 1];
-        /* each rank's K probes sit at the start of its block: pack them */
-        for (int r = 1; r < P; r++)
-            memmove(t->probes_all + (size_t)r * K * PROBE_FIELDS, t->probes_all + (size_t)r * stride,
-                    (size_t)K * PROBE_FIELDS * sizeof *t->probes_all);
-        const straggler_t now = straggler_window_hops(t->probes_all, t->hops, P, K, thr, NULL);
-        const straggler_t relaxed = straggler_window_hops(t->probes_all, t->hops, P, K, thr / 2, NULL);
-        *out = straggler_confirm(&t->track, now, relaxed, K, t->named);
-    }
-    t->probe_n = 0;
-    return 0;
-}
-
 static double thread_cpu_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -597,9 +514,8 @@ static double thread_cpu_s(void) {
 int trainer_run(trainer_t *t, char *err, size_t errlen) {
     const config_t *c = &t->cfg;
     const long first = t->step, spe = t->steps_per_epoch;
-    const int epochs = (int)((t->total_steps + spe - 1) / spe);
     long perm_epoch = -1;
-    double logged_loss = NAN;
+    t->logged_loss = NAN;
     t->m.t_start = now_s();
     while (t->step < t->total_steps) {
         const long epoch = t->step / spe, b = t->step % spe;
@@ -610,83 +526,18 @@ int trainer_run(trainer_t *t, char *err, size_t errlen) {
             t->prof_steps = 0;
         }
         const double s0 = now_s(), c0 = t->ddp ? thread_cpu_s() : 0;
-        float loss, lr;
-        if (train_step(t, b, &loss, &lr, err, errlen)) return -1;
-        const double ms = 1e3 * (now_s() - s0);
-        const long i = t->step - first;
+        step_result_t r = {.i = t->step - first, .epoch = epoch, .b = b};
+        if (train_step(t, b, &r.loss, &r.lr, err, errlen)) return -1;
+        r.ms = 1e3 * (now_s() - s0);
         t->prof_steps += c->profile;
-        ddp_stats_t st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0, 0, 0};
+        r.st = t->ddp ? ddp_last_stats(t->ddp) : (ddp_stats_t){0, 0, 0, 0};
         /* Exposed communication is the part of the step this thread did not
          * compute: blocked in a wait, or pre-empted by the progress thread
          * when both share a core (then it never appears as waiting). It is
          * at most the time communication ran. */
-        if (t->ddp) st.exposed_ms = fmin(st.comm_ms, fmax(st.exposed_ms, ms - 1e3 * (thread_cpu_s() - c0)));
-        t->step_ms[i] = ms;
-        t->exposed_ms[i] = st.exposed_ms;
-        t->comm_ms[i] = st.comm_ms;
-        t->wire_bytes[i] = (double)st.wire_bytes;
-        t->compress_ms[i] = st.compress_ms;
-        if (t->probes) { /* the newest probe_cap steps since the last record */
-            if (t->probe_n == t->probe_cap) memmove(t->probes, t->probes + PROBE_FIELDS,
-                                                    (size_t)(t->probe_cap - 1) * PROBE_FIELDS * sizeof *t->probes);
-            else t->probe_n++;
-            ddp_probe(t->ddp, t->probes + (size_t)(t->probe_n - 1) * PROBE_FIELDS);
-        }
+        if (t->ddp) r.st.exposed_ms = fmin(r.st.comm_ms, fmax(r.st.exposed_ms, r.ms - 1e3 * (thread_cpu_s() - c0)));
         t->step++;
-        if (t->step % c->every_steps == 0 || t->step == t->total_steps) {
-            double v = loss; /* the global batch's mean: every rank's mean averaged */
-            if (t->ddp && ddp_allreduce_double(t->ddp, &v, 1, COLL_AVG)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
-            logged_loss = v;
-            straggler_t sg = {-1, STRAGGLER_NONE, 0};
-            if (t->probes && attribute(t, i, &sg)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
-            const step_record_t r = {.step = t->step, .epoch = (int)epoch + 1, .loss = v, .step_ms = ms, .lr = lr,
-                                     .compute_ms = ms - st.exposed_ms, .comm_ms = st.comm_ms,
-                                     .exposed_comm_ms = st.exposed_ms, .wire_bytes = (double)st.wire_bytes,
-                                     .compress_ms = c->compress != CFG_COMPRESS_NONE ? st.compress_ms : -1,
-                                     .straggler = t->probes ? &sg : NULL};
-            metrics_step(&t->m, &r);
-        }
-        metrics_progress(&t->m, (int)epoch + 1, epochs, t->step, t->total_steps, isnan(logged_loss) ? loss : logged_loss,
-                         1e3 * (double)t->global_batch / ms);
-        if (c->ckpt_dir[0] && ((c->ckpt_every > 0 && t->step % c->ckpt_every == 0) || t->step == t->total_steps) &&
-            save_checkpoint(t, err, errlen))
-            return -1;
-        FAULT_HOOK_STEP_DONE(t->step);
-        const int last = t->step >= t->total_steps, epoch_end = b == spe - 1;
-        if (c->eval_every > 0 && ((epoch_end && (epoch + 1) % c->eval_every == 0) || last)) {
-            double acc, tl;
-            if (trainer_evaluate(t, &acc, &tl)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
-            t->last_acc = acc;
-            metrics_eval(&t->m, (int)epoch + 1, acc, tl, t->test.tokens != NULL);
-        }
+        if (observe_step(t, &r, err, errlen)) return -1;
     }
-    const long ran = t->step - first;
-    const double med = median_after(t->step_ms, ran, WARMUP_STEPS);
-    const double exp_med = median_after(t->exposed_ms, ran, WARMUP_STEPS);
-    const done_record_t d = {.ranks = t->ranks, .steps = t->step, .median_step_ms = med,
-                             .samples_per_s = 1e3 * (double)t->global_batch / med, .test_acc = t->last_acc,
-                             .wall_s = now_s() - t->t_begin, .compute_ms = med - exp_med,
-                             .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med,
-                             .wire_bytes = median_after(t->wire_bytes, ran, WARMUP_STEPS),
-                             .compress_ms = c->compress != CFG_COMPRESS_NONE ? median_after(t->compress_ms, ran, WARMUP_STEPS) : -1,
-                             .compress = compress_name((compress_t)c->compress), .named = t->named};
-    if (c->profile && t->rank == 0) write_profile(t, med);
-    metrics_done(&t->m, &d);
-    if (t->rank == 0) {
-        printf("ddp-train: %ld steps, median step %.3f ms", t->step, med);
-        if (t->ddp) printf(" (exposed communication %.3f ms)", exp_med);
-        printf(", %.0f samples/s", d.samples_per_s);
-        if (t->last_acc >= 0) printf(", test accuracy %.4f", t->last_acc);
-        printf("\n");
-    }
-    if (t->rank == 0 && c->params_out[0]) {
-        const float *p = trainer_params_host(t);
-        if (path_make_parents(c->params_out, "[log] params", err, errlen)) return -1;
-        FILE *f = p ? fopen(c->params_out, "wb") : NULL;
-        if (!f || fwrite(p, sizeof(float), t->g->nweights, f) != t->g->nweights || fclose(f)) {
-            snprintf(err, errlen, "[log] params: cannot write %s", c->params_out);
-            return -1;
-        }
-    }
-    return 0;
+    return observe_finish(t, first, err, errlen);
 }

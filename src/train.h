@@ -53,6 +53,7 @@ typedef struct trainer {
     char model_text[4096]; /* the model part of the config, for checkpoints */
     metrics_t m;
     double last_acc;       /* -1 until an evaluation ran */
+    double logged_loss;    /* the last step record's global loss (NAN before one) */
     double t_begin;        /* wall clock at trainer_init (done.wall_s counts from here) */
     double prof_data_ms, prof_opt_ms; /* log.profile: summed since the warm-up */
     long prof_steps;
@@ -71,8 +72,10 @@ int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen);
 void trainer_startup_liveness(liveness_t *lv, double every_s);
 /* Waits for a start-up request with that check: 0, or -2 with err. */
 int trainer_wait(MPI_Request *req, const char *what, char *err, size_t errlen);
-/* Trains to the end, writing metrics; 0, or -1 with err. */
+/* Trains to the end; observe.c writes the metrics around it. 0, or -1 with err. */
 int trainer_run(trainer_t *t, char *err, size_t errlen);
+/* Writes a checkpoint of step t->step (rank 0 writes, every rank takes part). */
+int trainer_checkpoint(trainer_t *t, char *err, size_t errlen);
 /* Mean loss and accuracy over the whole test set (split across ranks). */
 int trainer_evaluate(trainer_t *t, double *acc, double *loss);
 void trainer_free(trainer_t *t);
