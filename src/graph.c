@@ -324,15 +324,6 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
     g->input.dev = dev;
     if (!(g->input.data = device_alloc_floats(dev, g->input.size))) OOM("the input");
     if (!(g->loss_dev = device_alloc_floats(dev, 2))) OOM("the loss");
-    if (!(g->ones = device_alloc_floats(dev, (size_t)batch))) OOM("the ones vector");
-    {
-        float *one = malloc((size_t)batch * sizeof *one);
-        if (!one) OOM("the ones vector");
-        for (int i = 0; i < batch; i++) one[i] = 1.0f;
-        const int rc = device_from_host(dev, g->ones, one, (size_t)batch * sizeof *one);
-        free(one);
-        if (rc) OOM("the ones vector (copy)");
-    }
     for (int k = 0; k < g->nnodes; k++) {
         const int i = g->order[k];
         node_t *nd = &g->nodes[i];
@@ -358,6 +349,20 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         if (sc && !(nd->scratch = device_alloc_floats(dev, sc))) OOM("scratch");
         if (nd->spec.kind == OP_MAXPOOL && !(nd->index = device_alloc(dev, nd->out.size * sizeof(int32_t))))
             OOM("max-pool indices");
+    }
+    /* ones for bias gradients as products: a batch's rows, a conv's positions */
+    size_t nones = (size_t)batch;
+    for (int i = 0; i < g->nnodes; i++)
+        if (g->nodes[i].spec.kind == OP_CONV2D && (size_t)g->nodes[i].out.dim[2] * g->nodes[i].out.dim[3] > nones)
+            nones = (size_t)g->nodes[i].out.dim[2] * g->nodes[i].out.dim[3];
+    if (!(g->ones = device_alloc_floats(dev, nones))) OOM("the ones vector");
+    {
+        float *one = malloc(nones * sizeof *one);
+        if (!one) OOM("the ones vector");
+        for (size_t i = 0; i < nones; i++) one[i] = 1.0f;
+        const int rc = device_from_host(dev, g->ones, one, nones * sizeof *one);
+        free(one);
+        if (rc) OOM("the ones vector (copy)");
     }
     /* the loss node set g->positions */
     const size_t nlabels = (size_t)batch * g->positions;

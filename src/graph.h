@@ -80,7 +80,7 @@ typedef struct graph {
     float loss;       /* mean loss of the last forward (CPU; on a GPU see graph_loss_sum) */
     double loss_sum;  /* CPU: sum of forward losses since graph_loss_reset */
     float *loss_dev;  /* device: [0] last forward's mean loss, [1] the sum since the reset */
-    float *ones;      /* batch ones on the device (bias gradients as products) */
+    float *ones;      /* ones on the device, batch or a conv's positions long (bias gradients as products) */
     float loss_scale; /* multiplies the loss gradient (1/K for K accumulation steps) */
     int accumulate;   /* backward adds into grads instead of overwriting them */
     int training;     /* dropout active */
