@@ -35,7 +35,7 @@ static void add_normal(graph_t *g, node_t *nd, int node, const char *what, size_
     g->param[add_param(g, nd, node, what, rows, cols, 0)].std = std;
 }
 
-/* the last dimension and the rows before it, for ops on [batch, ..., C] */
+/* the last dimension: C of a sequence [batch, T, C] */
 static int last_dim(const tensor_t *t) { return t->dim[t->ndim - 1]; }
 
 /* Output shape of node i from its input's; params registered (unplaced). */
@@ -167,7 +167,10 @@ static int infer(graph_t *g, int i, const tensor_t *in, char *err, size_t errlen
 
 static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     switch (nd->spec.kind) {
-    case OP_CONV2D: return (size_t)in->dim[1] * nd->spec.k * nd->spec.k * nd->out.dim[2] * nd->out.dim[3];
+    case OP_CONV2D: { /* a chunk's columns and its product (ops.h conv_chunk) */
+        const int ckk = in->dim[1] * nd->spec.k * nd->spec.k, P = nd->out.dim[2] * nd->out.dim[3];
+        return (size_t)(ckk + nd->spec.n) * P * conv_chunk(ckk, nd->spec.n, P, in->dim[0]);
+    }
     case OP_DROPOUT: return nd->out.size;
     case OP_SOFTMAX_CE: return (size_t)nd->out.dim[0]; /* per-row losses (GPU) */
     case OP_LAYERNORM: return 2 * (size_t)in->dim[0] * in->dim[1]; /* mean and 1/std per row */
@@ -350,11 +353,16 @@ int graph_create(graph_t **out, const layer_spec_t *specs, int nspecs, const int
         if (nd->spec.kind == OP_MAXPOOL && !(nd->index = device_alloc(dev, nd->out.size * sizeof(int32_t))))
             OOM("max-pool indices");
     }
-    /* ones for bias gradients as products: a batch's rows, a conv's positions */
+    /* ones for bias gradients as products: a batch's rows, a conv chunk's positions */
     size_t nones = (size_t)batch;
-    for (int i = 0; i < g->nnodes; i++)
-        if (g->nodes[i].spec.kind == OP_CONV2D && (size_t)g->nodes[i].out.dim[2] * g->nodes[i].out.dim[3] > nones)
-            nones = (size_t)g->nodes[i].out.dim[2] * g->nodes[i].out.dim[3];
+    for (int i = 0; i < g->nnodes; i++) {
+        const node_t *nd = &g->nodes[i];
+        if (nd->spec.kind != OP_CONV2D) continue;
+        const tensor_t *x = nd->input < 0 ? &g->input : &g->nodes[nd->input].out;
+        const int ckk = x->dim[1] * nd->spec.k * nd->spec.k, P = nd->out.dim[2] * nd->out.dim[3];
+        const size_t L = (size_t)P * conv_chunk(ckk, nd->spec.n, P, batch); /* a chunk's positions */
+        if (L > nones) nones = L;
+    }
     if (!(g->ones = device_alloc_floats(dev, nones))) OOM("the ones vector");
     {
         float *one = malloc(nones * sizeof *one);

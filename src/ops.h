@@ -20,6 +20,20 @@ typedef struct op_impl {
 
 const op_impl_t *ops_impl(device_t dev, op_kind_t kind);
 
+/* Samples per matrix product in the CPU convolution: as many as keep the
+ * chunk's columns and product within ops_conv_chunk_bytes (default 1 MiB;
+ * tests lower it to split batches), at least 1, at most the batch. On the
+ * tutorial CNN (docs/PERFORMANCE.md) the whole batch in one product was 5-8%
+ * slower than a sample at a time (40 MB of columns leave the cache), 1-4
+ * MiB chunks the same as one sample. Graphs built before a change keep
+ * theirs. */
+extern size_t ops_conv_chunk_bytes;
+static inline int conv_chunk(int ckk, int oc, int positions, int batch) {
+    const size_t per = (size_t)(ckk + oc) * (size_t)positions * sizeof(float);
+    size_t g = ops_conv_chunk_bytes / (per ? per : 1);
+    return g < 1 ? 1 : g > (size_t)batch ? batch : (int)g;
+}
+
 extern const op_impl_t ops_cpu[OP_COUNT];
 /* The CUDA column, once device_open(DEV_CUDA) loaded it; else NULL. */
 const op_impl_t *device_cuda_ops(void);

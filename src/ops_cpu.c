@@ -167,12 +167,11 @@ static void valid_cols(const conv_geom_t *q, int kj, int *lo, int *hi) {
 /* col[(c*K + ki)*K + kj][oh*OW + ow] = x[c][oh*S - P + ki][ow*S - P + kj] or 0.
  * The padding is written apart from the copy, so at stride 1 each output row
  * is a memcpy (the per-element bounds test took 16% of the CNN's step). */
-static void im2col(const conv_geom_t *q, const float *restrict x, float *restrict col) {
-    const int P = q->OH * q->OW;
+static void im2col(const conv_geom_t *q, const float *restrict x, float *restrict col, size_t ld) {
     for (int c = 0; c < q->C; c++)
         for (int ki = 0; ki < q->K; ki++)
             for (int kj = 0; kj < q->K; kj++) {
-                float *restrict row = col + (size_t)((c * q->K + ki) * q->K + kj) * P;
+                float *restrict row = col + (size_t)((c * q->K + ki) * q->K + kj) * ld;
                 int lo, hi;
                 valid_cols(q, kj, &lo, &hi);
                 for (int oh = 0; oh < q->OH; oh++) {
@@ -194,13 +193,12 @@ static void im2col(const conv_geom_t *q, const float *restrict x, float *restric
 }
 
 /* the adjoint of im2col: dx (zeroed here) += scattered columns */
-static void col2im(const conv_geom_t *q, const float *restrict col, float *restrict dx) {
-    const int P = q->OH * q->OW;
+static void col2im(const conv_geom_t *q, const float *restrict col, size_t ld, float *restrict dx) {
     memset(dx, 0, (size_t)q->C * q->H * q->W * sizeof(float));
     for (int c = 0; c < q->C; c++)
         for (int ki = 0; ki < q->K; ki++)
             for (int kj = 0; kj < q->K; kj++) {
-                const float *restrict row = col + (size_t)((c * q->K + ki) * q->K + kj) * P;
+                const float *restrict row = col + (size_t)((c * q->K + ki) * q->K + kj) * ld;
                 int lo, hi;
                 valid_cols(q, kj, &lo, &hi);
                 for (int oh = 0; oh < q->OH; oh++) {
@@ -216,45 +214,57 @@ static void col2im(const conv_geom_t *q, const float *restrict col, float *restr
             }
 }
 
+/* Convolution runs G samples per matrix product (ops.h conv_chunk): their
+ * columns side by side, [C*K*K][G*P], then one sgemm for the chunk; the
+ * product [OC][G*P] is rearranged into NCHW with the bias added. */
 static void conv_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     const conv_geom_t q = conv_geom(nd, in);
-    const int P = q.OH * q.OW, CKK = q.C * q.K * q.K;
+    const int P = q.OH * q.OW, CKK = q.C * q.K * q.K, G = conv_chunk(CKK, q.OC, P, g->batch);
     const size_t in_s = tensor_sample_size(in), out_s = tensor_sample_size(&nd->out);
     const float *b = B_OF(g, nd);
-    for (int s = 0; s < g->n; s++) {
-        float *y = nd->out.data + s * out_s;
-        im2col(&q, in->data + s * in_s, nd->scratch);
-        for (int oc = 0; oc < q.OC; oc++)
-            for (int p = 0; p < P; p++) y[(size_t)oc * P + p] = b[oc];
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q.OC, P, CKK, 1.0f, W_OF(g, nd), CKK,
-                    nd->scratch, P, 1.0f, y, P);
+    float *col = nd->scratch, *yb = nd->scratch + (size_t)CKK * G * P;
+    for (int s0 = 0; s0 < g->n; s0 += G) {
+        const int m = g->n - s0 < G ? g->n - s0 : G;
+        const size_t L = (size_t)m * P;
+        for (int j = 0; j < m; j++) im2col(&q, in->data + (s0 + j) * in_s, col + (size_t)j * P, L);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q.OC, (int)L, CKK, 1.0f, W_OF(g, nd), CKK, col,
+                    (int)L, 0.0f, yb, (int)L);
+        for (int j = 0; j < m; j++)
+            for (int oc = 0; oc < q.OC; oc++) {
+                float *restrict y = nd->out.data + (s0 + j) * out_s + (size_t)oc * P;
+                const float *restrict r = yb + (size_t)oc * L + (size_t)j * P;
+                for (int p = 0; p < P; p++) y[p] = r[p] + b[oc];
+            }
     }
 }
 
 static void conv_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
     const conv_geom_t q = conv_geom(nd, in);
-    const int P = q.OH * q.OW, CKK = q.C * q.K * q.K;
+    const int P = q.OH * q.OW, CKK = q.C * q.K * q.K, G = conv_chunk(CKK, q.OC, P, g->batch);
     const size_t in_s = tensor_sample_size(in), out_s = tensor_sample_size(&nd->out);
-    float *col = nd->scratch, *dW = DW_OF(g, nd), *db = DB_OF(g, nd);
+    float *col = nd->scratch, *yb = nd->scratch + (size_t)CKK * G * P, *dW = DW_OF(g, nd), *db = DB_OF(g, nd);
     const int add_w = graph_grad_add(g, nd->param[0]), add_b = graph_grad_add(g, nd->param[1]);
-    for (int s = 0; s < g->n; s++) {
-        const float *dy = nd->dout.data + s * out_s;
-        const int add = s > 0 || add_w;
-        im2col(&q, in->data + s * in_s, col);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q.OC, CKK, P, 1.0f, dy, P, col, P,
-                    add ? 1.0f : 0.0f, dW, CKK);
+    for (int s0 = 0; s0 < g->n; s0 += G) {
+        const int m = g->n - s0 < G ? g->n - s0 : G;
+        const size_t L = (size_t)m * P;
+        for (int j = 0; j < m; j++) { /* dY of the chunk as [OC][m*P] */
+            im2col(&q, in->data + (s0 + j) * in_s, col + (size_t)j * P, L);
+            for (int oc = 0; oc < q.OC; oc++)
+                memcpy(yb + (size_t)oc * L + (size_t)j * P, nd->dout.data + (s0 + j) * out_s + (size_t)oc * P,
+                       (size_t)P * sizeof(float));
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q.OC, CKK, (int)L, 1.0f, yb, (int)L, col, (int)L,
+                    s0 > 0 || add_w ? 1.0f : 0.0f, dW, CKK);
         /* db += dY 1 (a product: a float sum loop does not vectorise) */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, q.OC, P, 1.0f, dy, P, g->ones, 1, s > 0 || add_b ? 1.0f : 0.0f,
-                    db, 1);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, q.OC, (int)L, 1.0f, yb, (int)L, g->ones, 1,
+                    s0 > 0 || add_b ? 1.0f : 0.0f, db, 1);
+        if (!nd->needs_dinput) continue;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, (int)L, q.OC, 1.0f, W_OF(g, nd), CKK, yb, (int)L,
+                    0.0f, col, (int)L);
+        for (int j = 0; j < m; j++) col2im(&q, col + (size_t)j * P, L, din->data + (s0 + j) * in_s);
     }
     graph_grad_ready(g, nd->param[0]);
     graph_grad_ready(g, nd->param[1]);
-    if (!nd->needs_dinput) return;
-    for (int s = 0; s < g->n; s++) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, P, q.OC, 1.0f, W_OF(g, nd), CKK,
-                    nd->dout.data + s * out_s, P, 0.0f, col, P);
-        col2im(&q, col, din->data + s * in_s);
-    }
 }
 
 /* ---- max-pool, no padding; the arg-max is kept for backward ---- */

@@ -21,6 +21,7 @@
 
 #include "fastmath.h"
 #include "graph.h"
+#include "ops.h"
 #include "optim.h"
 #include "rng.h"
 
@@ -308,6 +309,16 @@ static void grad_softmax_ce(void **s) { (void)s; gradcheck("flatten", 1, 1, 5, 5
 static void grad_whole_cnn(void **s) {
     (void)s;
     gradcheck("conv(3,3) relu maxpool(2) conv(4,3,2,1) gelu flatten linear(7) tanh dropout(0.3) linear(5)", 2, 9, 9, 5, 4, 3);
+}
+/* the convolution's sample chunks: one sample per product, then 2 + 1 of a partial batch of 3 */
+static void grad_conv_chunks(void **s) {
+    (void)s;
+    const size_t keep = ops_conv_chunk_bytes;
+    ops_conv_chunk_bytes = 1;
+    gradcheck("conv(3,3) relu conv(2,3,2,1)", 2, 6, 6, 18, 4, 3);
+    ops_conv_chunk_bytes = (size_t)(2 * 3 * 3 + 3) * 36 * sizeof(float) * 2; /* 2 samples of the first conv */
+    gradcheck("conv(3,3) relu conv(2,3,2,1)", 2, 6, 6, 18, 4, 3);
+    ops_conv_chunk_bytes = keep;
 }
 static void grad_whole_mlp(void **s) { (void)s; gradcheck("linear(13) relu linear(11) tanh linear(3)", 1, 1, 17, 3, 5, 5); }
 
@@ -645,7 +656,7 @@ int main(void) {
         cmocka_unit_test(grad_dropout),        cmocka_unit_test(grad_conv_strided),
         cmocka_unit_test(grad_conv_same),      cmocka_unit_test(grad_maxpool),
         cmocka_unit_test(grad_maxpool_overlap), cmocka_unit_test(grad_softmax_ce),
-        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_whole_mlp),
+        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_conv_chunks),      cmocka_unit_test(grad_whole_mlp),
         cmocka_unit_test(layout_and_callback), cmocka_unit_test(accumulation),
         cmocka_unit_test(step_allocates_nothing), cmocka_unit_test(shape_errors),
         cmocka_unit_test(grad_residual),       cmocka_unit_test(grad_residual_of_input),
