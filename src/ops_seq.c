@@ -63,16 +63,20 @@ void pos_embed_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *di
 
 /* ---- LayerNorm over C; scratch keeps each row's mean and 1/std ---- */
 
+/* (the sums are `omp simd` reductions: without reassociation a float sum
+ * stays scalar, and LayerNorm was 3% of a GPT step) */
 void layernorm_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     const int C = in->dim[2], rows = g->n * in->dim[1];
-    const float *w = W_OF(g, nd), *bias = B_OF(g, nd);
+    const float *restrict w = W_OF(g, nd), *restrict bias = B_OF(g, nd);
     float *mean = nd->scratch, *rstd = nd->scratch + (size_t)in->dim[0] * in->dim[1];
     for (int r = 0; r < rows; r++) {
-        const float *x = in->data + (size_t)r * C;
-        float *y = nd->out.data + (size_t)r * C;
+        const float *restrict x = in->data + (size_t)r * C;
+        float *restrict y = nd->out.data + (size_t)r * C;
         float m = 0.0f, v = 0.0f;
+#pragma omp simd reduction(+ : m)
         for (int c = 0; c < C; c++) m += x[c];
         m /= (float)C;
+#pragma omp simd reduction(+ : v)
         for (int c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
         const float s = 1.0f / sqrtf(v / (float)C + LN_EPS);
         for (int c = 0; c < C; c++) y[c] = (x[c] - m) * s * w[c] + bias[c];
@@ -83,26 +87,29 @@ void layernorm_forward(graph_t *g, node_t *nd, const tensor_t *in) {
 
 void layernorm_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
     const int C = in->dim[2], rows = g->n * in->dim[1];
-    const float *w = W_OF(g, nd);
-    float *dw = DW_OF(g, nd), *db = DB_OF(g, nd);
+    const float *restrict w = W_OF(g, nd);
+    float *restrict dw = DW_OF(g, nd), *restrict db = DB_OF(g, nd);
     const float *mean = nd->scratch, *rstd = nd->scratch + (size_t)in->dim[0] * in->dim[1];
     if (!graph_grad_add(g, nd->param[0])) memset(dw, 0, (size_t)C * sizeof(float));
     if (!graph_grad_add(g, nd->param[1])) memset(db, 0, (size_t)C * sizeof(float));
     for (int r = 0; r < rows; r++) {
-        const float *x = in->data + (size_t)r * C, *dy = nd->dout.data + (size_t)r * C;
+        const float *restrict x = in->data + (size_t)r * C, *restrict dy = nd->dout.data + (size_t)r * C;
         const float m = mean[r], s = rstd[r];
         float a = 0.0f, b = 0.0f; /* means of dnorm and of dnorm x norm */
         for (int c = 0; c < C; c++) {
-            const float norm = (x[c] - m) * s, dn = dy[c] * w[c];
-            dw[c] += norm * dy[c];
+            dw[c] += (x[c] - m) * s * dy[c];
             db[c] += dy[c];
+        }
+#pragma omp simd reduction(+ : a, b)
+        for (int c = 0; c < C; c++) {
+            const float dn = dy[c] * w[c];
             a += dn;
-            b += dn * norm;
+            b += dn * (x[c] - m) * s;
         }
         if (!nd->needs_dinput) continue;
         a /= (float)C;
         b /= (float)C;
-        float *dx = din->data + (size_t)r * C;
+        float *restrict dx = din->data + (size_t)r * C;
         for (int c = 0; c < C; c++) dx[c] = (dy[c] * w[c] - a - (x[c] - m) * s * b) * s;
     }
     graph_grad_ready(g, nd->param[0]);
@@ -120,14 +127,28 @@ static attn_geom_t attn_geom(const node_t *nd, const tensor_t *in) {
     return (attn_geom_t){.T = in->dim[1], .C = C, .H = H, .hs = C / H, .scale = 1.0f / sqrtf((float)(C / H))};
 }
 
+/* C = alpha op(A) op(B) + 0, row-major, the shorthand of the products below */
+static void mm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+               float *C, int ldc) {
+    if (M > 0 && N > 0 && K > 0)
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A,
+                    lda, B, ldb, 0.0f, C, ldc);
+}
+
+/* The causal mask leaves P (and dP, dS) zero above the diagonal, so every
+ * product is split at h = T/2: the block of rows [0, h) x columns [h, T) is
+ * never computed (the softmax loops write its zeros), a quarter of the work. */
 void attention_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     const attn_geom_t q = attn_geom(nd, in);
-    const int T = q.T, C3 = 3 * q.C;
+    const int T = q.T, C3 = 3 * q.C, h = T / 2, hs = q.hs;
     for (int b = 0; b < g->n; b++)
-        for (int h = 0; h < q.H; h++) {
-            const float *Q = in->data + (size_t)b * T * C3 + h * q.hs, *K = Q + q.C, *V = Q + 2 * q.C;
-            float *P = nd->scratch + ((size_t)b * q.H + h) * T * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, q.hs, q.scale, Q, C3, K, C3, 0.0f, P, T);
+        for (int hd = 0; hd < q.H; hd++) {
+            const float *Q = in->data + (size_t)b * T * C3 + hd * hs, *K = Q + q.C, *V = Q + 2 * q.C;
+            float *P = nd->scratch + ((size_t)b * q.H + hd) * T * T;
+            float *O = nd->out.data + (size_t)b * T * q.C + hd * hs;
+            /* S = Q K^T / sqrt(d): rows [0, h) need columns [0, h) only */
+            mm(0, 1, h, h, hs, q.scale, Q, C3, K, C3, P, T);
+            mm(0, 1, T - h, T, hs, q.scale, Q + (size_t)h * C3, C3, K, C3, P + (size_t)h * T, T);
             for (int t = 0; t < T; t++) {
                 float *row = P + (size_t)t * T, mx = -FLT_MAX;
                 for (int j = 0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
@@ -135,26 +156,29 @@ void attention_forward(graph_t *g, node_t *nd, const tensor_t *in) {
                 for (int j = 0; j <= t; j++) row[j] *= inv;
                 for (int j = t + 1; j < T; j++) row[j] = 0.0f; /* the future is masked */
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, q.hs, T, 1.0f, P, T, V, C3, 0.0f,
-                        nd->out.data + (size_t)b * T * q.C + h * q.hs, q.C);
+            /* out = P V */
+            mm(0, 0, h, hs, h, 1.0f, P, T, V, C3, O, q.C);
+            mm(0, 0, T - h, hs, T, 1.0f, P + (size_t)h * T, T, V, C3, O + (size_t)h * q.C, q.C);
         }
 }
 
 void attention_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *din) {
     if (!nd->needs_dinput) return;
     const attn_geom_t q = attn_geom(nd, in);
-    const int T = q.T, C3 = 3 * q.C;
+    const int T = q.T, C3 = 3 * q.C, h = T / 2, hs = q.hs;
     float *dS = nd->scratch + (size_t)in->dim[0] * q.H * T * T; /* a T x T tile */
     for (int b = 0; b < g->n; b++)
-        for (int h = 0; h < q.H; h++) {
-            const size_t at = (size_t)b * T * C3 + h * q.hs;
+        for (int hd = 0; hd < q.H; hd++) {
+            const size_t at = (size_t)b * T * C3 + hd * hs;
             const float *Q = in->data + at, *K = Q + q.C, *V = Q + 2 * q.C;
             float *dQ = din->data + at, *dK = dQ + q.C, *dV = dQ + 2 * q.C;
-            const float *P = nd->scratch + ((size_t)b * q.H + h) * T * T;
-            const float *dO = nd->dout.data + (size_t)b * T * q.C + h * q.hs;
-            /* dP = dO V^T, dV = P^T dO */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, q.hs, 1.0f, dO, q.C, V, C3, 0.0f, dS, T);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, q.hs, T, 1.0f, P, T, dO, q.C, 0.0f, dV, C3);
+            const float *P = nd->scratch + ((size_t)b * q.H + hd) * T * T;
+            const float *dO = nd->dout.data + (size_t)b * T * q.C + hd * hs;
+            /* dP = dO V^T (lower part), dV = P^T dO: dV[0, h) takes every row of P, dV[h, T) rows [h, T) */
+            mm(0, 1, h, h, hs, 1.0f, dO, q.C, V, C3, dS, T);
+            mm(0, 1, T - h, T, hs, 1.0f, dO + (size_t)h * q.C, q.C, V, C3, dS + (size_t)h * T, T);
+            mm(1, 0, h, hs, T, 1.0f, P, T, dO, q.C, dV, C3);
+            mm(1, 0, T - h, hs, T - h, 1.0f, P + (size_t)h * T + h, T, dO + (size_t)h * q.C, q.C, dV + (size_t)h * C3, C3);
             /* softmax backward, in place: dS = P (dP - sum_j P dP) x scale */
             for (int t = 0; t < T; t++) {
                 const float *p = P + (size_t)t * T;
@@ -163,9 +187,11 @@ void attention_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *di
                 for (int j = 0; j <= t; j++) d[j] = p[j] * (d[j] - s) * q.scale;
                 for (int j = t + 1; j < T; j++) d[j] = 0.0f;
             }
-            /* dQ = dS K, dK = dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, q.hs, T, 1.0f, dS, T, K, C3, 0.0f, dQ, C3);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, q.hs, T, 1.0f, dS, T, Q, C3, 0.0f, dK, C3);
+            /* dQ = dS K (as out = P V), dK = dS^T Q (as dV) */
+            mm(0, 0, h, hs, h, 1.0f, dS, T, K, C3, dQ, C3);
+            mm(0, 0, T - h, hs, T, 1.0f, dS + (size_t)h * T, T, K, C3, dQ + (size_t)h * C3, C3);
+            mm(1, 0, h, hs, T, 1.0f, dS, T, Q, C3, dK, C3);
+            mm(1, 0, T - h, hs, T - h, 1.0f, dS + (size_t)h * T + h, T, Q + (size_t)h * C3, C3, dK + (size_t)h * C3, C3);
         }
 }
 

@@ -54,7 +54,8 @@ static void mm(int ta, int tb, int M, int N, int K, const float *A, int lda, con
 /* A GPT step's products as ops_cpu.c and ops_seq.c call them: per block the
  * q,k,v, output, MLP-in and MLP-out linear layers (forward, weight gradient,
  * input gradient) and, per sample and head, attention's two forward and four
- * backward products; the head (its input gradient too). */
+ * backward products, each split at T/2 around the causal mask's zero block as
+ * ops_seq.c runs them; the head (its input gradient too). */
 static int gpt(int reps, int B, int T, int C, int H, int L, int V) {
     const int n = B * T, hs = C / H, C3 = 3 * C;
     const int in[5] = {C, C, C, 4 * C, C}, out[5] = {3 * C, C, 4 * C, C, V};
@@ -77,18 +78,27 @@ static int gpt(int reps, int B, int T, int C, int H, int L, int V) {
                         mm(0, 0, n, in[l], out[l], Y[l], out[l], W[l], in[l], X[l], in[l], &flop);
                     }
                 }
-                for (int s = 0; s < B; s++)
+                for (int s = 0; s < B; s++) /* attention, split at h2 = T/2 as ops_seq.c does (causal) */
                     for (int h = 0; h < H; h++) {
+                        const int h2 = T / 2;
                         const float *q = qkv + (size_t)s * T * C3 + h * hs;
-                        float *o = O + (size_t)s * T * C + h * hs;
+                        float *o = O + (size_t)s * T * C + h * hs, *dq = qkv + (size_t)s * T * C3 + h * hs;
                         if (!pass) {
-                            mm(0, 1, T, T, hs, q, C3, q + C, C3, P, T, &flop);
-                            mm(0, 0, T, hs, T, P, T, q + 2 * C, C3, o, C, &flop);
+                            mm(0, 1, h2, h2, hs, q, C3, q + C, C3, P, T, &flop);
+                            mm(0, 1, T - h2, T, hs, q + (size_t)h2 * C3, C3, q + C, C3, P + (size_t)h2 * T, T, &flop);
+                            mm(0, 0, h2, hs, h2, P, T, q + 2 * C, C3, o, C, &flop);
+                            mm(0, 0, T - h2, hs, T, P + (size_t)h2 * T, T, q + 2 * C, C3, o + (size_t)h2 * C, C, &flop);
                         } else {
-                            mm(0, 1, T, T, hs, o, C, q + 2 * C, C3, S, T, &flop);
-                            mm(1, 0, T, hs, T, P, T, o, C, qkv + (size_t)s * T * C3 + h * hs, C3, &flop);
-                            mm(0, 0, T, hs, T, S, T, q + C, C3, qkv + (size_t)s * T * C3 + h * hs, C3, &flop);
-                            mm(1, 0, T, hs, T, S, T, q, C3, qkv + (size_t)s * T * C3 + C + h * hs, C3, &flop);
+                            mm(0, 1, h2, h2, hs, o, C, q + 2 * C, C3, S, T, &flop);
+                            mm(0, 1, T - h2, T, hs, o + (size_t)h2 * C, C, q + 2 * C, C3, S + (size_t)h2 * T, T, &flop);
+                            mm(1, 0, h2, hs, T, P, T, o, C, dq + 2 * C, C3, &flop);
+                            mm(1, 0, T - h2, hs, T - h2, P + (size_t)h2 * T + h2, T, o + (size_t)h2 * C, C,
+                               dq + 2 * C + (size_t)h2 * C3, C3, &flop);
+                            mm(0, 0, h2, hs, h2, S, T, q + C, C3, dq, C3, &flop);
+                            mm(0, 0, T - h2, hs, T, S + (size_t)h2 * T, T, q + C, C3, dq + (size_t)h2 * C3, C3, &flop);
+                            mm(1, 0, h2, hs, T, S, T, q, C3, dq + C, C3, &flop);
+                            mm(1, 0, T - h2, hs, T - h2, S + (size_t)h2 * T + h2, T, q + (size_t)h2 * C3, C3,
+                               dq + C + (size_t)h2 * C3, C3, &flop);
                         }
                     }
             }
