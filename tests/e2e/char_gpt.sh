@@ -5,7 +5,8 @@
 # training split's byte frequencies alone give 3.38 on the validation split;
 # the run measured 2.46); bits_per_byte must be val_loss / ln 2. The same at 2
 # ranks with half the batch each. A residual MLP from a layer list learns
-# Fashion-MNIST. The text loader's bad input exits non-zero naming the file.
+# Fashion-MNIST. A run resumed from a checkpoint ends bitwise equal. The text
+# loader's bad input exits non-zero naming the file.
 # Ends with "N passed, N failed".
 set -u
 BUILD=${BUILD:-build}
@@ -41,6 +42,15 @@ msg=
 if timeout 300 mpirun --oversubscribe --bind-to none -np 2 "$BIN" "${SMALL[@]}" data.batch_size=8 \
     log.metrics="$TMP/c2.jsonl" >"$TMP/c2.log" 2>&1 && msg=$(val_ok "$TMP/c2.jsonl"); then ok "char-gpt, 2 ranks: $msg"
 else no "char-gpt, 2 ranks: ${msg:-} $(tail -2 "$TMP/c2.log")"; fi
+
+# checkpoints: a run resumed from its step-200 checkpoint ends bitwise equal to the uninterrupted run
+RES=("${SMALL[@]}" data.batch_size=8 train.max_steps=300 train.eval_every=0 checkpoint.every_steps=100
+     checkpoint.dir="$TMP/ck" log.metrics=)
+if timeout 300 "$BIN" "${RES[@]}" log.params="$TMP/full.bin" >"$TMP/r1.log" 2>&1 && [ -e "$TMP/ck/ckpt-00000300.bin" ] &&
+    rm "$TMP/ck/ckpt-00000300.bin" && timeout 300 "$BIN" "${RES[@]}" log.params="$TMP/resumed.bin" >"$TMP/r2.log" 2>&1 &&
+    grep -q "resum" "$TMP/r2.log" && cmp -s "$TMP/full.bin" "$TMP/resumed.bin"; then
+    ok "char-gpt resumed from step 200: parameters bitwise equal to the uninterrupted run"
+else no "char-gpt resume: $(tail -2 "$TMP/r2.log" 2>/dev/null) $(ls "$TMP/ck" 2>/dev/null)"; fi
 
 # a residual MLP from the layer-list syntax, one epoch
 if timeout 300 "$BIN" configs/fmnist-resmlp.ini train.epochs=1 log.progress=off log.metrics="$TMP/r.jsonl" >"$TMP/r.log" 2>&1 &&
