@@ -33,6 +33,7 @@ static const key_def_t keys[] = {
     {"model", "n_embd", T_INT, F(n_embd), 0, 1, 1 << 16, NULL, "256", 1},
     {"model", "block_size", T_INT, F(block_size), 0, 1, 1 << 16, NULL, "128", 1},
     {"model", "tie_embeddings", T_BOOL, F(tie_embeddings), 0, 0, 1, NULL, "true", 1},
+    {"model", "dropout", T_DOUBLE, F(dropout), 0, 0, 0.999, NULL, "0", 1},
     {"data", "dataset", T_ENUM, F(dataset), 0, 0, 0, "fashion-mnist|synthetic|text", "fashion-mnist", 1},
     {"data", "path", T_STR, F(path), 0, 0, 0, NULL, "", 0},
     {"data", "val_fraction", T_DOUBLE, F(val_fraction), 0, 1e-6, 0.5, NULL, "0.1", 0},

@@ -20,6 +20,7 @@ typedef struct config {
     char layers[CFG_STR_MAX];
     int activation;             /* CFG_ACT_* */
     int n_layer, n_head, n_embd, block_size, tie_embeddings; /* arch = gpt */
+    double dropout;             /* arch = gpt */
     /* [data] */
     int dataset;                /* CFG_DATA_* */
     char dir[CFG_STR_MAX];

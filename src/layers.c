@@ -172,19 +172,22 @@ int layers_mlp(const int *hidden, int nhidden, int classes, op_kind_t act, layer
     return n;
 }
 
-int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, layer_spec_t *out, int max) {
-    const int C = n_embd;
-    if (n_layer < 1 || n_head < 1 || C % n_head || vocab < 2 || 2 + 10 * n_layer + 2 > max) return -1;
+int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, float dropout, layer_spec_t *out, int max) {
+    const int C = n_embd, drop = dropout > 0.0f;
+    if (n_layer < 1 || n_head < 1 || C % n_head || vocab < 2 || 3 + (10 + 2 * drop) * n_layer + 2 > max) return -1;
     const float std = 0.02f, proj = std / sqrtf(2.0f * (float)n_layer);
+    const layer_spec_t dr = {.kind = OP_DROPOUT, .p = dropout};
     int n = 0;
     out[n++] = (layer_spec_t){.kind = OP_EMBED, .n = C, .init_std = std};
     out[n++] = (layer_spec_t){.kind = OP_POS_EMBED, .init_std = std};
+    if (drop) out[n++] = dr;
     for (int l = 0; l < n_layer; l++) {
         const int x = n - 1; /* the residual stream */
         out[n++] = (layer_spec_t){.kind = OP_LAYERNORM};
         out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = 3 * C, .init_std = std};
         out[n++] = (layer_spec_t){.kind = OP_ATTENTION, .n = n_head};
         out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = C, .init_std = proj};
+        if (drop) out[n++] = dr;
         out[n] = (layer_spec_t){.kind = OP_ADD, .nsrc = 2, .src = {n - 1, x}};
         n++;
         const int y = n - 1;
@@ -192,6 +195,7 @@ int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, layer_sp
         out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = 4 * C, .init_std = std};
         out[n++] = (layer_spec_t){.kind = OP_GELU};
         out[n++] = (layer_spec_t){.kind = OP_LINEAR, .n = C, .init_std = proj};
+        if (drop) out[n++] = dr;
         out[n] = (layer_spec_t){.kind = OP_ADD, .nsrc = 2, .src = {n - 1, y}};
         n++;
     }

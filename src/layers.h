@@ -81,9 +81,11 @@ int layers_cnn(int classes, layer_spec_t *out, int max);
  * layer) with an output projection, residual, pre-LayerNorm, an MLP of
  * 4 x n_embd with GELU, residual; a final LayerNorm; a bias-free linear
  * head, its weight the token embedding's when tie. Weights ~ N(0, 0.02), the
- * residual projections N(0, 0.02 / sqrt(2 n_layer)), biases 0. Returns the
- * number of layers, or -1 (n_embd not a multiple of n_head, too many). */
-int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, layer_spec_t *out, int max);
+ * residual projections N(0, 0.02 / sqrt(2 n_layer)), biases 0. dropout > 0
+ * adds GPT-2's dropouts: after the embeddings and on each residual branch
+ * before its add (not on the attention probabilities). Returns the number
+ * of layers, or -1 (n_embd not a multiple of n_head, too many). */
+int layers_gpt(int n_layer, int n_head, int n_embd, int vocab, int tie, float dropout, layer_spec_t *out, int max);
 
 /* Writes the canonical layer-list text (used in logs and config hashes). */
 void layers_format(const layer_spec_t *l, int n, char *buf, size_t len);

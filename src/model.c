@@ -15,7 +15,8 @@ int model_layers(const config_t *cfg, int classes, layer_spec_t *specs, int max,
         n = layers_cnn(classes, specs, max);
         break;
     case CFG_ARCH_GPT:
-        n = layers_gpt(cfg->n_layer, cfg->n_head, cfg->n_embd, classes, cfg->tie_embeddings, specs, max);
+        n = layers_gpt(cfg->n_layer, cfg->n_head, cfg->n_embd, classes, cfg->tie_embeddings, (float)cfg->dropout, specs,
+                       max);
         if (n < 0) snprintf(e, sizeof e, "gpt: %d layers is more than this build's %d nodes allow", cfg->n_layer, max);
         break;
     default:

@@ -529,7 +529,7 @@ static void grad_matmul(void **st) {
 
 static graph_t *gpt(int n_layer, int n_head, int n_embd, int T, int V, int tie, int batch) {
     layer_spec_t l[LAYERS_MAX];
-    const int n = layers_gpt(n_layer, n_head, n_embd, V, tie, l, LAYERS_MAX);
+    const int n = layers_gpt(n_layer, n_head, n_embd, V, tie, 0.0f, l, LAYERS_MAX);
     assert_true(n > 0);
     return must_create(l, n, T, V, batch);
 }
@@ -539,6 +539,15 @@ static void grad_gpt_block(void **st) {
     (void)st;
     gradcheck_graph(gpt(1, 2, 8, 5, 7, 0, 3), "gpt: 1 block, 2 heads, C=8, T=5, V=7", 7, 3, 2);
 }
+/* with dropout (GPT-2's: embeddings and residual branches); the reference replays the masks */
+static void grad_gpt_dropout(void **st) {
+    (void)st;
+    layer_spec_t l[LAYERS_MAX];
+    const int n = layers_gpt(1, 2, 8, 7, 1, 0.25f, l, LAYERS_MAX);
+    assert_int_equal(n, 2 + 1 + 12 + 2);
+    gradcheck_graph(must_create(l, n, 5, 7, 3), "gpt with dropout 0.25", 7, 3, 3);
+}
+
 static void grad_gpt_tied(void **st) {
     (void)st;
     graph_t *g = gpt(2, 2, 8, 4, 6, 1, 2);
@@ -667,6 +676,7 @@ int main(void) {
         cmocka_unit_test(grad_layernorm),      cmocka_unit_test(grad_attention),
         cmocka_unit_test(grad_matmul),         cmocka_unit_test(grad_gpt_block),
         cmocka_unit_test(grad_gpt_tied),       cmocka_unit_test(causal_mask),
+        cmocka_unit_test(grad_gpt_dropout),
         cmocka_unit_test(gpt_step_allocates_nothing), cmocka_unit_test(fast_math),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
