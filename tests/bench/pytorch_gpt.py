@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """PyTorch baselines for ddp-train's GPT (tests/bench/gpt-vs-pytorch).
 
-    pytorch_gpt.py bench [--steps N]      configs/bench-gpt.ini's job: median step time
-    pytorch_gpt.py char [--steps N]       configs/char-gpt.ini's job: validation loss after it
+    pytorch_gpt.py bench [--config F] [--steps N]   configs/bench-gpt.ini's job: median step time
+    pytorch_gpt.py char [--config F] [--steps N]    configs/char-gpt.ini's job: validation loss after it
+
+The model, data, batch, optimiser, schedule and steps are read from the config file.
 
 The same model as [model] arch = gpt: GPT-2's layout (token + learned positional
 embedding; per block pre-LayerNorm, attention from one q,k,v linear layer with an
@@ -92,50 +94,63 @@ def lr_at(step, total, lr, warmup, min_lr, cosine):
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * f))
 
 
+def read_config(path):
+    """The keys of a ddp-train INI file that shape this job, with config.c's defaults."""
+    import configparser
+    ini = configparser.ConfigParser(inline_comment_prefixes=(";",))
+    if not ini.read(path):
+        raise SystemExit("pytorch_gpt.py: cannot read %s" % path)
+    get = lambda sec, key, d: ini.get(sec, key, fallback=d)
+    c = {
+        "L": int(get("model", "n_layer", 4)), "H": int(get("model", "n_head", 4)), "C": int(get("model", "n_embd", 256)),
+        "T": int(get("model", "block_size", 128)), "tie": get("model", "tie_embeddings", "true") == "true",
+        "dropout": float(get("model", "dropout", 0)), "dataset": get("data", "dataset", "fashion-mnist"),
+        "path": get("data", "path", ""), "val_fraction": float(get("data", "val_fraction", 0.1)),
+        "classes": int(get("data", "classes", 10)), "train_size": int(get("data", "train_size", 10000)),
+        "B": int(get("data", "batch_size", 64)), "optim": get("optim", "name", "sgd"), "lr": float(get("optim", "lr", 0.01)),
+        "beta1": float(get("optim", "beta1", 0.9)), "beta2": float(get("optim", "beta2", 0.999)),
+        "eps": float(get("optim", "eps", 1e-8)), "wd": float(get("optim", "weight_decay", 0)),
+        "cosine": get("optim", "schedule", "constant") == "cosine", "warmup": int(get("optim", "warmup_steps", 0)),
+        "min_lr": float(get("optim", "min_lr", 0)), "steps": int(get("train", "max_steps", 0)),
+    }
+    if c["optim"] != "adamw" or c["dropout"] != 0 or c["steps"] < 1:
+        raise SystemExit("pytorch_gpt.py: %s: needs [optim] name = adamw, no dropout and [train] max_steps" % path)
+    return c
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("job", choices=["bench", "char"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--path", default="/usr/share/games/fortunes")
+    p.add_argument("--config", help="default: configs/bench-gpt.ini or configs/char-gpt.ini")
+    p.add_argument("--steps", type=int, help="default: the config's [train] max_steps")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    c = read_config(a.config or ("configs/bench-gpt.ini" if a.job == "bench" else "configs/char-gpt.ini"))
+    steps = a.steps or c["steps"]
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
-    if a.job == "bench":  # configs/bench-gpt.ini
-        V, T, C, H, L, B, steps = 256, 128, 256, 4, 4, 16, a.steps or 30
-        model = GPT(V, T, C, H, L)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-        data = torch.randint(0, V, (200000,))
-        times = []
-        for s in range(steps):
-            t0 = time.perf_counter()
-            ix = torch.randint(0, len(data) - T - 1, (B,))
-            x = torch.stack([data[i:i + T] for i in ix])
-            y = torch.stack([data[i + 1:i + T + 1] for i in ix])
-            opt.zero_grad(set_to_none=True)
-            model(x, y).backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
-        print("pytorch: %d steps, median step %.3f ms, torch %s, threads %d"
-              % (steps, 1e3 * statistics.median(times[5:]), torch.__version__, torch.get_num_threads()))
-        return
-    # configs/char-gpt.ini
-    V_T, C, H, L, B, steps = 64, 128, 4, 4, 32, a.steps or 2000
-    raw = read_corpus(a.path)
-    vocab = sorted(set(raw))
-    lut = [0] * 256
-    for i, b in enumerate(vocab):
-        lut[b] = i
-    ids = torch.frombuffer(bytearray(raw.translate(bytes(lut))), dtype=torch.uint8).long()
-    nval = int(len(ids) * 0.1)
+    if c["dataset"] == "text":
+        raw = read_corpus(c["path"])
+        vocab = sorted(set(raw))
+        lut = [0] * 256
+        for i, b in enumerate(vocab):
+            lut[b] = i
+        ids = torch.frombuffer(bytearray(raw.translate(bytes(lut))), dtype=torch.uint8).long()
+        V = len(vocab)
+    else:  # synthetic tokens: timing only, any stream will do
+        V = c["classes"]
+        ids = torch.randint(0, V, (c["train_size"],))
+    nval = int(len(ids) * c["val_fraction"])
     train, val = ids[: len(ids) - nval], ids[len(ids) - nval:]
-    T = V_T
-    model = GPT(len(vocab), T, C, H, L)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
-    t0 = time.perf_counter()
+    T, B = c["T"], c["B"]
+    model = GPT(V, T, c["C"], c["H"], c["L"], c["tie"])
+    opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"],
+                            weight_decay=c["wd"])
+    times, t0 = [], time.perf_counter()
     for s in range(steps):
+        t1 = time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = lr_at(s, steps, 2e-3, 100, 2e-4, True)
+            g["lr"] = lr_at(s, steps, c["lr"], c["warmup"], c["min_lr"], c["cosine"])
         ix = torch.randint(0, len(train) - T, (B,))
         x = torch.stack([train[i:i + T] for i in ix])
         y = torch.stack([train[i + 1:i + T + 1] for i in ix])
@@ -143,8 +158,13 @@ def main():
         loss = model(x, y)
         loss.backward()
         opt.step()
-        if (s + 1) % 100 == 0:
+        times.append(time.perf_counter() - t1)
+        if a.job == "char" and (s + 1) % 100 == 0:
             print("step %d loss %.4f" % (s + 1, loss.item()), flush=True)
+    if a.job == "bench":
+        print("pytorch: %d steps, median step %.3f ms, torch %s, threads %d"
+              % (steps, 1e3 * statistics.median(times[min(5, steps - 1):]), torch.__version__, torch.get_num_threads()))
+        return
     n = (len(val) - 1) // T
     with torch.no_grad():
         tot = 0.0
