@@ -174,9 +174,9 @@ static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     case OP_DROPOUT: return nd->out.size;
     case OP_SOFTMAX_CE: return (size_t)nd->out.dim[0]; /* per-row losses (GPU) */
     case OP_LAYERNORM: return 2 * (size_t)in->dim[0] * in->dim[1]; /* mean and 1/std per row */
-    case OP_ATTENTION: { /* probabilities [B, heads, T, T] for backward, and two T x T work tiles */
+    case OP_ATTENTION: { /* probabilities [B, heads, T, T] for backward, and a T x T work tile */
         const size_t T = (size_t)in->dim[1];
-        return (size_t)in->dim[0] * nd->spec.n * T * T + 2 * T * T;
+        return ((size_t)in->dim[0] * nd->spec.n + 1) * T * T;
     }
     default: return 0;
     }
@@ -252,11 +252,11 @@ static const tensor_t *input_of(const graph_t *g, const node_t *nd) {
 
 /* Walks the nodes in backward order: the first consumer of an output to
  * run its backward writes the gradient, every later one adds its share
- * (din_add, through dsum: ops always overwrite their din). Sizes dsum for
- * the largest such tensor. 0, or -1 with err. */
+ * (din_add, through dsum: ops always overwrite their din). Sizes each slot's
+ * dsum for its largest such tensor. 0, or -1 with err. */
 static int plan_gradient_sums(graph_t *g, char *err, size_t errlen) {
     int *written = calloc((size_t)g->nnodes + 1, sizeof *written);
-    size_t most = 0;
+    size_t most[2] = {0, 0}; /* per input slot: the slots' sums may be live together (add(x, x)) */
     if (!written) return snprintf(err, errlen, "out of memory"), -1;
     for (int k = g->nnodes - 1; k >= 0; k--) {
         node_t *nd = &g->nodes[g->order[k]];
@@ -265,17 +265,18 @@ static int plan_gradient_sums(graph_t *g, char *err, size_t errlen) {
             nd->din_add[j] = written[s + 1];
             written[s + 1] = 1;
             const size_t size = s < 0 ? g->input.size : g->nodes[s].out.size;
-            if (nd->din_add[j] && size > most) most = size;
+            if (nd->din_add[j] && size > most[j]) most[j] = size;
         }
     }
     free(written);
-    if (!most) return 0;
+    if (!most[0] && !most[1]) return 0;
     if (g->dev != DEV_CPU) {
         snprintf(err, errlen, "an output feeding several layers (residuals) runs on the CPU only for now");
         return -1;
     }
     for (int j = 0; j < 2; j++)
-        if (!(g->dsum[j] = device_alloc_floats(g->dev, most))) return snprintf(err, errlen, "out of memory for gradient sums"), -1;
+        if (most[j] && !(g->dsum[j] = device_alloc_floats(g->dev, most[j])))
+            return snprintf(err, errlen, "out of memory for gradient sums"), -1;
     return 0;
 }
 

@@ -68,7 +68,7 @@ typedef struct graph {
     int nnodes;
     node_t *nodes;
     int *order; /* topological order of nodes */
-    float *dsum[2]; /* scratch for input gradients that are added (din_add), the largest such tensor */
+    float *dsum[2]; /* per input slot, scratch for gradients that are added (din_add); NULL when none is */
     int *puses;     /* per parameter: how many nodes use it (tied weights: several) */
     int *pdone;     /* per parameter: uses whose backward has run in this backward */
     int nparam;

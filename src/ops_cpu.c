@@ -249,19 +249,21 @@ static void conv_backward(graph_t *g, node_t *nd, const tensor_t *in, tensor_t *
     for (int s0 = 0; s0 < g->n; s0 += G) {
         const int m = g->n - s0 < G ? g->n - s0 : G;
         const size_t L = (size_t)m * P;
-        for (int j = 0; j < m; j++) { /* dY of the chunk as [OC][m*P] */
+        /* dY of the chunk as [OC][m*P]: one sample's is already that, in place */
+        const float *dy = m == 1 ? nd->dout.data + s0 * out_s : yb;
+        for (int j = 0; j < m; j++) {
             im2col(&q, in->data + (s0 + j) * in_s, col + (size_t)j * P, L);
-            for (int oc = 0; oc < q.OC; oc++)
+            for (int oc = 0; m > 1 && oc < q.OC; oc++)
                 memcpy(yb + (size_t)oc * L + (size_t)j * P, nd->dout.data + (s0 + j) * out_s + (size_t)oc * P,
                        (size_t)P * sizeof(float));
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q.OC, CKK, (int)L, 1.0f, yb, (int)L, col, (int)L,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, q.OC, CKK, (int)L, 1.0f, dy, (int)L, col, (int)L,
                     s0 > 0 || add_w ? 1.0f : 0.0f, dW, CKK);
         /* db += dY 1 (a product: a float sum loop does not vectorise) */
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, q.OC, (int)L, 1.0f, yb, (int)L, g->ones, 1,
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, q.OC, (int)L, 1.0f, dy, (int)L, g->ones, 1,
                     s0 > 0 || add_b ? 1.0f : 0.0f, db, 1);
         if (!nd->needs_dinput) continue;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, (int)L, q.OC, 1.0f, W_OF(g, nd), CKK, yb, (int)L,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CKK, (int)L, q.OC, 1.0f, W_OF(g, nd), CKK, dy, (int)L,
                     0.0f, col, (int)L);
         for (int j = 0; j < m; j++) col2im(&q, col + (size_t)j * P, L, din->data + (s0 + j) * in_s);
     }
