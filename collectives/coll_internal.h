@@ -22,6 +22,7 @@ typedef struct {
     int check;            /* COLL_CHECK */
     double timeout;       /* COLL_TIMEOUT, seconds, 0 = none */
     size_t chunk_bytes;   /* COLL_CHUNK_BYTES: ring pipeline chunk */
+    size_t net_chunk_bytes; /* COLL_NET_CHUNK_BYTES: the same, communicators spanning nodes */
     int depth;            /* COLL_PIPELINE_DEPTH: chunks in flight per direction */
     size_t rd_max_bytes;  /* COLL_RD_MAX_BYTES: auto uses rd up to this size */
     size_t max_msg_bytes; /* COLL_MAX_MSG_BYTES: largest single MPI message */

@@ -42,8 +42,14 @@ static coll_result_t pipe_init(pipe_t *p, coll_ctx_t *ctx, coll_dtype_t dt, int 
     p->depth = coll_tun.depth < MAX_DEPTH ? coll_tun.depth : MAX_DEPTH;
     p->es = coll_dtype_size(dt);
     /* A chunk is one message: the transport would split a longer one into
-     * pieces, and pieces of requests in flight together could interleave. */
-    size_t cb = coll_tun.chunk_bytes < coll_tun.max_msg_bytes ? coll_tun.chunk_bytes : coll_tun.max_msg_bytes;
+     * pieces, and pieces of requests in flight together could interleave.
+     * Across nodes chunks are smaller: over TCP each message's rendezvous
+     * control messages queue behind the bulk data already in the socket, and
+     * 2 MiB chunks left a 1 Gbit/s link idle for 40% of an all-reduce
+     * (docs/COLLECTIVES.md); in one node, CMA copies want them large. */
+    const coll_comm_t c = ctx->comm;
+    size_t cb = c && c->local_size < c->size ? coll_tun.net_chunk_bytes : coll_tun.chunk_bytes;
+    if (cb > coll_tun.max_msg_bytes) cb = coll_tun.max_msg_bytes;
     p->chunk = cb / p->es;
     if (p->chunk > longest) p->chunk = longest;
     if (!p->chunk) p->chunk = 1;

@@ -15,6 +15,7 @@ coll_tunables_t coll_tun = {
     .check = 0,
     .timeout = 0.0,
     .chunk_bytes = 2 * 1024 * 1024,
+    .net_chunk_bytes = 256 * 1024,
     .depth = 4,
     .rd_max_bytes = 0, /* 0: per-rank-count table in select.c */
     .max_msg_bytes = (size_t)1 << 30,
@@ -39,6 +40,7 @@ static const struct {
     {"COLL_CHECK", T_BOOL, &coll_tun.check, 0, 1},
     {"COLL_TIMEOUT", T_SECONDS, &coll_tun.timeout, 0, 1e9},
     {"COLL_CHUNK_BYTES", T_BYTES, &coll_tun.chunk_bytes, 64, 1u << 30},
+    {"COLL_NET_CHUNK_BYTES", T_BYTES, &coll_tun.net_chunk_bytes, 64, 1u << 30},
     {"COLL_PIPELINE_DEPTH", T_INT, &coll_tun.depth, 1, 64},
     {"COLL_RD_MAX_BYTES", T_BYTES, &coll_tun.rd_max_bytes, 0, 1u << 30},
     /* The MPI transport splits larger messages; lowering it lets the tests

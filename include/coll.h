@@ -46,7 +46,7 @@
  *  COLL_CHECK=0|1                  verify call signatures agree across ranks
  *  COLL_TIMEOUT=SECONDS            fail a wait after this long (0 = never,
  *                                  the default); the comm is then unusable
- *  COLL_CHUNK_BYTES, COLL_PIPELINE_DEPTH, COLL_RD_MAX_BYTES,
+ *  COLL_CHUNK_BYTES, COLL_NET_CHUNK_BYTES, COLL_PIPELINE_DEPTH, COLL_RD_MAX_BYTES,
  *  COLL_MAX_MSG_BYTES              tunables, see docs/COLLECTIVES.md
  */
 #ifndef COLL_H

@@ -27,6 +27,14 @@ if vrun -x COLL_DEBUG=INFO -np 4 "$BUILD/tests/test_coll" matrix -s small; then
 else
     no "matrix across 2 nodes x 2 ranks"
 fi
+# across nodes the ring's chunks are COLL_NET_CHUNK_BYTES: tiny ones cut every
+# block of the matrix into many messages on the links
+if vrun -x COLL_DEBUG=INFO -x COLL_NET_CHUNK_BYTES=256 -np 4 "$BUILD/tests/test_coll" matrix -s small &&
+    [ "$(grep -c 'init: 4 ranks.*chunk=256 ' "$TMP/out")" -ge 1 ]; then
+    ok "matrix across the nodes with 256-byte net chunks: $(grep -o '[0-9]* passed, 0 failed' "$TMP/out")"
+else
+    no "matrix with COLL_NET_CHUNK_BYTES=256 (or the comm did not report chunk=256)"
+fi
 vrun -np 4 "$BUILD/tests/test_coll" matrix -s small -m 1 && ok "matrix with coll_mem_alloc buffers across the nodes" ||
     no "matrix -m 1 across the nodes"
 for o in allreduce broadcast reduce; do

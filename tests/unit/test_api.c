@@ -3,7 +3,8 @@
  * crashes; names, strerror, and the communicator lifecycle.
  *
  *   test_api            the cmocka suite
- *   test_api env-error  run with COLL_ALGO=bogus: coll_comm_init must refuse
+ *   test_api env-error  run with COLL_ALGO=bogus (or a bad COLL_NET_CHUNK_BYTES):
+ *                       coll_comm_init must refuse, naming it
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -206,14 +207,15 @@ static void single_rank_results(void **state) {
 static int env_error(void) {
     /* ranks run with COLL_ALGO=bogus refuse; every other rank refuses too,
      * naming the first bad rank, instead of waiting in the set-up */
-    const char *algo = getenv("COLL_ALGO");
-    const int bad = algo && !strcmp(algo, "bogus");
+    const char *algo = getenv("COLL_ALGO"), *net = getenv("COLL_NET_CHUNK_BYTES");
+    const int bad = (algo && !strcmp(algo, "bogus")) || net; /* COLL_NET_CHUNK_BYTES is only ever set bad here */
+    const char *named = net ? "COLL_NET_CHUNK_BYTES=" : "COLL_ALGO=bogus";
     coll_comm_t c = NULL;
     coll_result_t rc = coll_comm_init(&c, MPI_COMM_WORLD);
     int ok = rc == COLL_ERR_INVALID_ARG && c == NULL &&
-             strstr(coll_last_error(NULL), bad ? "COLL_ALGO=bogus" : "rank 0 could not set up");
+             strstr(coll_last_error(NULL), bad ? named : "rank 0 could not set up");
     printf("%s: coll_comm_init %s returns '%s'\n", ok ? "ok" : "FAILED",
-           bad ? "with COLL_ALGO=bogus" : "beside a rank with COLL_ALGO=bogus", coll_last_error(NULL));
+           bad ? "with a bad variable" : "beside a rank with a bad variable", coll_last_error(NULL));
     printf("test_api env-error: %d passed, %d failed\n", ok, !ok);
     return ok ? 0 : 1;
 }
