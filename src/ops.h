@@ -34,6 +34,10 @@ static inline int conv_chunk(int ckk, int oc, int positions, int batch) {
     return g < 1 ? 1 : g > (size_t)batch ? batch : (int)g;
 }
 
+/* Floats of scratch the CPU's direct convolution (ops_conv.c) needs for a
+ * C x H x W input, OC outputs, K x K kernel, padding P and the batch. */
+size_t conv_direct_scratch(int C, int H, int W, int OC, int K, int P, int batch);
+
 extern const op_impl_t ops_cpu[OP_COUNT];
 /* The CUDA column, once device_open(DEV_CUDA) loaded it; else NULL. */
 const op_impl_t *device_cuda_ops(void);

@@ -22,6 +22,7 @@
 #include "fastmath.h"
 #include "graph.h"
 #include "ops.h"
+#include "ops_cpu.h"
 #include "optim.h"
 #include "rng.h"
 
@@ -320,6 +321,69 @@ static void grad_conv_chunks(void **s) {
     gradcheck("conv(3,3) relu conv(2,3,2,1)", 2, 6, 6, 18, 4, 3);
     ops_conv_chunk_bytes = keep;
 }
+/* The direct convolution (ops_conv.c: 16-channel output blocks, stride 1):
+ * forward and input gradient at same, valid and full padding, rows that
+ * are not a multiple of its 6-position tiles, 16 and 32 channels. */
+static void grad_conv_direct(void **s) {
+    (void)s;
+    if (!conv_direct_usable(16, 3, 1, 1)) skip(); /* no AVX2 and FMA here: only the im2col path exists */
+    gradcheck("conv(16,3) relu conv(32,5) flatten", 16, 5, 7, 32 * 5 * 7, 3, 3);
+    gradcheck("conv(16,3,1,0) tanh conv(16,3,1,2) flatten", 16, 6, 5, 16 * 6 * 5, 2, 2);
+}
+
+/* Forward, backward and input gradient once through graph g on the input
+ * and labels drawn from seed; returns the loss. */
+static float pass(graph_t *g, int classes, int n) {
+    graph_init_params(g, 5);
+    rng_t r;
+    rng_seed(&r, 11, 0, 0);
+    for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = rng_normal(&r);
+    for (int i = 0; i < g->batch; i++) g->labels[i] = (int32_t)rng_below(&r, (uint64_t)classes);
+    g->training = 1;
+    const float loss = graph_forward(g, n);
+    graph_backward(g);
+    return loss;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n, double *scale) {
+    double d = 0;
+    *scale = 0;
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)a[i] - b[i])), *scale = fmax(*scale, fabs((double)b[i]));
+    return d;
+}
+
+/* The tutorial CNN's convolutions, and odd ones: the direct path gives the
+ * im2col path's loss, gradients and input gradient (to float rounding: the
+ * sums run in another order). */
+static void conv_direct_matches_im2col(void **s) {
+    (void)s;
+    if (!conv_direct_usable(16, 5, 1, 2)) skip();
+    /* 7 of a batch of 9: the weight gradient's sample groups (384 KB: 3 + 3 + 1
+     * of the first convolution's, 4 + 3 of the second's) */
+    const struct { const char *layers; int C, H, W, classes, batch, n; } cases[] = {
+        {"conv(32,5) relu maxpool(2) conv(64,5) flatten", 1, 28, 28, 64 * 14 * 14, 9, 7},
+        {"conv(16,3,1,0) relu conv(48,5,1,1) flatten", 16, 9, 7, 48 * 5 * 3, 3, 3},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int B = cases[c].batch, n = cases[c].n;
+        graph_t *a = must_build(cases[c].layers, cases[c].C, cases[c].H, cases[c].W, cases[c].classes, B);
+        graph_t *b = must_build(cases[c].layers, cases[c].C, cases[c].H, cases[c].W, cases[c].classes, B);
+        assert_int_equal(graph_enable_input_grad(a), 0);
+        assert_int_equal(graph_enable_input_grad(b), 0);
+        const float la = pass(a, cases[c].classes, n);
+        ops_conv_direct = 0;
+        const float lb = pass(b, cases[c].classes, n);
+        ops_conv_direct = 1;
+        double scale, d = max_abs_diff(a->grads, b->grads, a->nweights, &scale);
+        print_message("%-48s loss %.6f / %.6f, gradients differ by %.2e of %.2e\n", cases[c].layers, la, lb, d, scale);
+        assert_true(fabs(la - lb) <= 1e-5 * fmax(1.0, fabs(lb)));
+        assert_true(d <= 1e-4 * scale && scale > 0);
+        d = max_abs_diff(a->dinput, b->dinput, (size_t)n * tensor_sample_size(&a->input), &scale);
+        assert_true(d <= 1e-4 * scale && scale > 0);
+        graph_destroy(a);
+        graph_destroy(b);
+    }
+}
 static void grad_whole_mlp(void **s) { (void)s; gradcheck("linear(13) relu linear(11) tanh linear(3)", 1, 1, 17, 3, 5, 5); }
 
 /* ---- layout and callback ---- */
@@ -604,9 +668,8 @@ static void gpt_step_allocates_nothing(void **st) {
 }
 
 /* accumulate = 1 adds into the gradients; loss_scale scales them */
-static void accumulation(void **st) {
-    (void)st;
-    graph_t *g = must_build("conv(2,3) relu flatten linear(3)", 1, 4, 4, 3, 3);
+static void accumulation_of(const char *layers) {
+    graph_t *g = must_build(layers, 1, 4, 4, 3, 3);
     graph_init_params(g, 2);
     for (size_t i = 0; i < g->input.size; i++) g->input.data[i] = (float)((i * 7) % 11) - 5.0f;
     for (int i = 0; i < 3; i++) g->labels[i] = i;
@@ -623,11 +686,16 @@ static void accumulation(void **st) {
     free(once);
     graph_destroy(g);
 }
+static void accumulation(void **st) {
+    (void)st;
+    accumulation_of("conv(2,3) relu flatten linear(3)");  /* im2col + sgemm */
+    accumulation_of("conv(16,3) relu flatten linear(3)"); /* direct, where the CPU has it */
+}
 
 /* forward + backward + optimiser step: no heap allocation after the first */
 static void step_allocates_nothing(void **st) {
     (void)st;
-    graph_t *g = must_build("conv(4,3) relu maxpool(2) flatten linear(16) gelu dropout(0.2) "
+    graph_t *g = must_build("conv(4,3) relu maxpool(2) conv(16,3) flatten linear(16) gelu dropout(0.2) "
                             "residual(linear(16) relu residual(linear(16))) linear(10)", 1, 8, 8, 10, 8);
     graph_init_params(g, 2);
     optim_t o;
@@ -665,7 +733,7 @@ int main(void) {
         cmocka_unit_test(grad_dropout),        cmocka_unit_test(grad_conv_strided),
         cmocka_unit_test(grad_conv_same),      cmocka_unit_test(grad_maxpool),
         cmocka_unit_test(grad_maxpool_overlap), cmocka_unit_test(grad_softmax_ce),
-        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_conv_chunks),      cmocka_unit_test(grad_whole_mlp),
+        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_conv_chunks), cmocka_unit_test(grad_conv_direct), cmocka_unit_test(conv_direct_matches_im2col),      cmocka_unit_test(grad_whole_mlp),
         cmocka_unit_test(layout_and_callback), cmocka_unit_test(accumulation),
         cmocka_unit_test(step_allocates_nothing), cmocka_unit_test(shape_errors),
         cmocka_unit_test(grad_residual),       cmocka_unit_test(grad_residual_of_input),
