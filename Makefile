@@ -165,7 +165,7 @@ FUZZERS := config layers idx ckpt bench_args
 FUZZ_BIN := $(FUZZERS:%=$(FUZZ_DIR)/fuzz_%)
 FUZZ_SECONDS ?= 60
 $(FUZZ_DIR)/fuzz_config: tests/fuzz/fuzz_config.c src/config.c src/model.c src/layers.c
-$(FUZZ_DIR)/fuzz_layers: tests/fuzz/fuzz_layers.c src/layers.c src/graph.c src/ops.c src/ops_cpu.c src/ops_seq.c src/tensor.c src/device.c
+$(FUZZ_DIR)/fuzz_layers: tests/fuzz/fuzz_layers.c src/layers.c src/graph.c src/ops.c src/ops_cpu.c src/ops_conv.c src/ops_seq.c src/tensor.c src/device.c
 $(FUZZ_DIR)/fuzz_idx: tests/fuzz/fuzz_idx.c src/data.c
 $(FUZZ_DIR)/fuzz_ckpt: tests/fuzz/fuzz_ckpt.c src/checkpoint.c src/paths.c
 $(FUZZ_DIR)/fuzz_bench_args: tests/fuzz/fuzz_bench_args.c tests/bench/bench_args.c $(LIB_A)
