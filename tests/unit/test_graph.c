@@ -300,6 +300,23 @@ static graph_t *must_create(const layer_spec_t *specs, int ns, int F, int classe
 static void grad_linear(void **s) { (void)s; gradcheck("linear(5)", 1, 1, 7, 5, 4, 3); }
 static void grad_relu(void **s) { (void)s; gradcheck("relu", 1, 1, 6, 6, 3, 3); }
 static void grad_gelu(void **s) { (void)s; gradcheck("gelu", 1, 1, 6, 6, 3, 2); }
+/* GELU's values from -30 to 30 against the tanh form in double (the CPU
+ * computes it as x sigmoid(2u)): absolute error within 1e-6 (1 + |x|), no
+ * overflow in the tails */
+static void gelu_values(void **s) {
+    (void)s;
+    enum { F = 601 };
+    graph_t *g = must_build("gelu", 1, 1, F, F, 1);
+    for (int i = 0; i < F; i++) g->input.data[i] = -30.0f + 0.1f * (float)i;
+    g->labels[0] = 0;
+    graph_forward(g, 1);
+    for (int i = 0; i < F; i++) {
+        const double x = g->input.data[i], want = 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+        const double got = g->nodes[0].out.data[i];
+        if (!(fabs(got - want) <= 1e-6 * (1 + fabs(x)))) fail_msg("gelu(%g) = %.9g, want %.9g", x, got, want);
+    }
+    graph_destroy(g);
+}
 static void grad_tanh(void **s) { (void)s; gradcheck("tanh", 3, 1, 3, 9, 5, 5); }
 static void grad_dropout(void **s) { (void)s; gradcheck("dropout(0.3)", 1, 1, 11, 11, 5, 5); }
 static void grad_conv_strided(void **s) { (void)s; gradcheck("conv(2,3,2,1) flatten", 3, 7, 7, 32, 3, 2); }
@@ -733,7 +750,7 @@ int main(void) {
         cmocka_unit_test(grad_dropout),        cmocka_unit_test(grad_conv_strided),
         cmocka_unit_test(grad_conv_same),      cmocka_unit_test(grad_maxpool),
         cmocka_unit_test(grad_maxpool_overlap), cmocka_unit_test(grad_softmax_ce),
-        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_conv_chunks), cmocka_unit_test(grad_conv_direct), cmocka_unit_test(conv_direct_matches_im2col),      cmocka_unit_test(grad_whole_mlp),
+        cmocka_unit_test(grad_whole_cnn),      cmocka_unit_test(grad_conv_chunks), cmocka_unit_test(gelu_values), cmocka_unit_test(grad_conv_direct), cmocka_unit_test(conv_direct_matches_im2col),      cmocka_unit_test(grad_whole_mlp),
         cmocka_unit_test(layout_and_callback), cmocka_unit_test(accumulation),
         cmocka_unit_test(step_allocates_nothing), cmocka_unit_test(shape_errors),
         cmocka_unit_test(grad_residual),       cmocka_unit_test(grad_residual_of_input),
