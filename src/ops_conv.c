@@ -94,11 +94,19 @@ static int dw_group(int C, int H, int W, int OC, int K, int P, int n) {
  * (the larger of x and dY), the packed weights and the offset table; for the
  * weight gradient, a group's padded inputs, transposed dY, position bases and
  * offsets; the larger of the two (they run one after the other). */
+/* The padded planes of one sample: x padded by P, or dY by K-1-P (tiles
+ * read up to the last plane's last element, never past it). */
+static size_t planes_floats(int C, int H, int W, int OC, int K, int P) {
+    const int OH = H + 2 * P - K + 1, OW = W + 2 * P - K + 1, Q = K - 1 - P;
+    const size_t xp = (size_t)C * (H + 2 * P) * (W + 2 * P), dyp = (size_t)OC * (OH + 2 * Q) * (OW + 2 * Q);
+    return xp > dyp ? xp : dyp;
+}
+
 size_t conv_direct_scratch(int C, int H, int W, int OC, int K, int P, int batch) {
-    const int OH = H + 2 * P - K + 1, OW = W + 2 * P - K + 1, Q = K - 1 - P, G = dw_group(C, H, W, OC, K, P, batch);
-    const size_t xp = (size_t)C * (H + 2 * P) * (W + 2 * P) + NPX, dyp = (size_t)OC * (OH + 2 * Q) * (OW + 2 * Q) + NPX;
-    const size_t fx = (xp > dyp ? xp : dyp) + (size_t)C * OC * K * K + (size_t)(C > OC ? C : OC) * K * K;
-    const size_t dw = (size_t)G * (xp - NPX + (size_t)OC * OH * OW + (size_t)OH * OW) + (size_t)C * K * K;
+    const int OH = H + 2 * P - K + 1, OW = W + 2 * P - K + 1, G = dw_group(C, H, W, OC, K, P, batch);
+    const size_t fx = planes_floats(C, H, W, OC, K, P) + (size_t)C * OC * K * K + (size_t)(C > OC ? C : OC) * K * K;
+    const size_t dw = (size_t)G * ((size_t)C * (H + 2 * P) * (W + 2 * P) + (size_t)OC * OH * OW + (size_t)OH * OW) +
+                      (size_t)C * K * K;
     return fx > dw ? fx : dw;
 }
 
@@ -111,12 +119,11 @@ static void pad_planes(const float *restrict x, int C, int H, int W, int Q, floa
             memcpy(xp + ((size_t)c * Hp + Q + h) * Wp + Q, x + ((size_t)c * H + h) * W, (size_t)W * sizeof(float));
 }
 
-/* y[oc][p] (+ bias) = the correlation of xp [Cin][Hp][Wp] with packed
+/* y[oc][p] (+ bias) = the correlation of xp [Cin][.][Wp] with packed
  * weights wp [Cout / NOC][Cin * K * K][NOC] at stride 1, OH x OW outputs. */
-static void correlate(const float *xp, int Cin, int Hp, int Wp, int K, const float *wp, const int *off, int Cout,
-                      int OH, int OW, const float *bias, float *y) {
+static void correlate(const float *xp, int Cin, int Wp, int K, const float *wp, const int *off, int Cout, int OH,
+                      int OW, const float *bias, float *y) {
     const int nk = Cin * K * K, P = OH * OW;
-    (void)Hp;
     float acc[NPX][NOC];
     const float *base[NPX];
     for (int ob = 0; ob < Cout / NOC; ob++) {
@@ -151,9 +158,7 @@ typedef struct {
 } direct_scratch_t;
 
 static direct_scratch_t carve(float *s, int C, int H, int W, int OC, int K, int P) {
-    const int OH = H + 2 * P - K + 1, OW = W + 2 * P - K + 1, Q = K - 1 - P;
-    const size_t xp = (size_t)C * (H + 2 * P) * (W + 2 * P) + NPX, dyp = (size_t)OC * (OH + 2 * Q) * (OW + 2 * Q) + NPX;
-    direct_scratch_t d = {s, s + (xp > dyp ? xp : dyp), NULL};
+    direct_scratch_t d = {s, s + planes_floats(C, H, W, OC, K, P), NULL};
     d.off = (int *)(d.wp + (size_t)C * OC * K * K);
     return d;
 }
@@ -168,7 +173,7 @@ void conv_direct_forward(const float *x, int n, int C, int H, int W, const float
     offsets(C, Hp, Wp, K, d.off);
     for (int s = 0; s < n; s++) {
         pad_planes(x + (size_t)s * C * H * W, C, H, W, P, d.planes);
-        correlate(d.planes, C, Hp, Wp, K, d.wp, d.off, OC, OH, OW, bias, y + (size_t)s * OC * OH * OW);
+        correlate(d.planes, C, Wp, K, d.wp, d.off, OC, OH, OW, bias, y + (size_t)s * OC * OH * OW);
     }
 }
 
@@ -189,7 +194,7 @@ void conv_direct_dinput(const float *dy, int n, int C, int H, int W, const float
     offsets(OC, Hp, Wp, K, d.off);
     for (int s = 0; s < n; s++) {
         pad_planes(dy + (size_t)s * OC * OH * OW, OC, OH, OW, Q, d.planes);
-        correlate(d.planes, OC, Hp, Wp, K, d.wp, d.off, C, H, W, NULL, dx + (size_t)s * C * H * W);
+        correlate(d.planes, OC, Wp, K, d.wp, d.off, C, H, W, NULL, dx + (size_t)s * C * H * W);
     }
 }
 
