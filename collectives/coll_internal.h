@@ -376,6 +376,12 @@ struct coll_comm {
     void *sync_done;        /* blocking NCCL calls' completion event */
 };
 
+/* The ring's and chain's chunk on c: COLL_NET_CHUNK_BYTES where c spans
+ * nodes (docs/COLLECTIVES.md), COLL_CHUNK_BYTES inside one. */
+static inline size_t coll_chunk_bytes(const struct coll_comm *c) {
+    return c && c->local_size < c->size ? coll_tun.net_chunk_bytes : coll_tun.chunk_bytes;
+}
+
 struct coll_request {
     uint32_t magic;
     uint32_t gen;  /* bumped at every reuse: the handle carries it (progress.c) */

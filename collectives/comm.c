@@ -104,7 +104,7 @@ coll_result_t coll_comm_init(coll_comm_t *out, MPI_Comm mpi_comm) {
     coll_cuda_available(); /* device buffers are recognised if the program loaded CUDA */
     COLL_LOG(c, COLL_LOG_INFO, "init: %d ranks, algo=%s, thread_multiple=%d, oversubscribed=%d, chunk=%zu depth=%d",
              c->size, coll_algo_name(c->algo), c->thread_multiple, c->oversubscribed,
-             c->local_size < c->size ? coll_tun.net_chunk_bytes : coll_tun.chunk_bytes, coll_tun.depth);
+             coll_chunk_bytes(c), coll_tun.depth);
     if (!c->thread_multiple)
         COLL_LOG(c, COLL_LOG_WARN, "MPI thread level below MPI_THREAD_MULTIPLE: non-blocking calls will complete inside the call that starts them");
     *out = c;

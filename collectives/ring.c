@@ -47,8 +47,7 @@ static coll_result_t pipe_init(pipe_t *p, coll_ctx_t *ctx, coll_dtype_t dt, int 
      * control messages queue behind the bulk data already in the socket, and
      * 2 MiB chunks left a 1 Gbit/s link idle for 40% of an all-reduce
      * (docs/COLLECTIVES.md); in one node, CMA copies want them large. */
-    const coll_comm_t c = ctx->comm;
-    size_t cb = c && c->local_size < c->size ? coll_tun.net_chunk_bytes : coll_tun.chunk_bytes;
+    size_t cb = coll_chunk_bytes(ctx->comm);
     if (cb > coll_tun.max_msg_bytes) cb = coll_tun.max_msg_bytes;
     p->chunk = cb / p->es;
     if (p->chunk > longest) p->chunk = longest;

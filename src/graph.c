@@ -169,7 +169,7 @@ static size_t scratch_floats(const node_t *nd, const tensor_t *in) {
     switch (nd->spec.kind) {
     case OP_CONV2D: { /* a chunk's columns and its product (ops.h conv_chunk), then the direct convolution's */
         const int ckk = in->dim[1] * nd->spec.k * nd->spec.k, P = nd->out.dim[2] * nd->out.dim[3];
-        return (size_t)(ckk + nd->spec.n) * P * conv_chunk(ckk, nd->spec.n, P, in->dim[0]) +
+        return conv_chunk_floats(ckk, nd->spec.n, P, in->dim[0]) +
                conv_direct_scratch(in->dim[1], in->dim[2], in->dim[3], nd->spec.n, nd->spec.k, nd->spec.pad, in->dim[0]);
     }
     case OP_DROPOUT: return nd->out.size;

@@ -38,6 +38,11 @@ static inline int conv_chunk(int ckk, int oc, int positions, int batch) {
  * C x H x W input, OC outputs, K x K kernel, padding P and the batch. */
 size_t conv_direct_scratch(int C, int H, int W, int OC, int K, int P, int batch);
 
+/* Floats of the im2col path's scratch: a chunk's columns and its product. */
+static inline size_t conv_chunk_floats(int ckk, int oc, int positions, int batch) {
+    return (size_t)(ckk + oc) * (size_t)positions * (size_t)conv_chunk(ckk, oc, positions, batch);
+}
+
 extern const op_impl_t ops_cpu[OP_COUNT];
 /* The CUDA column, once device_open(DEV_CUDA) loaded it; else NULL. */
 const op_impl_t *device_cuda_ops(void);

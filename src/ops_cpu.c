@@ -220,15 +220,15 @@ static void col2im(const conv_geom_t *q, const float *restrict col, size_t ld, f
             }
 }
 
-/* Convolution runs G samples per matrix product (ops.h conv_chunk): their
- * columns side by side, [C*K*K][G*P], then one sgemm for the chunk; the
- * product [OC][G*P] is rearranged into NCHW with the bias added. */
 /* Past the chunk's columns and product: the direct convolution's scratch. */
 static float *direct_scratch(const graph_t *g, const node_t *nd, const conv_geom_t *q) {
-    const int P = q->OH * q->OW, CKK = q->C * q->K * q->K;
-    return nd->scratch + (size_t)(CKK + q->OC) * P * conv_chunk(CKK, q->OC, P, g->batch);
+    return nd->scratch + conv_chunk_floats(q->C * q->K * q->K, q->OC, q->OH * q->OW, g->batch);
 }
 
+/* Convolution runs G samples per matrix product (ops.h conv_chunk): their
+ * columns side by side, [C*K*K][G*P], then one sgemm for the chunk; the
+ * product [OC][G*P] is rearranged into NCHW with the bias added. Where it
+ * can, the direct kernel (ops_conv.c) runs instead. */
 static void conv_forward(graph_t *g, node_t *nd, const tensor_t *in) {
     const conv_geom_t q = conv_geom(nd, in);
     const int P = q.OH * q.OW, CKK = q.C * q.K * q.K, G = conv_chunk(CKK, q.OC, P, g->batch);
