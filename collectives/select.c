@@ -49,23 +49,16 @@ coll_algo_t coll_p2p_algo(int size, const coll_args_t *a) {
 }
 
 /* Where shared memory beats the point-to-point choice, from `coll-bench -a
- * shm -x auto` at 2 and 4 ranks, three alternating runs of 8 B-64 MiB
- * (docs/COLLECTIVES.md, "How auto chooses"). At 2 ranks shm wins small
- * and mid sizes (2-3x up to 32 KiB) and loses or ties above (the ring's
- * single CMA copy against a copy in and a copy out); at 4 ranks on two
- * cores it wins from 512 B to 64 MiB, 2x and more, but every stage waits
- * for a rank to be scheduled, so the smallest rooted calls lose to a tree. */
+ * shm -x auto` at 2 and 4 ranks, alternating runs of 8 B-64 MiB
+ * (docs/COLLECTIVES.md, "How auto chooses"). At 2 ranks shm wins at every
+ * size: 2-3x up to 32 KiB, 1.3-2.2x from 256 KiB for all-reduce,
+ * reduce-scatter, all-gather and broadcast since its copies stopped going
+ * through the stack (2026-12-06; before, the ring's single CMA copy won
+ * above 64 KiB-1 MiB). At 4 ranks on two cores it wins from 512 B to
+ * 64 MiB, 2x and more, but every stage waits for a rank to be scheduled,
+ * so the smallest rooted calls lose to a tree. */
 static int shm_wins(const struct coll_comm *c, coll_kind_t k, size_t b) {
-    if (c->size == 2) {
-        switch (k) {
-        case COLL_K_ALLREDUCE: return b <= ((size_t)1 << 20);
-        case COLL_K_REDUCE_SCATTER:
-        case COLL_K_ALLGATHER:
-        case COLL_K_BROADCAST: return b <= 65536;
-        case COLL_K_REDUCE: return 1; /* one-shot and shard-only copy-in: 1.2-4.7x (shm-bench, 2026-12-05) */
-        default: return 0;
-        }
-    }
+    if (c->size == 2) return k != COLL_K_BARRIER;
     switch (k) {
     case COLL_K_ALLREDUCE:
     case COLL_K_BROADCAST: return b >= 512;

@@ -100,16 +100,18 @@ static inline void cpu_relax(void) {
 /* memcpy of a round's data. glibc's memcpy uses `rep movsb` for copies
  * this large, which on this machine kind (AMD EPYC, virtualised) ran at
  * 1-2 GB/s between a workspace and a user's buffer (69% of an all-reduce's
- * time by perf); plain vector moves run at the memory's pace. */
-typedef char vec32 __attribute__((vector_size(32), aligned(1), may_alias));
+ * time by perf); plain vector moves run at the memory's pace. 16-byte
+ * vectors: the baseline ISA has them, where 32-byte ones built without AVX
+ * went through the stack (perf: the spills cost as much as the copy). */
+typedef char vec16 __attribute__((vector_size(16), aligned(1), may_alias));
 static void copy_bytes(void *dst, const void *src, size_t bytes) {
     char *d = dst;
     const char *s = src;
     size_t i = 0;
-    for (; i + 128 <= bytes; i += 128) {
-        vec32 a = *(const vec32 *)(s + i), b = *(const vec32 *)(s + i + 32);
-        vec32 c = *(const vec32 *)(s + i + 64), e = *(const vec32 *)(s + i + 96);
-        *(vec32 *)(d + i) = a, *(vec32 *)(d + i + 32) = b, *(vec32 *)(d + i + 64) = c, *(vec32 *)(d + i + 96) = e;
+    for (; i + 64 <= bytes; i += 64) {
+        vec16 a = *(const vec16 *)(s + i), b = *(const vec16 *)(s + i + 16);
+        vec16 c = *(const vec16 *)(s + i + 32), e = *(const vec16 *)(s + i + 48);
+        *(vec16 *)(d + i) = a, *(vec16 *)(d + i + 16) = b, *(vec16 *)(d + i + 32) = c, *(vec16 *)(d + i + 48) = e;
     }
     if (i < bytes) memcpy(d + i, s + i, bytes - i);
 }
@@ -162,8 +164,14 @@ static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, con
     if (atomic_load_explicit(v, memory_order_acquire) >= t) return COLL_SUCCESS;
     const coll_comm_t c = ctx->comm;
     const long spin = c->oversubscribed ? coll_tun.spin_oversub : coll_tun.spin;
-    const double t0 = now_s();
+    /* The clock is read only once the wait outlasts QUICK_POLLS pauses (or
+     * is about to yield): a small call's hand-off usually arrives sooner,
+     * and two clock reads per wait were 10% of its time (perf). Such waits
+     * (about a microsecond) are not counted in the per-peer wait times. */
+    enum { QUICK_POLLS = 64 };
+    double t0 = 0;
     for (long polls = 1; atomic_load_explicit(v, memory_order_acquire) < t; polls++) {
+        if (t0 == 0 && (polls >= QUICK_POLLS || polls >= spin)) t0 = now_s();
         if (polls < spin) cpu_relax();
         else sched_yield();
         if ((polls & 1023) == 0 && c->timeout > 0 && now_s() - t0 > c->timeout) {
@@ -176,7 +184,7 @@ static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, con
             return coll_comm_fail(c, COLL_ERR_TIMEOUT);
         }
     }
-    if (coll_tun.trace > 0) coll_trace_wait(ctx, peer, 0, now_s() - t0);
+    if (coll_tun.trace > 0 && t0 > 0) coll_trace_wait(ctx, peer, 0, now_s() - t0);
     return COLL_SUCCESS;
 }
 

@@ -45,16 +45,18 @@ __attribute__((target_clones("avx2", "default"))) static void add(float *restric
 }
 
 /* a plain vector copy: glibc's memcpy uses `rep movsb` at these sizes, which
- * is slow on this machine kind (docs/COLLECTIVES.md) */
-typedef char vec32 __attribute__((vector_size(32), aligned(1), may_alias));
+ * is slow on this machine kind (docs/COLLECTIVES.md); 16-byte vectors, as
+ * the baseline ISA has them (32-byte ones built without AVX go through the
+ * stack and halved this limit until 2026-12-06) */
+typedef char vec16 __attribute__((vector_size(16), aligned(1), may_alias));
 static void copy(void *dst, const void *src, size_t bytes) {
     char *d = dst;
     const char *s = src;
     size_t i = 0;
-    for (; i + 128 <= bytes; i += 128) {
-        vec32 w = *(const vec32 *)(s + i), x = *(const vec32 *)(s + i + 32);
-        vec32 y = *(const vec32 *)(s + i + 64), z = *(const vec32 *)(s + i + 96);
-        *(vec32 *)(d + i) = w, *(vec32 *)(d + i + 32) = x, *(vec32 *)(d + i + 64) = y, *(vec32 *)(d + i + 96) = z;
+    for (; i + 64 <= bytes; i += 64) {
+        vec16 w = *(const vec16 *)(s + i), x = *(const vec16 *)(s + i + 16);
+        vec16 y = *(const vec16 *)(s + i + 32), z = *(const vec16 *)(s + i + 48);
+        *(vec16 *)(d + i) = w, *(vec16 *)(d + i + 16) = x, *(vec16 *)(d + i + 32) = y, *(vec16 *)(d + i + 48) = z;
     }
     if (i < bytes) memcpy(d + i, s + i, bytes - i);
 }
