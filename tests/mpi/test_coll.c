@@ -277,6 +277,63 @@ static void wraparound(void) {
     coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
 }
 
+/* Long runs of small broadcasts and reduces (shm's eager slots let a
+ * writer run up to 16 calls ahead: the run wraps the slots many times), a
+ * reader pausing now and then so that the writer must wait for it, every
+ * value depending on the call, sizes across the eager limit (1 KiB), and an
+ * all-reduce after each run (lock-step rounds after eager ones). */
+static void bursts(void) {
+    const coll_algo_t algos[] = {COLL_ALGO_AUTO, COLL_ALGO_SHM};
+    const size_t sizes[] = {1, 7, 256, 257, 1024, 1025}; /* bytes: uint8 elements */
+    uint8_t *buf = xmalloc(2048), *out = xmalloc(2048);
+    for (size_t ai = 0; ai < sizeof algos / sizeof *algos; ai++) {
+        coll_comm_set_algorithm(comm, algos[ai]);
+        int ok = 1;
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+            const size_t n = sizes[si];
+            /* 200 broadcasts, then 200 reduces: the writers (a broadcast's
+             * root, a reduce's non-roots) are ahead only while nothing in
+             * between waits for them */
+            for (int call = 0; call < 200; call++) { /* (no early exit: the peers would wait) */
+                const int root = (call / 50) % nranks;
+                if (rank != root && rank == (root + 1) % nranks && call % 37 == 5) usleep(300);
+                for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)(rank == root ? call * 7 + i : 0xEE);
+                int good = coll_broadcast(buf, n, COLL_UINT8, root, comm) == COLL_SUCCESS;
+                for (size_t i = 0; i < n && good; i++) good = buf[i] == (uint8_t)(call * 7 + i);
+                if (!good && ok) fprintf(stderr, "rank %d: broadcast of %zu bytes, call %d, root %d wrong\n", rank, n, call, root);
+                ok &= good;
+            }
+            for (int call = 0; call < 200; call++) { /* (no early exit: the peers would wait) */
+                const int root = (call / 50) % nranks;
+                if (rank == root && call % 37 == 5) usleep(300);
+                for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)(call + rank + i);
+                memset(out, 0xEE, n);
+                int good = coll_reduce(buf, out, n, COLL_UINT8, COLL_SUM, root, comm) == COLL_SUCCESS;
+                for (size_t i = 0; i < n && good && rank == root; i++) {
+                    uint8_t want = 0;
+                    for (int r = 0; r < nranks; r++) want = (uint8_t)(want + call + r + i);
+                    good = out[i] == want;
+                }
+                if (!good && ok) fprintf(stderr, "rank %d: reduce of %zu bytes, call %d, root %d wrong\n", rank, n, call, root);
+                ok &= good;
+            }
+            float f = (float)rank;
+            const coll_result_t rc = coll_allreduce(&f, &f, 1, COLL_FLOAT32, COLL_SUM, comm);
+            if (rc != COLL_SUCCESS || f != (float)(nranks * (nranks - 1) / 2)) {
+                fprintf(stderr, "rank %d: all-reduce after the bursts of %zu bytes: %s, %g\n", rank, n,
+                        coll_strerror(rc), f);
+                ok = 0;
+            }
+        }
+        int all = 0;
+        MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        result(all, "200-call bursts of broadcast + reduce, 1 B-1025 B, a pausing reader, algo=%s",
+               coll_algo_name(algos[ai]));
+    }
+    free(buf), free(out);
+    coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
+}
+
 /* The algorithms the matrix covers: every host algorithm; on GPU buffers
  * also NCCL where it can run (one rank, or one GPU per rank: -N). */
 static int with_nccl;
@@ -320,6 +377,7 @@ static int matrix(int small) {
     }
     coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
     wraparound();
+    if (!gpu) bursts();
     /* barrier with every algorithm */
     for (int algo = COLL_ALGO_AUTO; algo < COLL_NUM_ALGOS; algo++) {
         if (skip_algo(algo)) continue;
@@ -575,6 +633,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "check")) check_mode();
     else if (!strcmp(mode, "timeout")) timeout_mode();
     else if (!strcmp(mode, "bigcount")) bigcount();
+    else if (!strcmp(mode, "bursts")) bursts();
     else {
         if (rank == 0) fprintf(stderr, "test_coll: unknown mode '%s'\n", mode);
         MPI_Abort(MPI_COMM_WORLD, 2);
