@@ -658,6 +658,11 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
         else free(s);
         return COLL_SUCCESS;
     }
+    /* fault the headers in now (the eager slots span several pages), not
+     * in the first calls: they are what small calls touch */
+    memset(hdr(s, s->me)->eager, 0, sizeof hdr(s, s->me)->eager);
+    for (int q = 0; q < P; q++)
+        for (size_t o = 0; o < HDR_BYTES; o += 4096) (void)*(volatile char *)(s->base[q] + o);
     ctx->shm = s;
     return COLL_SUCCESS;
 }
