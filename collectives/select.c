@@ -55,14 +55,16 @@ coll_algo_t coll_p2p_algo(int size, const coll_args_t *a) {
  * reduce-scatter, all-gather and broadcast since its copies stopped going
  * through the stack (2026-12-06; before, the ring's single CMA copy won
  * above 64 KiB-1 MiB). At 4 ranks on two cores it wins from 512 B to
- * 64 MiB, 2x and more; below, the all-reduce (every stage waits for a rank
- * to be scheduled) ties or loses to rd, while broadcast and reduce, whose
- * writers run ahead through the eager slots (shm.c), beat the tree
- * (2.3-4.3x and 1.04-1.11x at 4-256 B, 2026-12-06). */
+ * 64 MiB, 2x and more. Below 512 B the all-reduce (every stage waits for
+ * a rank to be scheduled) beats rd at 4 ranks (1.08-1.48x, three runs,
+ * 2026-12-06), loses at 3 (0.83-0.99x) and ties at 5, where rd's extra
+ * steps off a power of two still cost less than waiting for every rank;
+ * broadcast and reduce, whose writers run ahead through the eager slots
+ * (shm.c), beat the tree at every count (2.3-4.3x and 1.04-1.11x at 4-256 B). */
 static int shm_wins(const struct coll_comm *c, coll_kind_t k, size_t b) {
     if (c->size == 2) return k != COLL_K_BARRIER;
     switch (k) {
-    case COLL_K_ALLREDUCE: return b >= 512;
+    case COLL_K_ALLREDUCE: return b >= 512 || c->size == 4;
     case COLL_K_BROADCAST:
     case COLL_K_REDUCE:
     case COLL_K_REDUCE_SCATTER:
