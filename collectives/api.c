@@ -5,8 +5,11 @@
 #include "coll_internal.h"
 
 static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
+    /* one look-up in the registry of live communicators (a global lock)
+     * per call: coll_check_args takes a live comm */
+    if (!coll_comm_valid(c))
+        return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_%s: comm is NULL or destroyed", coll_kind_name(a.kind));
     coll_result_t local = coll_check_args(c, &a);
-    if (!coll_comm_valid(c)) return local;
     if (local == COLL_SUCCESS) {
         a.device = coll_buffers_on_device(c, &a);
         if (a.device && c->algo == COLL_ALGO_AUTO && coll_cuda_distinct_gpus(c)) a.algo = COLL_ALGO_NCCL;

@@ -432,7 +432,8 @@ COLL_HIDDEN coll_result_t coll_progress_event_request(coll_comm_t comm, const co
 COLL_HIDDEN void coll_progress_shutdown(coll_comm_t comm);
 COLL_HIDDEN void coll_request_forget(struct coll_request *r);
 
-/* check.c: argument validation and the optional cross-rank agreement. */
+/* check.c: argument validation (of a call on a live comm: the caller looks
+ * it up) and the optional cross-rank agreement. */
 COLL_HIDDEN coll_result_t coll_check_args(coll_comm_t comm, const coll_args_t *a);
 COLL_HIDDEN coll_result_t coll_check_agree(coll_ctx_t *ctx, const coll_args_t *a,
                                            coll_result_t local);
