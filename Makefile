@@ -82,7 +82,7 @@ $(LIB_SO): $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) -shared -Wl,-soname,libcoll.so.0 $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bin/coll-bench: $(BUILD)/obj/tests/bench/coll_bench.o $(BUILD)/obj/tests/bench/bench_args.o $(LIB_A)
+$(BUILD)/bin/coll-bench: $(BUILD)/obj/tests/bench/coll_bench.o $(BUILD)/obj/tests/bench/bench_args.o $(BUILD)/obj/tests/bench/limit.o $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
@@ -94,7 +94,7 @@ $(BUILD)/bin/tcp-rtt: $(BUILD)/obj/tests/bench/tcp_rtt.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/bin/shm-limit: $(BUILD)/obj/tests/bench/shm_limit.o
+$(BUILD)/bin/shm-limit: $(BUILD)/obj/tests/bench/shm_limit.o $(BUILD)/obj/tests/bench/limit.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 

@@ -74,7 +74,8 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
             if ((a->algo = coll_algo_parse(optarg)) < 0) BAD("-a: expected auto|ring|rd|native|nccl|shm");
             break;
         case 'x':
-            if ((a->base = coll_algo_parse(optarg)) < 0) BAD("-x: expected auto|ring|rd|native|nccl|shm");
+            if (!strcmp(optarg, "limit")) a->base = BENCH_BASE_LIMIT;
+            else if ((a->base = coll_algo_parse(optarg)) < 0) BAD("-x: expected auto|ring|rd|native|nccl|shm|limit");
             break;
         case 'b': if (parse_size(optarg, "-b", &a->minb, why, len)) return -1; break;
         case 'e': if (parse_size(optarg, "-e", &a->maxb, why, len)) return -1; break;
@@ -98,5 +99,7 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
     }
     if (optind < argc) BAD("unexpected argument '%s'", argv[optind]);
     if (a->minb > a->maxb) BAD("-b must not exceed -e");
+    if (a->base == BENCH_BASE_LIMIT && (a->op != O_ALLREDUCE || a->dt != COLL_FLOAT32 || a->redop != COLL_SUM || a->gpu))
+        BAD("-x limit: the limit is a float32 sum all-reduce on host memory");
     return 0;
 }

@@ -14,7 +14,7 @@ typedef struct bench_args {
     bop_t op;
     coll_dtype_t dt;
     coll_op_t redop;
-    int algo, base; /* base < 0: no -x */
+    int algo, base; /* base < 0: no -x; BENCH_BASE_LIMIT: -x limit */
     int checkit, inplace, repeats, iters, warmup, gpu;
     int memalloc; /* -m 1: buffers from coll_mem_alloc */
     size_t minb, maxb;
@@ -22,6 +22,8 @@ typedef struct bench_args {
 } bench_args_t;
 
 #define BENCH_MAX_REPEATS 1000
+/* -x limit: the minimal zero-copy exchange (limit.h) as the baseline */
+#define BENCH_BASE_LIMIT 1000
 
 /* Fills a from argv (which --device handling may reorder). Returns 0 to run,
  * 1 when help was asked for, -1 with the reason in why for bad usage. */

@@ -23,7 +23,10 @@
  * slowest rank's time per loop), which is robust against this machine's
  * noise. -x runs a second algorithm interleaved with the first, repeat by
  * repeat, and adds its time and busbw and the ratio base_time/time (>1: the
- * first is faster). Exit status 1 if any result was wrong, 2 on bad usage.
+ * first is faster). -x limit takes the minimal zero-copy exchange of
+ * tests/bench/limit.h as that second one (float32 sum all-reduce, 2 ranks on
+ * one node): shm-limit's numbers, but in the same phase of the host as ours.
+ * Exit status 1 if any result was wrong, 2 on bad usage.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -35,6 +38,7 @@
 
 #include "bench_args.h"
 #include "coll.h"
+#include "limit.h"
 #include "../common/cudart_shim.h"
 #include "../common/testvals.h"
 
@@ -81,7 +85,7 @@ __attribute__((noreturn)) static void usage(const char *why) {
                 "usage: coll-bench [-o allreduce|reduce_scatter|allgather|broadcast|reduce]\n"
                 "  [-d float32|float64|float16|bfloat16|int32|int64|uint8] [-r sum|prod|min|max|avg]\n"
                 "  [-a auto|ring|rd|native|shm|hier] [-m 0|1 coll_mem_alloc] [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS]\n"
-                "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO]\n"
+                "  [-w WARMUP] [-c 0|1] [-i 0|1 in-place] [-R REPEATS] [-x BASELINE_ALGO|limit]\n"
                 "  [-G | --device cpu|cuda]   (-a/-x also take nccl)\n",
                 why);
     MPI_Finalize();
@@ -172,12 +176,14 @@ static long check(run_t *r) {
     return wrong;
 }
 
-/* One timed loop: seconds per call on the slowest rank. */
-static double timed(const run_t *r, int iters) {
+/* One timed loop: seconds per call on the slowest rank (of the limit
+ * exchange instead of the library where lim is given). */
+static double timed(const run_t *r, int iters, limit_t *lim) {
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = now();
     for (int i = 0; i < iters; i++)
-        if (call(r) != COLL_SUCCESS) {
+        if (lim) limit_allreduce(lim, r->count * r->es);
+        else if (call(r) != COLL_SUCCESS) {
             fprintf(stderr, "rank %d: %s\n", rank, coll_last_error(r->comm));
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
@@ -228,6 +234,8 @@ int main(int argc, char **argv) {
                                          : 1.0;
     const size_t unit = es * (per_rank ? P : 1);
     size_t cap = maxb / unit * unit + unit;
+    limit_t lim;
+    if (base == BENCH_BASE_LIMIT && limit_open(&lim, cap)) usage("-x limit: needs 2 ranks on one node");
     char *sendbuf = buf_alloc(cap), *recvbuf = buf_alloc(cap);
     char *hsend = gpu ? calloc(1, cap) : sendbuf, *hrecv = gpu ? calloc(1, cap) : recvbuf;
     if (!sendbuf || !recvbuf || !hsend || !hrecv) {
@@ -241,7 +249,8 @@ int main(int argc, char **argv) {
         printf("# coll-bench: %s %s %s, algo %s%s%s, %d ranks, %s, iters %d x %d repeats (median), warmup %d, %s, %s "
                "buffers\n",
                bench_op_names[op], coll_dtype_name(dt), coll_op_name(redop), coll_algo_name((coll_algo_t)algo),
-               base >= 0 ? " vs " : "", base >= 0 ? coll_algo_name((coll_algo_t)base) : "", nranks, host, iters,
+               base >= 0 ? " vs " : "", base == BENCH_BASE_LIMIT ? "limit" : base >= 0 ? coll_algo_name((coll_algo_t)base) : "",
+               nranks, host, iters,
                repeats, warmup, inplace ? "in-place" : "out-of-place", gpu ? "GPU" : memalloc ? "coll_mem_alloc" : "host");
         printf("# %12s %12s %9s %6s %10s %8s %8s %7s", "bytes", "count", "type", "op", "time_us", "algbw",
                "busbw", "#wrong");
@@ -258,15 +267,20 @@ int main(int argc, char **argv) {
         int algos[2] = {algo, base};
         double t[2][BENCH_MAX_REPEATS], med[2] = {0, 0};
         long wrong = 0;
+        limit_t *limk[2] = {NULL, base == BENCH_BASE_LIMIT ? &lim : NULL};
         for (int k = 0; k < (base >= 0 ? 2 : 1); k++) {
+            if (limk[k]) {
+                for (int i = 0; i < warmup; i++) limit_allreduce(limk[k], b);
+                continue;
+            }
             coll_comm_set_algorithm(comm, (coll_algo_t)algos[k]);
             if (checkit) wrong += check(&r);
             for (int i = 0; i < warmup; i++) call(&r);
         }
         for (int rep = 0; rep < repeats; rep++)
             for (int k = 0; k < (base >= 0 ? 2 : 1); k++) {
-                coll_comm_set_algorithm(comm, (coll_algo_t)algos[k]);
-                t[k][rep] = timed(&r, iters);
+                if (!limk[k]) coll_comm_set_algorithm(comm, (coll_algo_t)algos[k]);
+                t[k][rep] = timed(&r, iters, limk[k]);
             }
         for (int k = 0; k < (base >= 0 ? 2 : 1); k++) med[k] = median(t[k], repeats);
         long wsum = 0;
@@ -292,6 +306,7 @@ int main(int argc, char **argv) {
         printf("# Out of bounds values : %ld %s\n", total_wrong, total_wrong ? "FAILED" : "OK");
         printf("# Avg bus bandwidth : %g\n", nsizes ? bw_sum / nsizes : 0.0);
     }
+    if (base == BENCH_BASE_LIMIT) limit_close(&lim);
     coll_comm_destroy(comm);
     buf_free(sendbuf);
     buf_free(recvbuf);
