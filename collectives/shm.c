@@ -227,12 +227,15 @@ static coll_result_t begin_eager_round(coll_ctx_t *ctx, uint64_t *t, const char 
 
 static char *eager_slot(const struct coll_shm *s, int r, uint64_t t) { return hdr(s, r)->eager[t % EAGER_SLOTS]; }
 
-/* dst[0, n) = src_0 op src_1 op ... op src_{P-1}, each src_q = region
- * `which` of rank q at byte offset off, in rank order */
-static void reduce_from_all(const struct coll_shm *s, const coll_args_t *a, uint64_t t, int which, size_t off,
-                            void *dst, size_t n) {
-    coll_reduce_kernel(a->dtype, a->op, dst, region(s, 0, t, which) + off, region(s, 1, t, which) + off, n);
-    for (int q = 2; q < s->P; q++) coll_reduce_kernel(a->dtype, a->op, dst, dst, region(s, q, t, which) + off, n);
+/* dst[0, n) = src[0] op src[1] op ... op src[P-1], in that order (dst may
+ * be src[0], the only overlap the kernels allow), divided by P for
+ * COLL_AVG where avg says so (the hierarchical reduce-scatter divides
+ * later, once for every rank). */
+static void reduce_srcs(const coll_args_t *a, void *dst, const char *const *src, int P, size_t n, int avg) {
+    if (!n) return;
+    coll_reduce_kernel(a->dtype, a->op, dst, src[0], src[1], n);
+    for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, dst, dst, src[q], n);
+    if (avg && a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, n, P);
 }
 
 /* Maps a shared memfd (a workspace or a coll_mem_alloc buffer) of the given size. */
@@ -341,23 +344,22 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
          * (the rounds' hand-offs cost 2-2.5x at 512 KiB-8 MiB) */
         if (zc && at == 0 && all_zero_copy(s, 1)) n = a->count;
         if (oneshot) {
-            reduce_from_all(s, a, t, 0, 0, out + at * es, n);
-            if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
+            for (int q = 0; q < P; q++) src[q] = region(s, q, t, 0); /* rank order: the same result everywhere */
+            reduce_srcs(a, out + at * es, src, P, n, 1);
             publish(s, F_DONE, t);
             continue;
         }
         const size_t lo = coll_block_offset(n, P, me), len = coll_block_count(n, P, me);
         /* this rank's input first, so that in place the first operand is
          * the destination (the kernels allow only that overlap) */
-        src[0] = in + at * es;
-        for (int q = 1; q < P; q++)
-            if (!(src[q] = peer_data(ctx, q <= me ? q - 1 : q, t, 0, at * es))) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
-        char *mine = zc ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
-        if (len) {
-            coll_reduce_kernel(a->dtype, a->op, mine, src[0] + lo * es, src[1] + lo * es, len);
-            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, mine, mine, src[q] + lo * es, len);
+        src[0] = in + (at + lo) * es;
+        for (int q = 1; q < P; q++) {
+            const char *from = peer_data(ctx, q <= me ? q - 1 : q, t, 0, at * es);
+            if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
+            src[q] = from + lo * es;
         }
-        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, mine, len, P);
+        char *mine = zc ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
+        reduce_srcs(a, mine, src, P, len, 1);
         publish(s, F_REDUCED, t);
         COLL_TRY(wait_all(ctx, F_REDUCED, t, "allreduce"));
         for (int q = 0; q < P; q++) {
@@ -417,11 +419,7 @@ coll_result_t coll_shm_reduce_scatter_blocks(coll_ctx_t *ctx, const coll_args_t 
             src[q] = peer_input(ctx, peer, t, (lo + j) * es, (size_t)me * per * es);
             if (!src[q]) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
         }
-        if (len) {
-            coll_reduce_kernel(a->dtype, a->op, out + j * es, src[0], src[1], len);
-            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, out + j * es, out + j * es, src[q], len);
-            if (avg && a->op == COLL_AVG) coll_avg_finish(a->dtype, out + j * es, len, P);
-        }
+        reduce_srcs(a, out + j * es, src, P, len, avg);
         publish(s, F_DONE, t);
     }
     if (zc && t) COLL_TRY(wait_all(ctx, F_DONE, t, "reduce-scatter"));
@@ -539,9 +537,7 @@ coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
             COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce"));
             src[0] = in;
             for (int q = 1; q < P; q++) src[q] = eager_slot(s, q <= me ? q - 1 : q, t);
-            coll_reduce_kernel(a->dtype, a->op, out, src[0], src[1], a->count);
-            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, out, out, src[q], a->count);
-            if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out, a->count, P);
+            reduce_srcs(a, out, src, P, a->count, 1);
         }
         publish(s, F_DONE, t);
         return COLL_SUCCESS;
@@ -556,9 +552,7 @@ coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
                 COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce"));
                 src[0] = in + at * es;
                 for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0);
-                coll_reduce_kernel(a->dtype, a->op, out + at * es, src[0], src[1], n);
-                for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, out + at * es, out + at * es, src[q], n);
-                if (a->op == COLL_AVG) coll_avg_finish(a->dtype, out + at * es, n, P);
+                reduce_srcs(a, out + at * es, src, P, n, 1);
             }
             publish(s, F_DONE, t);
             continue;
@@ -572,11 +566,7 @@ coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
         src[0] = in + (at + lo) * es;
         for (int q = 1; q < P; q++) src[q] = region(s, q <= me ? q - 1 : q, t, 0) + lo * es;
         char *mine = me == root ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
-        if (len) {
-            coll_reduce_kernel(a->dtype, a->op, mine, src[0], src[1], len);
-            for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, mine, mine, src[q], len);
-            if (a->op == COLL_AVG) coll_avg_finish(a->dtype, mine, len, P);
-        }
+        reduce_srcs(a, mine, src, P, len, 1);
         publish(s, F_REDUCED, t);
         if (me == root) {
             COLL_TRY(wait_all(ctx, F_REDUCED, t, "reduce"));
