@@ -32,6 +32,7 @@ typedef struct {
     size_t shm_chunk_bytes;   /* COLL_SHM_CHUNK_BYTES: a shared-memory round's region */
     size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
     int node_size;            /* COLL_NODE_SIZE: ranks per node for `hier` (0: the real nodes) */
+    size_t hier_segment_bytes; /* COLL_HIER_SEGMENT_BYTES: hier all-reduce pipeline segment, 0 = none */
 } coll_tunables_t;
 
 COLL_HIDDEN extern coll_tunables_t coll_tun;
@@ -230,6 +231,8 @@ COLL_HIDDEN void coll_trace_started(coll_trace_entry_t *e);
 COLL_HIDDEN void coll_trace_finished(coll_trace_entry_t *e, coll_result_t rc);
 /* a transfer wait of `seconds` on peer (send or receive), on ctx's running operation */
 COLL_HIDDEN void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds);
+/* adds the waits recorded in from (another thread's, of the same call) to e */
+COLL_HIDDEN void coll_trace_add_waits(coll_trace_entry_t *e, const coll_trace_entry_t *from);
 /* the comm failed: its record is written once (reason: what happened) */
 COLL_HIDDEN void coll_trace_failure(struct coll_comm *c, const char *reason);
 

@@ -16,14 +16,42 @@
  * every node, numbered by node). Children report waits and errors in the
  * communicator's rank numbers (ctx->world).
  *
+ * A large all-reduce goes in segments of COLL_HIER_SEGMENT_BYTES: a helper
+ * thread of the context runs each segment's cross-node stage while the
+ * calling thread reduce-scatters the next segment and all-gathers the
+ * previous one, so the node stages hide behind the link (without it they
+ * were ~4% of a 64 MiB call at 1 Gbit/s, beside a cross stage already at
+ * the link's payload rate). Only the helper calls MPI meanwhile (the node
+ * stages are shared memory alone), which MPI_THREAD_MULTIPLE allows; below
+ * it, or for one segment, the stages run one after another on the caller.
+ *
  * COLL_NODE_SIZE=k groups ranks k at a time instead of by node (rank / k):
  * it tests the hierarchical paths on one machine, or splits a large node. */
+#include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "coll_internal.h"
 
+/* The helper thread's job: one all-reduce's segments, handed over one at
+ * a time under mu. */
+struct hier_pipe {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int running, quit;       /* a call is in progress; the thread is to exit */
+    int posted, done, abort; /* segments reduce-scattered, crossed; the caller stopped */
+    coll_result_t rc;        /* the helper's, once running is 0 */
+    coll_ctx_t *ctx;
+    coll_args_t a;           /* the call (recvbuf holds the shards) */
+    size_t seg;              /* elements per segment */
+    int S;                   /* segments */
+    coll_trace_entry_t rec;  /* the helper's waits, added to the call's entry at the end */
+};
+
 struct coll_hier {
     coll_ctx_t node, cross;
+    struct hier_pipe *pipe; /* started by the first segmented call */
     int N, L;                      /* nodes, ranks per node */
     int *lrank, *nidx;             /* every rank's node rank and node number */
     int *node_world, *cross_world; /* the children's ranks as the comm numbers them */
@@ -34,8 +62,21 @@ static void child_free(coll_ctx_t *ch) {
     coll_ctx_close(ch);
 }
 
+static void pipe_stop(struct hier_pipe *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->th, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
 static void hier_free(struct coll_hier *h) {
     if (!h) return;
+    pipe_stop(h->pipe);
     child_free(&h->node);
     child_free(&h->cross);
     free(h->lrank), free(h->nidx), free(h->node_world), free(h->cross_world);
@@ -127,11 +168,12 @@ coll_result_t coll_hier_ctx_init(coll_ctx_t *ctx, int local_size) {
     return COLL_SUCCESS;
 }
 
-/* Runs a on child ch (which records its waits in ctx's running operation). */
-static coll_result_t run_child(coll_ctx_t *ctx, coll_ctx_t *ch, coll_args_t *a) {
+/* Runs a on child ch, its waits recorded in entry (the running call's, or
+ * the helper's own). */
+static coll_result_t run_child(coll_ctx_t *ch, coll_args_t *a, coll_trace_entry_t *entry) {
     a->algo = coll_p2p_algo(ch->size, a);
     a->tr = NULL;
-    ch->cur = ctx->cur;
+    ch->cur = entry;
     coll_result_t rc = coll_run(ch, a);
     ch->cur = NULL;
     return rc;
@@ -140,25 +182,156 @@ static coll_result_t run_child(coll_ctx_t *ctx, coll_ctx_t *ch, coll_args_t *a) 
 /* reductions sum across both levels and divide once, by every rank */
 static coll_op_t level_op(coll_op_t op) { return op == COLL_AVG ? COLL_SUM : op; }
 
-coll_result_t coll_hier_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
-    struct coll_hier *h = ctx->hier;
-    const size_t es = coll_dtype_size(a->dtype), n = a->count;
-    const size_t lo = coll_block_offset(n, h->L, h->node.rank), len = coll_block_count(n, h->L, h->node.rank);
-    char *out = a->recvbuf, *shard = out + lo * es;
+/* An all-reduce's segment s of seg elements: where it starts, how long it is. */
+static size_t seg_at(const coll_args_t *a, size_t seg, int s, size_t *len) {
+    const size_t lo = (size_t)s * seg;
+    *len = a->count - lo < seg ? a->count - lo : seg;
+    return lo;
+}
+
+static coll_result_t node_rs(struct coll_hier *h, const coll_args_t *a, size_t seg, int s) {
+    const size_t es = coll_dtype_size(a->dtype);
+    size_t n, lo = seg_at(a, seg, s, &n);
     coll_args_t b = *a;
     b.op = level_op(a->op);
-    coll_result_t rc = COLL_SUCCESS;
-    h->node.cur = ctx->cur;
-    if (h->L > 1) COLL_TRY(coll_shm_reduce_scatter_blocks(&h->node, &b, a->sendbuf, n, shard, 0));
-    else coll_copy(out, a->sendbuf, n * es);
-    if (len) { /* every rank of this node rank has a shard of the same length */
-        coll_args_t x = b;
-        x.sendbuf = x.recvbuf = shard, x.count = len;
-        COLL_TRY(run_child(ctx, &h->cross, &x));
-        if (a->op == COLL_AVG) coll_avg_finish(a->dtype, shard, len, ctx->size);
+    char *shard = (char *)a->recvbuf + (lo + coll_block_offset(n, h->L, h->node.rank)) * es;
+    if (h->L > 1) return coll_shm_reduce_scatter_blocks(&h->node, &b, (const char *)a->sendbuf + lo * es, n, shard, 0);
+    coll_copy(shard, (const char *)a->sendbuf + lo * es, n * es);
+    return COLL_SUCCESS;
+}
+
+static coll_result_t node_ag(struct coll_hier *h, const coll_args_t *a, size_t seg, int s) {
+    size_t n, lo = seg_at(a, seg, s, &n);
+    if (h->L == 1) return COLL_SUCCESS;
+    return coll_shm_allgather_blocks(&h->node, a, (char *)a->recvbuf + lo * coll_dtype_size(a->dtype), n);
+}
+
+/* Every rank of this node rank has a shard of the same length. */
+static coll_result_t cross(coll_ctx_t *ctx, struct coll_hier *h, const coll_args_t *a, size_t seg, int s,
+                           coll_trace_entry_t *entry) {
+    const size_t es = coll_dtype_size(a->dtype);
+    size_t n, lo = seg_at(a, seg, s, &n);
+    const size_t len = coll_block_count(n, h->L, h->node.rank);
+    if (!len) return COLL_SUCCESS;
+    coll_args_t x = *a;
+    x.op = level_op(a->op);
+    x.sendbuf = x.recvbuf = (char *)a->recvbuf + (lo + coll_block_offset(n, h->L, h->node.rank)) * es;
+    x.count = len;
+    coll_result_t rc = run_child(&h->cross, &x, entry);
+    if (rc == COLL_SUCCESS && a->op == COLL_AVG) coll_avg_finish(a->dtype, x.recvbuf, len, ctx->size);
+    return rc;
+}
+
+static void *pipe_main(void *arg) {
+    struct hier_pipe *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->running && !p->quit) pthread_cond_wait(&p->cv, &p->mu);
+        if (p->quit) break;
+        coll_result_t rc = COLL_SUCCESS;
+        for (int s = 0; s < p->S && rc == COLL_SUCCESS; s++) {
+            while (p->posted <= s && !p->abort) pthread_cond_wait(&p->cv, &p->mu);
+            if (p->abort) break;
+            pthread_mutex_unlock(&p->mu);
+            rc = cross(p->ctx, p->ctx->hier, &p->a, p->seg, s, &p->rec);
+            pthread_mutex_lock(&p->mu);
+            if (rc == COLL_SUCCESS) p->done = s + 1;
+            pthread_cond_broadcast(&p->cv);
+        }
+        p->rc = rc;
+        p->running = 0;
+        pthread_cond_broadcast(&p->cv);
     }
-    if (h->L > 1) COLL_TRY(coll_shm_allgather_blocks(&h->node, &b, out, n));
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static struct hier_pipe *pipe_get(coll_ctx_t *ctx) {
+    struct coll_hier *h = ctx->hier;
+    if (h->pipe) return h->pipe;
+    struct hier_pipe *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (pthread_create(&p->th, NULL, pipe_main, p)) {
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        COLL_LOG(ctx->comm, COLL_LOG_WARN, "hier: no helper thread, the stages run one after another");
+        return NULL;
+    }
+    return h->pipe = p;
+}
+
+static void pipe_post(struct hier_pipe *p, int s) {
+    pthread_mutex_lock(&p->mu);
+    p->posted = s + 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* 1 once segment s has crossed, 0 if the helper stopped short of it. */
+static int pipe_crossed(struct hier_pipe *p, int s) {
+    pthread_mutex_lock(&p->mu);
+    while (p->running && p->done <= s) pthread_cond_wait(&p->cv, &p->mu);
+    const int ok = p->done > s;
+    pthread_mutex_unlock(&p->mu);
+    return ok;
+}
+
+/* Reduce-scatter of segment s+1 and all-gather of s-1 beside the crossing
+ * of segment s. Every rank runs the node stages in the same order (RS 0,
+ * then RS s+1 and AG s for each s), so the shared-memory calls match. */
+static coll_result_t allreduce_pipelined(coll_ctx_t *ctx, struct hier_pipe *p, const coll_args_t *a, size_t seg) {
+    struct coll_hier *h = ctx->hier;
+    const int S = (int)((a->count + seg - 1) / seg);
+    coll_result_t rc = COLL_SUCCESS;
+    pthread_mutex_lock(&p->mu);
+    p->ctx = ctx, p->a = *a, p->seg = seg, p->S = S;
+    p->posted = p->done = p->abort = 0;
+    p->rc = COLL_SUCCESS;
+    memset(&p->rec, 0, sizeof p->rec);
+    p->running = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int s = 0; s < S; s++) {
+        if (s == 0) {
+            COLL_TRY(node_rs(h, a, seg, 0));
+            pipe_post(p, 0);
+        }
+        if (s + 1 < S) {
+            COLL_TRY(node_rs(h, a, seg, s + 1));
+            pipe_post(p, s + 1);
+        }
+        if (!pipe_crossed(p, s)) break; /* the helper's error, below */
+        COLL_TRY(node_ag(h, a, seg, s));
+    }
 fail:
+    pthread_mutex_lock(&p->mu);
+    if (rc != COLL_SUCCESS) p->abort = 1;
+    pthread_cond_broadcast(&p->cv);
+    while (p->running) pthread_cond_wait(&p->cv, &p->mu);
+    if (rc == COLL_SUCCESS) rc = p->rc;
+    pthread_mutex_unlock(&p->mu);
+    coll_trace_add_waits(ctx->cur, &p->rec);
+    return rc;
+}
+
+coll_result_t coll_hier_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_hier *h = ctx->hier;
+    const size_t es = coll_dtype_size(a->dtype), seg_bytes = coll_tun.hier_segment_bytes;
+    const size_t seg = seg_bytes / es ? seg_bytes / es : 1;
+    struct hier_pipe *p = NULL;
+    if (h->L > 1 && seg_bytes && a->count > seg && ctx->comm->thread_multiple) p = pipe_get(ctx);
+    h->node.cur = ctx->cur;
+    coll_result_t rc;
+    if (p) {
+        rc = allreduce_pipelined(ctx, p, a, seg);
+    } else {
+        rc = node_rs(h, a, a->count, 0);
+        if (rc == COLL_SUCCESS) rc = cross(ctx, h, a, a->count, 0, ctx->cur);
+        if (rc == COLL_SUCCESS) rc = node_ag(h, a, a->count, 0);
+    }
     h->node.cur = NULL;
     return rc;
 }
@@ -170,7 +343,7 @@ coll_result_t coll_hier_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
     if (h->node.rank == rl) { /* across the nodes, among the root's node rank */
         coll_args_t x = *a;
         x.root = h->nidx[a->root];
-        COLL_TRY(run_child(ctx, &h->cross, &x));
+        COLL_TRY(run_child(&h->cross, &x, ctx->cur));
     }
     if (h->L > 1) {
         coll_args_t y = *a;
@@ -204,7 +377,7 @@ coll_result_t coll_hier_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
         coll_args_t x = *a;
         x.op = level_op(a->op), x.root = h->nidx[a->root], x.sendbuf = part;
         x.recvbuf = root ? a->recvbuf : NULL;
-        COLL_TRY(run_child(ctx, &h->cross, &x));
+        COLL_TRY(run_child(&h->cross, &x, ctx->cur));
         if (root && a->op == COLL_AVG) coll_avg_finish(a->dtype, a->recvbuf, a->count, ctx->size);
     }
 fail:
@@ -217,7 +390,7 @@ coll_result_t coll_hier_barrier(coll_ctx_t *ctx, const coll_args_t *a) {
     /* once a node rank's ranks on every node have met, every node's ranks had arrived */
     if (h->L > 1) COLL_TRY(coll_shm_barrier(&h->node, a));
     coll_args_t x = *a;
-    rc = run_child(ctx, &h->cross, &x);
+    rc = run_child(&h->cross, &x, ctx->cur);
 fail:
     return rc;
 }

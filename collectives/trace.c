@@ -140,6 +140,14 @@ void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds) {
     e->wait_s += seconds;
 }
 
+void coll_trace_add_waits(coll_trace_entry_t *e, const coll_trace_entry_t *from) {
+    if (!e) return;
+    for (int i = 0; i < from->nsteps && i < COLL_TRACE_STEPS && e->nsteps + i < COLL_TRACE_STEPS; i++)
+        e->step[e->nsteps + i] = from->step[i];
+    e->nsteps += from->nsteps;
+    e->wait_s += from->wait_s;
+}
+
 static double take(_Atomic uint64_t *v, int reset) { return 1e-9 * (double)(reset ? atomic_exchange(v, 0) : atomic_load(v)); }
 
 coll_result_t coll_comm_peer_waits(coll_comm_t c, double *wait_s, double *send_s, int reset) {

@@ -25,6 +25,7 @@ coll_tunables_t coll_tun = {
     .shm_chunk_bytes = 256 * 1024,
     .shm_oneshot_bytes = 16 * 1024,
     .node_size = 0,
+    .hier_segment_bytes = 2 * 1024 * 1024,
 };
 
 typedef enum { T_ALGO, T_DEBUG, T_BOOL, T_SECONDS, T_BYTES, T_INT } tun_type_t;
@@ -52,6 +53,7 @@ static const struct {
     {"COLL_SHM_CHUNK_BYTES", T_BYTES, &coll_tun.shm_chunk_bytes, 256, 1u << 30},
     {"COLL_SHM_ONESHOT_BYTES", T_BYTES, &coll_tun.shm_oneshot_bytes, 0, 1u << 30},
     {"COLL_NODE_SIZE", T_INT, &coll_tun.node_size, 0, 1 << 20},
+    {"COLL_HIER_SEGMENT_BYTES", T_BYTES, &coll_tun.hier_segment_bytes, 0, 1u << 30},
 };
 
 /* "64K", "1M", "2G", plain bytes */
