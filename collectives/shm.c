@@ -37,15 +37,19 @@
 #include "coll_internal.h"
 
 #define LINE 128
-#define HDR_BYTES 20480 /* the header's pages: regions start page-aligned */
-/* Broadcasts and reduces of at most EAGER_BYTES use a ring of EAGER_SLOTS
- * small slots in the header instead of the regions, so that a writer (the
- * root of a broadcast, the non-roots of a reduce) runs up to EAGER_SLOTS
- * calls ahead of its readers, as eager point-to-point messages let a tree
- * run ahead: with ranks outnumbering cores every hand-off otherwise waits
- * for a descheduled rank (4 ranks on 2 cores: 0.4-0.7x Open MPI at 8-64 B). */
+#define HDR_BYTES (18 * 4096) /* the header's pages: regions start page-aligned */
+/* Calls of at most EAGER_BYTES use a ring of EAGER_SLOTS small slots in
+ * the header instead of the regions, so that a writer (the root of a
+ * broadcast, the non-roots of a reduce) runs up to EAGER_SLOTS calls ahead
+ * of its readers, as eager point-to-point messages let a tree run ahead:
+ * with ranks outnumbering cores every hand-off otherwise waits for a
+ * descheduled rank (4 ranks on 2 cores: 0.4-0.7x Open MPI at 8-64 B). A
+ * slot carries its round number in its first line, beside the data (as
+ * NCCL's LL protocol does): a reader polls the line it then reads, one
+ * cache-line transfer per hand-off of up to 56 bytes instead of a flag's
+ * and the data's. */
 #define EAGER_SLOTS 16
-#define EAGER_BYTES 1024
+#define EAGER_BYTES 4096
 #define NT_MIN_BYTES ((size_t)4 << 20)
 
 enum { F_COPIED, F_REDUCED, F_DONE, F_NUM };
@@ -59,6 +63,11 @@ typedef struct {
 } shm_desc_t;
 
 typedef struct {
+    _Alignas(LINE) _Atomic uint64_t t; /* the round whose data is in, written after it */
+    char data[EAGER_BYTES];
+} eager_t;
+
+typedef struct {
     struct {
         _Atomic uint64_t v;
         char pad[LINE - sizeof(uint64_t)];
@@ -69,7 +78,7 @@ typedef struct {
         shm_desc_t d;
         char pad[LINE - sizeof(shm_desc_t)];
     } desc[2];
-    _Alignas(LINE) char eager[EAGER_SLOTS][EAGER_BYTES]; /* slot t % EAGER_SLOTS */
+    eager_t eager[EAGER_SLOTS]; /* slot t % EAGER_SLOTS */
 } shm_hdr_t;
 
 _Static_assert(sizeof(shm_hdr_t) <= HDR_BYTES, "the header fits its pages");
@@ -85,6 +94,7 @@ struct coll_shm {
     size_t seg;      /* bytes of one rank's workspace */
     char **base;     /* every rank's workspace, mapped here */
     uint64_t round;  /* rounds run on this context */
+    uint64_t done_seen[MAX_RANKS]; /* each peer's DONE counter when last read */
     struct {
         int rank;
         uint64_t id;
@@ -167,9 +177,8 @@ static const char *stage_name[F_NUM] = {"its input", "its reduced shard", "the e
 /* Waits until peer's counter f reaches t: spins with pause for COLL_SPIN
  * polls (COLL_SPIN_OVERSUBSCRIBED when ranks outnumber cores), then yields
  * at every poll; after COLL_TIMEOUT without it, an error naming that peer. */
-static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, const char *what) {
-    const struct coll_shm *s = ctx->shm;
-    _Atomic uint64_t *v = &hdr(s, peer)->f[f].v;
+static coll_result_t wait_value(coll_ctx_t *ctx, int peer, _Atomic uint64_t *v, uint64_t t, const char *what,
+                                const char *stage) {
     if (atomic_load_explicit(v, memory_order_acquire) >= t) return COLL_SUCCESS;
     const coll_comm_t c = ctx->comm;
     const long spin = c->oversubscribed ? coll_tun.spin_oversub : coll_tun.spin;
@@ -192,12 +201,16 @@ static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, con
             coll_error(c, COLL_ERR_TIMEOUT,
                        "no progress from rank %d for %.1f s in a shared-memory %s (waiting for %s; rank %d lost "
                        "or not calling the same collective?)",
-                       w, c->timeout, what, stage_name[f], w);
+                       w, c->timeout, what, stage, w);
             return coll_comm_fail(c, COLL_ERR_TIMEOUT);
         }
     }
     if (coll_tun.trace > 0 && t0 > 0) coll_trace_wait(ctx, peer, 0, now_s() - t0);
     return COLL_SUCCESS;
+}
+
+static coll_result_t wait_peer(coll_ctx_t *ctx, int peer, int f, uint64_t t, const char *what) {
+    return wait_value(ctx, peer, &hdr(ctx->shm, peer)->f[f].v, t, what, stage_name[f]);
 }
 
 static coll_result_t wait_all(coll_ctx_t *ctx, int f, uint64_t t, const char *what) {
@@ -219,13 +232,33 @@ static coll_result_t begin_round(coll_ctx_t *ctx, uint64_t *t, const char *what)
 /* Starts a round in the eager slots: its number, once every peer is done
  * with the round that last used this rank's slot. Every peer, not only this
  * call's readers: the slot's last reader may have been another rank (a
- * reduce's previous root, still behind). */
+ * reduce's previous root, still behind). A peer's DONE counter is read
+ * only when the value last seen is too old: read, it is usually a round or
+ * two behind, good for the next EAGER_SLOTS - 2 calls without touching the
+ * peer's line (which it writes every round). */
 static coll_result_t begin_eager_round(coll_ctx_t *ctx, uint64_t *t, const char *what) {
-    *t = ++ctx->shm->round;
-    return *t > EAGER_SLOTS ? wait_all(ctx, F_DONE, *t - EAGER_SLOTS, what) : COLL_SUCCESS;
+    struct coll_shm *s = ctx->shm;
+    *t = ++s->round;
+    if (*t <= EAGER_SLOTS) return COLL_SUCCESS;
+    for (int q = 0; q < s->P; q++) {
+        if (q == s->me || s->done_seen[q] >= *t - EAGER_SLOTS) continue;
+        coll_result_t rc = wait_peer(ctx, q, F_DONE, *t - EAGER_SLOTS, what);
+        if (rc != COLL_SUCCESS) return rc;
+        s->done_seen[q] = atomic_load_explicit(&hdr(s, q)->f[F_DONE].v, memory_order_acquire);
+    }
+    return COLL_SUCCESS;
 }
 
-static char *eager_slot(const struct coll_shm *s, int r, uint64_t t) { return hdr(s, r)->eager[t % EAGER_SLOTS]; }
+static eager_t *eager_slot(const struct coll_shm *s, int r, uint64_t t) { return &hdr(s, r)->eager[t % EAGER_SLOTS]; }
+
+/* This rank's slot of round t holds its data. */
+static void eager_publish(struct coll_shm *s, uint64_t t) {
+    atomic_store_explicit(&eager_slot(s, s->me, t)->t, t, memory_order_release);
+}
+
+static coll_result_t wait_eager(coll_ctx_t *ctx, int peer, uint64_t t, const char *what) {
+    return wait_value(ctx, peer, &eager_slot(ctx->shm, peer, t)->t, t, what, stage_name[F_COPIED]);
+}
 
 /* dst[0, n) = src[0] op src[1] op ... op src[P-1], in that order (dst may
  * be src[0], the only overlap the kernels allow), divided by P for
@@ -325,6 +358,18 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     coll_result_t rc = COLL_SUCCESS;
     uint64_t t = 0;
     size_t n;
+    if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */
+        COLL_TRY(begin_eager_round(ctx, &t, "allreduce"));
+        memcpy(eager_slot(s, me, t)->data, in, bytes);
+        eager_publish(s, t);
+        for (int q = 0; q < P; q++) {
+            if (q != me) COLL_TRY(wait_eager(ctx, q, t, "allreduce"));
+            src[q] = eager_slot(s, q, t)->data;
+        }
+        reduce_srcs(a, out, src, P, a->count, 1);
+        publish(s, F_DONE, t);
+        return COLL_SUCCESS;
+    }
     for (size_t at = 0; at < a->count; at += n) {
         n = a->count - at < per_round ? a->count - at : per_round;
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
@@ -484,13 +529,13 @@ coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
         uint64_t t;
         if (s->me == a->root) {
             COLL_TRY(begin_eager_round(ctx, &t, "broadcast"));
-            memcpy(eager_slot(s, s->me, t), buf, a->count * es);
-            publish(s, F_COPIED, t);
+            memcpy(eager_slot(s, s->me, t)->data, buf, a->count * es);
+            eager_publish(s, t);
         } else {
             /* (a reader's slot is not read by anyone: nothing to wait for) */
             t = ++s->round;
-            COLL_TRY(wait_peer(ctx, a->root, F_COPIED, t, "broadcast"));
-            memcpy(buf, eager_slot(s, a->root, t), a->count * es);
+            COLL_TRY(wait_eager(ctx, a->root, t, "broadcast"));
+            memcpy(buf, eager_slot(s, a->root, t)->data, a->count * es);
         }
         publish(s, F_DONE, t);
         return COLL_SUCCESS;
@@ -530,13 +575,16 @@ coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
         uint64_t t;
         if (me != root) {
             COLL_TRY(begin_eager_round(ctx, &t, "reduce"));
-            memcpy(eager_slot(s, me, t), in, a->count * es);
-            publish(s, F_COPIED, t);
+            memcpy(eager_slot(s, me, t)->data, in, a->count * es);
+            eager_publish(s, t);
         } else {
             t = ++s->round; /* the root's slot is not read */
-            COLL_TRY(wait_all(ctx, F_COPIED, t, "reduce"));
             src[0] = in;
-            for (int q = 1; q < P; q++) src[q] = eager_slot(s, q <= me ? q - 1 : q, t);
+            for (int q = 1; q < P; q++) {
+                const int peer = q <= me ? q - 1 : q;
+                COLL_TRY(wait_eager(ctx, peer, t, "reduce"));
+                src[q] = eager_slot(s, peer, t)->data;
+            }
             reduce_srcs(a, out, src, P, a->count, 1);
         }
         publish(s, F_DONE, t);
@@ -650,7 +698,7 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
     }
     /* fault the headers in now (the eager slots span several pages), not
      * in the first calls: they are what small calls touch */
-    memset(hdr(s, s->me)->eager, 0, sizeof hdr(s, s->me)->eager);
+    memset(hdr(s, s->me)->eager, 0, sizeof hdr(s, s->me)->eager); /* (round 0: no data) */
     for (int q = 0; q < P; q++)
         for (size_t o = 0; o < HDR_BYTES; o += 4096) (void)*(volatile char *)(s->base[q] + o);
     ctx->shm = s;

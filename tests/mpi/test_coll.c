@@ -277,15 +277,15 @@ static void wraparound(void) {
     coll_comm_set_algorithm(comm, COLL_ALGO_AUTO);
 }
 
-/* Long runs of small broadcasts and reduces (shm's eager slots let a
+/* Long runs of small broadcasts, reduces and all-reduces (shm's eager slots let a
  * writer run up to 16 calls ahead: the run wraps the slots many times), a
  * reader pausing now and then so that the writer must wait for it, every
- * value depending on the call, sizes across the eager limit (1 KiB), and an
+ * value depending on the call, sizes across the eager limit (4 KiB), and an
  * all-reduce after each run (lock-step rounds after eager ones). */
 static void bursts(void) {
     const coll_algo_t algos[] = {COLL_ALGO_AUTO, COLL_ALGO_SHM};
-    const size_t sizes[] = {1, 7, 256, 257, 1024, 1025}; /* bytes: uint8 elements */
-    uint8_t *buf = xmalloc(2048), *out = xmalloc(2048);
+    const size_t sizes[] = {1, 7, 256, 1025, 4096, 4097}; /* bytes: uint8 elements */
+    uint8_t *buf = xmalloc(8192), *out = xmalloc(8192);
     for (size_t ai = 0; ai < sizeof algos / sizeof *algos; ai++) {
         coll_comm_set_algorithm(comm, algos[ai]);
         int ok = 1;
@@ -317,6 +317,28 @@ static void bursts(void) {
                 if (!good && ok) fprintf(stderr, "rank %d: reduce of %zu bytes, call %d, root %d wrong\n", rank, n, call, root);
                 ok &= good;
             }
+            /* all-reduces (eager up to 1 KiB: every rank writes a slot),
+             * every third one a broadcast in between, in place and not */
+            for (int call = 0; call < 200; call++) { /* (no early exit: the peers would wait) */
+                if (rank == call % nranks && call % 29 == 3) usleep(300);
+                for (size_t i = 0; i < n; i++) buf[i] = (uint8_t)(call * 3 + rank * 5 + i);
+                memset(out, 0xEE, n);
+                uint8_t *to = call & 1 ? buf : out;
+                int good = coll_allreduce(buf, to, n, COLL_UINT8, COLL_SUM, comm) == COLL_SUCCESS;
+                for (size_t i = 0; i < n && good; i++) {
+                    uint8_t want = 0;
+                    for (int r = 0; r < nranks; r++) want = (uint8_t)(want + call * 3 + r * 5 + i);
+                    good = to[i] == want;
+                }
+                if (call % 3 == 0) {
+                    const int root = call % nranks;
+                    for (size_t i = 0; i < n; i++) out[i] = (uint8_t)(rank == root ? call + i : 0xEE);
+                    good = good && coll_broadcast(out, n, COLL_UINT8, root, comm) == COLL_SUCCESS;
+                    for (size_t i = 0; i < n && good; i++) good = out[i] == (uint8_t)(call + i);
+                }
+                if (!good && ok) fprintf(stderr, "rank %d: all-reduce/broadcast of %zu bytes, call %d wrong\n", rank, n, call);
+                ok &= good;
+            }
             float f = (float)rank;
             const coll_result_t rc = coll_allreduce(&f, &f, 1, COLL_FLOAT32, COLL_SUM, comm);
             if (rc != COLL_SUCCESS || f != (float)(nranks * (nranks - 1) / 2)) {
@@ -327,7 +349,7 @@ static void bursts(void) {
         }
         int all = 0;
         MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-        result(all, "200-call bursts of broadcast + reduce, 1 B-1025 B, a pausing reader, algo=%s",
+        result(all, "200-call bursts of broadcast, reduce, all-reduce + broadcast, 1 B-4097 B, a pausing rank, algo=%s",
                coll_algo_name(algos[ai]));
     }
     free(buf), free(out);
@@ -523,6 +545,36 @@ static int check_mode(void) {
 }
 
 /* ---- COLL_TIMEOUT: a rank that never joins ---- */
+
+/* Ranks 0 and 1 start a large all-reduce, the others never do: under hier
+ * with COLL_NODE_SIZE=2 the node stage succeeds and the cross-node stage
+ * (segmented: a helper thread's) times out. Both callers return
+ * COLL_ERR_TIMEOUT in time; rank 0 names a silent rank (rank 1 may name
+ * rank 0, whom it was waiting on). */
+static void silent_half(void) {
+    enum { N = 1 << 16 };
+    coll_comm_t c3;
+    if (coll_comm_init(&c3, MPI_COMM_WORLD) != COLL_SUCCESS) {
+        result(0, "silent half: third communicator");
+        return;
+    }
+    coll_comm_set_timeout(c3, 1.0);
+    int ok = 1;
+    if (rank < 2) {
+        float *x = calloc(N, sizeof *x);
+        const double t0 = now();
+        coll_result_t rc = x ? coll_allreduce(x, x, N, COLL_FLOAT32, COLL_SUM, c3) : COLL_ERR_NO_MEMORY;
+        const double t = now() - t0;
+        const char *e = coll_last_error(c3);
+        ok = rc == COLL_ERR_TIMEOUT && t < 5 && (rank == 1 || strstr(e, "rank 2") || strstr(e, "rank 3"));
+        if (!ok) fprintf(stderr, "rank %d: rc=%s after %.1f s: %s\n", rank, coll_strerror(rc), t, e);
+        free(x);
+        MPI_Send(&ok, 1, MPI_INT, rank + 2, 97, MPI_COMM_WORLD);
+    } else if (rank < 4) {
+        MPI_Recv(&ok, 1, MPI_INT, rank - 2, 97, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    }
+    result(ok, "silent half: a large all-reduce of ranks 0-1 with ranks 2+ silent times out at both, in time");
+}
 static int timeout_mode(void) {
     if (nranks < 2) {
         result(1, "timeout mode needs 2 ranks (skipped at 1)");
@@ -578,6 +630,7 @@ static int timeout_mode(void) {
         MPI_Recv(&ok, 1, MPI_INT, 0, 98, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     }
     result(ok, "fail fast: 16 queued calls and a silent peer all end within 1.5 x COLL_TIMEOUT, naming it");
+    if (nranks >= 4) silent_half();
     return 0;
 }
 
