@@ -56,26 +56,18 @@ coll_algo_t coll_p2p_algo(int size, const coll_args_t *a) {
  * through the stack (2026-12-06; before, the ring's single CMA copy won
  * above 64 KiB-1 MiB). At 4 ranks on two cores it wins from 512 B to
  * 64 MiB, 2x and more. Below 512 B the all-reduce (every stage waits for
- * a rank to be scheduled) beats rd at 4 ranks (1.08-1.48x, three runs,
- * 2026-12-06), loses at 3 (0.83-0.99x) and ties at 5, where rd's extra
- * steps off a power of two still cost less than waiting for every rank;
- * broadcast and reduce, whose writers run ahead through the eager slots
- * (shm.c), beat the tree at every count (2.3-4.3x and 1.04-1.11x at 4-256 B). */
-static int shm_wins(const struct coll_comm *c, coll_kind_t k, size_t b) {
-    if (c->size == 2) return k != COLL_K_BARRIER;
-    switch (k) {
-    case COLL_K_ALLREDUCE: return b >= 512 || c->size == 4;
-    case COLL_K_BROADCAST:
-    case COLL_K_REDUCE:
-    case COLL_K_REDUCE_SCATTER:
-    case COLL_K_ALLGATHER: return 1;
-    default: return 0;
-    }
-}
+ * a rank to be scheduled) went through the regions and beat rd at 4 ranks
+ * only (1.08-1.48x; 0.83-0.99x at 3, a tie at 5); through the eager slots
+ * (one hand-off, one line per 56 bytes) it beats or ties rd at 3, 4 and 5
+ * ranks at 8 B-4 KiB (3: 1.00-1.30x, 4: 0.99-1.37x, 5: 1.01-1.28x, three
+ * alternating runs each, 2026-12-06), so shm takes every size; broadcast
+ * and reduce, whose writers run ahead through the eager slots (shm.c), beat
+ * the tree at every count (2.3-4.3x and 1.04-1.11x at 4-256 B). */
+static int shm_wins(coll_kind_t k) { return k != COLL_K_BARRIER; }
 
 coll_algo_t coll_select(const struct coll_comm *c, const coll_args_t *a) {
     if (c->algo != COLL_ALGO_AUTO) return c->algo;
-    if (c->sync.shm && !coll_tun.rd_max_bytes && shm_wins(c, a->kind, op_bytes(c->size, a))) return COLL_ALGO_SHM;
+    if (c->sync.shm && !coll_tun.rd_max_bytes && shm_wins(a->kind)) return COLL_ALGO_SHM;
     /* across nodes with several ranks on each, hier from 1 KiB to 64 MiB: all-reduce 1.2-4x the flat
      * choice at 1 and 10 Gbit/s (2 vcluster nodes x 2 ranks), broadcast and reduce 1.0-1.3x
      * (docs/COLLECTIVES.md); one rank per node gains nothing from it */
