@@ -191,6 +191,10 @@ COLL_HIDDEN coll_result_t coll_p2p_wait_mpi(coll_ctx_t *ctx, MPI_Request *rq, co
 COLL_HIDDEN void coll_reduce_kernel(coll_dtype_t dt, coll_op_t op, void *dst, const void *a,
                                     const void *b, size_t n);
 COLL_HIDDEN void coll_avg_finish(coll_dtype_t dt, void *buf, size_t n, int nranks);
+/* the kernel for a call's last reduction step: with AVG it also divides by
+ * nranks (one pass for float32/float64; bitwise as the kernel, then coll_avg_finish) */
+COLL_HIDDEN void coll_reduce_last(coll_dtype_t dt, coll_op_t op, void *dst, const void *a, const void *b, size_t n,
+                                  int nranks);
 COLL_HIDDEN float coll_half_to_float(uint16_t h);
 COLL_HIDDEN uint16_t coll_float_to_half(float f);
 COLL_HIDDEN float coll_bf16_to_float(uint16_t h);

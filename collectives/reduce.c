@@ -123,3 +123,34 @@ void coll_avg_finish(coll_dtype_t dt, void *buf, size_t n, int nranks) {
         avg_f32, avg_f64, avg_f16, avg_b16, avg_i32, avg_i64, avg_u8};
     if (nranks > 1) f[dt](buf, n, nranks);
 }
+
+/* The last step of an AVG: d = (a + b) / p in one pass, as the sum then the
+ * division would round it (float arithmetic, no contraction across the
+ * division), instead of a second pass over the result: at 2 ranks that
+ * pass re-read and re-wrote every rank's whole shard. */
+#define SUM_DIV(NAME, T)                                                                    \
+    KERNEL static void NAME##_3(void *dv, const void *av, const void *bv, size_t n, int p) { \
+        T *restrict d = dv;                                                                 \
+        const T *restrict a = av, *restrict b = bv;                                         \
+        const T q = (T)p;                                                                   \
+        for (size_t i = 0; i < n; i++) d[i] = (T)(a[i] + b[i]) / q;                         \
+    }                                                                                       \
+    KERNEL static void NAME##_2(void *dv, const void *bv, size_t n, int p) {                \
+        T *restrict d = dv;                                                                 \
+        const T *restrict b = bv;                                                           \
+        const T q = (T)p;                                                                   \
+        for (size_t i = 0; i < n; i++) d[i] = (T)(d[i] + b[i]) / q;                         \
+    }
+SUM_DIV(sumdiv_f32, float)
+SUM_DIV(sumdiv_f64, double)
+
+void coll_reduce_last(coll_dtype_t dt, coll_op_t op, void *dst, const void *a, const void *b, size_t n,
+                      int nranks) {
+    if (op == COLL_AVG && nranks > 1 && (dt == COLL_FLOAT32 || dt == COLL_FLOAT64)) {
+        if (dst == a) (dt == COLL_FLOAT32 ? sumdiv_f32_2 : sumdiv_f64_2)(dst, b, n, nranks);
+        else (dt == COLL_FLOAT32 ? sumdiv_f32_3 : sumdiv_f64_3)(dst, a, b, n, nranks);
+        return;
+    }
+    coll_reduce_kernel(dt, op, dst, a, b, n);
+    if (op == COLL_AVG) coll_avg_finish(dt, dst, n, nranks);
+}

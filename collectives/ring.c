@@ -223,14 +223,14 @@ static coll_result_t reduce_scatter_chunk(ring_t *t, size_t j) {
         char *dst;
         if (k < P - 1) COLL_TRY(pipe_next_sslot(&t->rs, &dst)); /* recv-reduce-send */
         else dst = out_at(t, off);                              /* recv-reduce-copy(-send) */
-        coll_reduce_kernel(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len);
+        if (k < P - 1) coll_reduce_kernel(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len);
+        else coll_reduce_last(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len, P);
         t->rs_used++;
         COLL_TRY(post_rs(t));
         if (k < P - 1) {
             COLL_TRY(pipe_send(&t->rs, dst, len, t->right, CH_RS));
             continue;
         }
-        if (t->op == COLL_AVG) coll_avg_finish(t->dt, dst, len, P);
         if (t->ag_after_rs) {
             long s0 = t->step0_idx[j % (LOOKAHEAD + 2)];
             if (t->s0.nsend - s0 <= t->s0.depth) COLL_TRY(coll_p2p_wait(t->ctx, &t->s0.sq[s0 % t->s0.depth]));

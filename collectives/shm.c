@@ -266,9 +266,9 @@ static coll_result_t wait_eager(coll_ctx_t *ctx, int peer, uint64_t t, const cha
  * later, once for every rank). */
 static void reduce_srcs(const coll_args_t *a, void *dst, const char *const *src, int P, size_t n, int avg) {
     if (!n) return;
-    coll_reduce_kernel(a->dtype, a->op, dst, src[0], src[1], n);
-    for (int q = 2; q < P; q++) coll_reduce_kernel(a->dtype, a->op, dst, dst, src[q], n);
-    if (avg && a->op == COLL_AVG) coll_avg_finish(a->dtype, dst, n, P);
+    const coll_op_t op = avg ? a->op : a->op == COLL_AVG ? COLL_SUM : a->op; /* (P >= 2: shm needs a peer) */
+    for (int q = 1; q < P - 1; q++) coll_reduce_kernel(a->dtype, a->op, dst, q == 1 ? src[0] : dst, src[q], n);
+    coll_reduce_last(a->dtype, op, dst, P == 2 ? src[0] : dst, src[P - 1], n, P);
 }
 
 /* Maps a shared memfd (a workspace or a coll_mem_alloc buffer) of the given size. */

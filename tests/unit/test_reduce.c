@@ -210,8 +210,40 @@ static void avg_divides_once(void **state) {
     assert_int_equal(w[0], 1);
 }
 
+/* coll_reduce_last (the fused sum-and-divide of an AVG's last step) is
+ * bitwise the kernel followed by coll_avg_finish, for every dtype and op,
+ * in place and not, at several rank counts, on random values (float32 and
+ * float64 from random bits: signs, exponents, infinities and NaNs
+ * included). */
+static void reduce_last_as_two_passes(void **state) {
+    (void)state;
+    enum { N = 1027 };
+    static unsigned char a[N * 8], b[N * 8], want[N * 8], got[N * 8];
+    for (int dt = 0; dt < COLL_NUM_DTYPES; dt++)
+        for (int op = 0; op < COLL_NUM_OPS; op++)
+            for (int p = 1; p <= 7; p++)
+                for (int inplace = 0; inplace < 2; inplace++) {
+                    const size_t bytes = N * coll_dtype_size((coll_dtype_t)dt);
+                    for (size_t i = 0; i < bytes; i++) a[i] = (unsigned char)next_u32(), b[i] = (unsigned char)next_u32();
+                    memcpy(want, a, bytes);
+                    coll_reduce_kernel((coll_dtype_t)dt, (coll_op_t)op, want, want, b, N);
+                    if (op == COLL_AVG) coll_avg_finish((coll_dtype_t)dt, want, N, p);
+                    if (inplace) {
+                        memcpy(got, a, bytes);
+                        coll_reduce_last((coll_dtype_t)dt, (coll_op_t)op, got, got, b, N, p);
+                    } else {
+                        memset(got, 0xA5, bytes);
+                        coll_reduce_last((coll_dtype_t)dt, (coll_op_t)op, got, a, b, N, p);
+                    }
+                    if (memcmp(want, got, bytes))
+                        fail_msg("coll_reduce_last differs from kernel + avg: dtype %d op %d ranks %d in place %d", dt,
+                                 op, p, inplace);
+                }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(reduce_last_as_two_passes),
         cmocka_unit_test(half_known_values),
         cmocka_unit_test(half_roundtrip_all),
 #ifdef __FLT16_MAX__
