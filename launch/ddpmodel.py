@@ -22,6 +22,10 @@ class ModelError(ValueError):
     """Bad input to the model (a missing key, an impossible configuration)."""
 
 
+# collectives/tunables.c's COLL_HIER_SEGMENT_BYTES default: hier's all-reduce pipelines
+# its node and cross-node stages in segments of this size
+HIER_SEGMENT_BYTES = 2 << 20
+
 def _log2ceil(p):
     return max(0, math.ceil(math.log2(p))) if p > 1 else 0
 
@@ -182,11 +186,17 @@ class Cluster:
                 algo = "ring"
             else:
                 # shm reduce-scatter and all-gather inside the node, and every node
-                # rank's shard all-reduced across nodes at once: L shards share the link
+                # rank's shard all-reduced across nodes at once: L shards share the link.
+                # Above HIER_SEGMENT_BYTES the stages overlap segment by segment
+                # (collectives/hier.c): the longer of the two, plus one segment of the other.
                 inside = collective_time("reduce_scatter", "shm", L, nbytes, self.local, self.gamma) + \
                     collective_time("allgather", "shm", L, nbytes, self.local, 0.0)
                 shared = _shared(self.net, L)
-                return inside + collective_time("allreduce", "ring", n, nbytes / L, shared, self.gamma)
+                segs = max(1, -(-int(nbytes) // HIER_SEGMENT_BYTES))
+                across = segs * collective_time("allreduce", "ring", n, nbytes / segs / L, shared, self.gamma)
+                if segs == 1:
+                    return inside + across
+                return max(inside, across) + min(inside, across) / segs
         # a flat algorithm across nodes: every step crosses a link shared by L ranks
         shared = _shared(self.net, L)
         return collective_time(kind, "ring" if algo == "shm" else algo, p, nbytes, shared, self.gamma)

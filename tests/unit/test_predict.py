@@ -195,6 +195,20 @@ class Costs(unittest.TestCase):
         self.assertAlmostEqual(flat, 3 * (1 << 20) * 1e-9)
         self.assertAlmostEqual(hier, (1 << 20) * 1e-9)
 
+    def test_hier_segments_overlap(self):
+        # 8 MiB: 4 segments of 2 MiB (collectives/hier.c); the node stages (local beta)
+        # hide behind the link but for one segment's worth; at 2 MiB they add up
+        calib = {"links": {"local": {"alpha": 0.0, "beta": 1e-11}, "net": {"alpha": 0.0, "beta": 1e-9}},
+                 "gamma": 0.0, "cores": 8}
+        c = m.Cluster(calib, 4, 2, "net")
+        for nbytes, segs in ((8 << 20, 4), (2 << 20, 1)):
+            inside = m.collective_time("reduce_scatter", "shm", 2, nbytes, calib["links"]["local"], 0.0) + \
+                m.collective_time("allgather", "shm", 2, nbytes, calib["links"]["local"], 0.0)
+            across = nbytes * 1e-9  # the B/2 shard's ring across 2 nodes, 2 shards sharing the link
+            want = across + inside / segs if segs > 1 else across + inside
+            self.assertAlmostEqual(c.idle_time("allreduce", "hier", nbytes), want)
+            self.assertGreater(inside, 0)
+
     def test_link_for_an_unseen_rate(self):
         calib = {"links": {"local": {"alpha": 0, "beta": 0},
                            "1gbit": {"alpha": 40e-6, "beta": 8e-9 / 0.9, "emulated": True},
