@@ -189,12 +189,19 @@ static size_t seg_at(const coll_args_t *a, size_t seg, int s, size_t *len) {
     return lo;
 }
 
+/* This rank's shard of segment s in the output: where, and (len) how long. */
+static char *shard_at(const struct coll_hier *h, const coll_args_t *a, size_t seg, int s, size_t *len) {
+    size_t n, lo = seg_at(a, seg, s, &n);
+    *len = coll_block_count(n, h->L, h->node.rank);
+    return (char *)a->recvbuf + (lo + coll_block_offset(n, h->L, h->node.rank)) * coll_dtype_size(a->dtype);
+}
+
 static coll_result_t node_rs(struct coll_hier *h, const coll_args_t *a, size_t seg, int s) {
     const size_t es = coll_dtype_size(a->dtype);
-    size_t n, lo = seg_at(a, seg, s, &n);
+    size_t n, lo = seg_at(a, seg, s, &n), len;
     coll_args_t b = *a;
     b.op = level_op(a->op);
-    char *shard = (char *)a->recvbuf + (lo + coll_block_offset(n, h->L, h->node.rank)) * es;
+    char *shard = shard_at(h, a, seg, s, &len);
     if (h->L > 1) return coll_shm_reduce_scatter_blocks(&h->node, &b, (const char *)a->sendbuf + lo * es, n, shard, 0);
     coll_copy(shard, (const char *)a->sendbuf + lo * es, n * es);
     return COLL_SUCCESS;
@@ -209,13 +216,12 @@ static coll_result_t node_ag(struct coll_hier *h, const coll_args_t *a, size_t s
 /* Every rank of this node rank has a shard of the same length. */
 static coll_result_t cross(coll_ctx_t *ctx, struct coll_hier *h, const coll_args_t *a, size_t seg, int s,
                            coll_trace_entry_t *entry) {
-    const size_t es = coll_dtype_size(a->dtype);
-    size_t n, lo = seg_at(a, seg, s, &n);
-    const size_t len = coll_block_count(n, h->L, h->node.rank);
+    size_t len;
+    char *shard = shard_at(h, a, seg, s, &len);
     if (!len) return COLL_SUCCESS;
     coll_args_t x = *a;
     x.op = level_op(a->op);
-    x.sendbuf = x.recvbuf = (char *)a->recvbuf + (lo + coll_block_offset(n, h->L, h->node.rank)) * es;
+    x.sendbuf = x.recvbuf = shard;
     x.count = len;
     coll_result_t rc = run_child(&h->cross, &x, entry);
     if (rc == COLL_SUCCESS && a->op == COLL_AVG) coll_avg_finish(a->dtype, x.recvbuf, len, ctx->size);
@@ -294,11 +300,9 @@ static coll_result_t allreduce_pipelined(coll_ctx_t *ctx, struct hier_pipe *p, c
     p->running = 1;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+    COLL_TRY(node_rs(h, a, seg, 0));
+    pipe_post(p, 0);
     for (int s = 0; s < S; s++) {
-        if (s == 0) {
-            COLL_TRY(node_rs(h, a, seg, 0));
-            pipe_post(p, 0);
-        }
         if (s + 1 < S) {
             COLL_TRY(node_rs(h, a, seg, s + 1));
             pipe_post(p, s + 1);

@@ -221,10 +221,13 @@ static coll_result_t reduce_scatter_chunk(ring_t *t, size_t j) {
         COLL_TRY(pipe_wait_recv(&t->rs, m));
         size_t len, off = piece(t, rs_block(t, k), j, &len);
         char *dst;
-        if (k < P - 1) COLL_TRY(pipe_next_sslot(&t->rs, &dst)); /* recv-reduce-send */
-        else dst = out_at(t, off);                              /* recv-reduce-copy(-send) */
-        if (k < P - 1) coll_reduce_kernel(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len);
-        else coll_reduce_last(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len, P);
+        if (k < P - 1) { /* recv-reduce-send */
+            COLL_TRY(pipe_next_sslot(&t->rs, &dst));
+            coll_reduce_kernel(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len);
+        } else { /* recv-reduce-copy(-send) */
+            dst = out_at(t, off);
+            coll_reduce_last(t->dt, t->op, dst, in_at(t, off), rslot(&t->rs, m), len, P);
+        }
         t->rs_used++;
         COLL_TRY(post_rs(t));
         if (k < P - 1) {

@@ -142,7 +142,7 @@ void coll_trace_wait(coll_ctx_t *ctx, int peer, int send, double seconds) {
 
 void coll_trace_add_waits(coll_trace_entry_t *e, const coll_trace_entry_t *from) {
     if (!e) return;
-    for (int i = 0; i < from->nsteps && i < COLL_TRACE_STEPS && e->nsteps + i < COLL_TRACE_STEPS; i++)
+    for (int i = 0; i < from->nsteps && e->nsteps + i < COLL_TRACE_STEPS; i++)
         e->step[e->nsteps + i] = from->step[i];
     e->nsteps += from->nsteps;
     e->wait_s += from->wait_s;
