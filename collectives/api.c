@@ -2,6 +2,8 @@
  * checked (check.c), its algorithm chosen (select.c), and it runs (run.c)
  * on the caller's thread, or is queued for the progress thread
  * (progress.c), which calls the same runner. Nothing below calls back up. */
+#include <stdlib.h>
+
 #include "coll_internal.h"
 
 static coll_result_t start(coll_comm_t c, coll_args_t a, coll_request_t *req) {
@@ -82,4 +84,29 @@ coll_result_t coll_ireduce(const void *s, void *r, size_t n, coll_dtype_t d, col
                            coll_request_t *req) {
     NEED_REQ("coll_ireduce");
     return start(c, ARGS(COLL_K_REDUCE, s, r, n, d, o, root), req);
+}
+
+/* An exchange of descriptors, then local mappings (mem.c): the exchange is
+ * a collective like any other, so it waits behind this comm's calls in flight. */
+coll_result_t coll_mem_map_peers(coll_comm_t c, void *ptr, void **peers) {
+    if (!coll_comm_valid(c)) return coll_error(NULL, COLL_ERR_INVALID_ARG, "coll_mem_map_peers: comm is not a live communicator");
+    if (!peers) return coll_error(c, COLL_ERR_INVALID_ARG, "coll_mem_map_peers: peers (the output array) is NULL");
+    const int P = c->size;
+    int64_t mine[COLL_MEM_DESC], *all = malloc(sizeof(int64_t) * COLL_MEM_DESC * (size_t)P);
+    if (!all) return coll_error(c, COLL_ERR_NO_MEMORY, "coll_mem_map_peers: %d descriptors", P);
+    coll_mem_describe(c, ptr, mine);
+    coll_result_t rc = coll_allgather(mine, all, COLL_MEM_DESC, COLL_INT64, c);
+    /* a bad pointer fails every rank, so that none goes on alone */
+    for (int q = 0; q < P && rc == COLL_SUCCESS; q++)
+        if (all[COLL_MEM_DESC * q + 4] < 0)
+            rc = coll_error(c, COLL_ERR_INVALID_ARG,
+                            "coll_mem_map_peers: rank %d's ptr was not returned by coll_mem_alloc on this communicator", q);
+    for (int q = 0; q < P; q++) peers[q] = q == c->rank ? ptr : NULL;
+    /* the shared-memory context exists only where every rank is on this node */
+    for (int q = 0; q < P && rc == COLL_SUCCESS && c->sync.shm; q++)
+        if (q != c->rank && all[COLL_MEM_DESC * q + 4] == 1 && !(peers[q] = coll_mem_map_peer(c, q, all + COLL_MEM_DESC * q)))
+            rc = COLL_ERR_INTERNAL;
+    free(all);
+    for (int q = 0; q < P && rc != COLL_SUCCESS; q++) peers[q] = q == c->rank ? ptr : NULL;
+    return rc;
 }

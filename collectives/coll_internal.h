@@ -268,6 +268,13 @@ typedef struct {
 } coll_mem_ref_t;
 COLL_HIDDEN int coll_mem_find(struct coll_comm *c, const void *p, size_t bytes, coll_mem_ref_t *ref);
 COLL_HIDDEN void coll_mem_free_all(struct coll_comm *c);
+/* coll_mem_map_peers' exchange: what a peer needs to map the allocation
+ * holding ptr (pid, fd, size, ptr's offset, state: 0 ptr NULL, 1 found,
+ * -1 not coll_mem_alloc's); and the mapping of rank q's, at its offset
+ * (kept until coll_comm_destroy), or NULL with the error set. */
+enum { COLL_MEM_DESC = 5 };
+COLL_HIDDEN void coll_mem_describe(struct coll_comm *c, const void *ptr, int64_t d[COLL_MEM_DESC]);
+COLL_HIDDEN char *coll_mem_map_peer(struct coll_comm *c, int q, const int64_t d[COLL_MEM_DESC]);
 
 /* shm.c: node-local communicators (ctx->shm set) */
 COLL_HIDDEN coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx);
@@ -378,6 +385,7 @@ struct coll_comm {
     struct coll_cuda *cuda; /* device-buffer state, made at the first device call */
     pthread_mutex_t mem_lock;        /* coll_mem_alloc's list (mem.c) */
     struct coll_mem *mem;            /* ... its allocations */
+    struct coll_mem *peer_maps;      /* coll_mem_map_peers' views of peers' allocations */
     uint64_t mem_next_id;
     void *sync_ready;       /* blocking device calls' inputs-ready event */
     void *sync_done;        /* blocking NCCL calls' completion event */

@@ -4,6 +4,8 @@
  * (shm.c), and mapped shared. Nothing is named anywhere, so nothing is left
  * behind when a rank dies. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -78,12 +80,46 @@ int coll_mem_find(struct coll_comm *c, const void *p, size_t bytes, coll_mem_ref
     return found;
 }
 
-void coll_mem_free_all(struct coll_comm *c) {
-    while (c->mem) {
-        struct coll_mem *m = c->mem;
-        c->mem = m->next;
+static void free_list(struct coll_mem **list) {
+    while (*list) {
+        struct coll_mem *m = *list;
+        *list = m->next;
         munmap(m->ptr, m->bytes);
-        close(m->fd);
+        if (m->fd >= 0) close(m->fd);
         free(m);
     }
+}
+
+void coll_mem_free_all(struct coll_comm *c) {
+    free_list(&c->mem);
+    free_list(&c->peer_maps);
+}
+
+void coll_mem_describe(struct coll_comm *c, const void *ptr, int64_t d[COLL_MEM_DESC]) {
+    coll_mem_ref_t ref = {.fd = -1};
+    const int found = ptr && coll_mem_find(c, ptr, 1, &ref);
+    d[0] = getpid(), d[1] = ref.fd, d[2] = (int64_t)ref.bytes, d[3] = (int64_t)ref.off;
+    d[4] = !ptr ? 0 : found ? 1 : -1;
+}
+
+char *coll_mem_map_peer(struct coll_comm *c, int q, const int64_t at[COLL_MEM_DESC]) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%lld/fd/%lld", (long long)at[0], (long long)at[1]);
+    const int fd = open(path, O_RDWR | O_CLOEXEC);
+    struct coll_mem *m = fd >= 0 ? calloc(1, sizeof *m) : NULL;
+    char *p = m ? mmap(NULL, (size_t)at[2], PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    const int e = errno;
+    if (fd >= 0) close(fd);
+    if (p == MAP_FAILED) {
+        free(m);
+        coll_error(c, COLL_ERR_INTERNAL, "coll_mem_map_peers: cannot map rank %d's buffer (%s): %s", q, path, strerror(e));
+        return NULL;
+    }
+    madvise(p, (size_t)at[2], MADV_HUGEPAGE);
+    *m = (struct coll_mem){.ptr = p, .bytes = (size_t)at[2], .fd = -1};
+    pthread_mutex_lock(&c->mem_lock);
+    m->next = c->peer_maps;
+    c->peer_maps = m;
+    pthread_mutex_unlock(&c->mem_lock);
+    return p + at[3];
 }

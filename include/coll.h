@@ -179,6 +179,22 @@ coll_result_t coll_comm_peer_waits(coll_comm_t comm, double *wait_s, double *sen
 coll_result_t coll_mem_alloc(coll_comm_t comm, size_t bytes, void **ptr);
 coll_result_t coll_mem_free(coll_comm_t comm, void *ptr);
 
+/* The node's view of coll_mem_alloc buffers, as MPI_Win_shared_query gives
+ * for a shared window (and nvshmem_ptr on a GPU node). Collective over
+ * comm: each rank passes one of its coll_mem_alloc buffers, or a pointer
+ * into one, or NULL; peers (size(comm) entries) receives, for every rank q,
+ * a pointer valid in this process to what q passed, or NULL where q passed
+ * NULL or its memory cannot be mapped here (comm spans nodes, or shared
+ * memory is unavailable: coll_comm_local_size(comm) < size). peers[rank] is
+ * ptr. The views are mapped read-write and live until coll_comm_destroy; a
+ * rank must not free a buffer that peers still use. Accesses through them
+ * are ordinary memory accesses, ordered by the caller with a collective
+ * (coll_barrier, or any call that needs every rank's data). A ptr that
+ * coll_mem_alloc did not allocate on comm is COLL_ERR_INVALID_ARG on every
+ * rank (naming the rank); a view that cannot be mapped is an error on the
+ * rank that tried. */
+coll_result_t coll_mem_map_peers(coll_comm_t comm, void *ptr, void **peers);
+
 /* Algorithm for later calls on this comm (overrides COLL_ALGO). */
 coll_result_t coll_comm_set_algorithm(coll_comm_t comm, coll_algo_t algo);
 coll_result_t coll_comm_get_algorithm(coll_comm_t comm, coll_algo_t *algo);

@@ -11,6 +11,7 @@
 #include "compress.h"
 #include "liveness.h"
 #include "metrics.h"
+#include "simd.h"
 
 _Static_assert((int)DDP_COMPRESS_BF16 == (int)COMPRESS_BF16 && (int)DDP_COMPRESS_FP16 == (int)COMPRESS_FP16 &&
                    (int)DDP_COMPRESS_POWERSGD == (int)COMPRESS_POWERSGD,
@@ -23,6 +24,9 @@ typedef struct mat {
     size_t off, n, m;  /* flat-buffer offset, rows, columns */
     size_t p_at, q_at; /* its P in its bucket's pq, its Q (transposed) in qt */
 } mat_t;
+
+/* The fused update averages and updates 32 KiB at a time, in L1/L2. */
+#define FUSE_CHUNK 8192
 
 typedef struct bucket {
     size_t lo, hi;      /* range in the flat buffers; without PowerSGD hi - lo is a multiple of P */
@@ -41,6 +45,10 @@ struct ddp {
     int rank, size;
     float *params, *grads;
     float *mem_params, *mem_grads; /* ddp_share_buffers' coll_mem_alloc buffers, or NULL */
+    /* fused update (ddp_update): every rank's gradient buffer mapped here, or NULL */
+    float **peer_grads;
+    float *acc;  /* FUSE_CHUNK floats: a chunk's sum before it is written back */
+    int reading; /* fused, zero = 0: peers may still read this rank's gradients */
     size_t count, padded;
     ddp_options_t opt;
     int nb;
@@ -74,6 +82,9 @@ struct ddp {
     liveness_t *lv;
     char err[512];
 };
+
+static int fused_barrier(ddp_t *d, const char *what);
+static void fused_spent(ddp_t *d, double t0);
 
 static int fail(ddp_t *d, const char *what, coll_result_t rc) {
     snprintf(d->err, sizeof d->err, "%s: %s (%s)", what, coll_last_error(d->comm), coll_strerror(rc));
@@ -274,7 +285,28 @@ void ddp_destroy(ddp_t *d) {
     free(d->waits);
     free(d->sends);
     free(d->hop_buf);
+    free(d->peer_grads);
+    free(d->acc);
     free(d);
+}
+
+/* The fused update (ddp.h) needs every peer's gradient buffer mapped here;
+ * where a rank cannot map them, every rank keeps the collectives. */
+static void map_peer_grads(ddp_t *d) {
+    const int P = d->size;
+    float **peers = calloc((size_t)P, sizeof *peers);
+    float *acc = malloc(FUSE_CHUNK * sizeof *acc);
+    int ok = peers && acc && coll_mem_map_peers(d->comm, d->grads, (void **)peers) == COLL_SUCCESS, all = 0;
+    for (int q = 0; q < P && ok; q++) ok = peers[q] != NULL;
+    if (!ok && peers) fprintf(stderr, "rank %d: note: ddp: fused update off: %s\n", d->rank, coll_last_error(d->comm));
+    if (MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_MIN, d->side) != MPI_SUCCESS) all = 0;
+    if (!all) {
+        free(peers);
+        free(acc);
+        return;
+    }
+    d->peer_grads = peers;
+    d->acc = acc;
 }
 
 /* Shared buffers pay only where the collectives read them in place: shared
@@ -309,6 +341,7 @@ int ddp_share_buffers(ddp_t *d, float **params, float **grads) {
     d->params = d->mem_params = p;
     d->grads = d->mem_grads = g;
     *params = p, *grads = g;
+    if (d->opt.fuse) map_peer_grads(d);
     return 0;
 }
 
@@ -316,6 +349,7 @@ int ddp_rank(const ddp_t *d) { return d->rank; }
 int ddp_size(const ddp_t *d) { return d->size; }
 const char *ddp_error(const ddp_t *d) { return d->err; }
 size_t ddp_shard_size(const ddp_t *d) { return d->shard_size; }
+int ddp_fused(const ddp_t *d) { return d->peer_grads != NULL; }
 
 int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi) {
     *lo = d->shard_lo;
@@ -373,6 +407,12 @@ int ddp_backward_begin(ddp_t *d, int sync) {
     d->wire = 0;
     d->psgd_now = d->opt.compress == DDP_COMPRESS_POWERSGD && d->steps >= d->opt.powersgd_start;
     if (sync) coll_comm_peer_waits(d->comm, NULL, NULL, 1); /* this step's waits from here */
+    if (d->reading && !d->failed) { /* backward overwrites what peers may still be reading */
+        const double t0 = now_s();
+        d->reading = 0;
+        fused_barrier(d, "update");
+        fused_spent(d, t0);
+    }
     return d->failed ? -1 : 0;
 }
 
@@ -571,7 +611,7 @@ static coll_result_t finish(ddp_t *d, bucket_t *b) {
 void ddp_grad_ready(void *user, int param, size_t offset, size_t count) {
     ddp_t *d = user;
     (void)param;
-    if (!d->syncing || !d->opt.overlap || d->failed) return;
+    if (d->peer_grads || !d->syncing || !d->opt.overlap || d->failed) return;
     const size_t frontier = offset + count;
     /* a bucket is complete when backward has passed its end (the padding
      * past the model's last parameter is always complete) */
@@ -618,8 +658,97 @@ static int wait_all(ddp_t *d, const char *what, int grads) {
     return rc;
 }
 
+/* ---- the fused update: every rank on one node, gradients read in place ---- */
+
+/* acc[0, n) = the sum of every rank's grads[lo, lo + n) in rank order, then
+ * divided by P: the same bits on every rank, whichever rank computes them */
+HOT_LOOP static void mean_of(float *restrict acc, float *const *g, int P, size_t lo, size_t n) {
+    const float *a = g[0] + lo, *b = g[1] + lo;
+    for (size_t i = 0; i < n; i++) acc[i] = a[i] + b[i];
+    for (int q = 2; q < P; q++) {
+        const float *c = g[q] + lo;
+        for (size_t i = 0; i < n; i++) acc[i] += c[i];
+    }
+    const float fp = (float)P;
+    for (size_t i = 0; i < n; i++) acc[i] /= fp;
+}
+
+/* This rank's grads[lo, hi) = the mean over ranks, in place (peers read
+ * other ranges of this buffer meanwhile, never this one). */
+static void average(ddp_t *d, size_t lo, size_t hi) {
+    for (size_t at = lo; at < hi; at += FUSE_CHUNK) {
+        const size_t n = hi - at < FUSE_CHUNK ? hi - at : FUSE_CHUNK;
+        mean_of(d->acc, d->peer_grads, d->size, at, n);
+        memcpy(d->grads + at, d->acc, n * sizeof *d->acc);
+    }
+}
+
+static int fused_barrier(ddp_t *d, const char *what) {
+    char tag[48];
+    snprintf(tag, sizeof tag, "step %ld %s", d->steps, what);
+    coll_comm_set_tag(d->comm, tag);
+    coll_result_t rc = coll_barrier(d->comm);
+    if (rc != COLL_SUCCESS) {
+        char w[96];
+        snprintf(w, sizeof w, "fused update: waiting for every rank's %s", what);
+        return fail(d, w, rc);
+    }
+    return 0;
+}
+
+static void fused_spent(ddp_t *d, double t0) {
+    const double ms = 1e3 * (now_s() - t0);
+    d->exposed_ms += ms; /* nothing overlaps it */
+    d->comm_ms += ms;
+}
+
+/* Every gradient is final everywhere; with zero = 0 each rank then
+ * averages its 1/P (the reduce-scatter, in place) and waits for the others'. */
+static int fused_sync(ddp_t *d) {
+    const double t0 = d->arrival = now_s();
+    int rc = fused_barrier(d, "gradients");
+    if (!rc && !d->opt.zero) {
+        const size_t n = d->padded / (size_t)d->size;
+        average(d, (size_t)d->rank * n, (size_t)(d->rank + 1) * n);
+        rc = fused_barrier(d, "averaged gradients");
+    }
+    d->steps++;
+    fused_spent(d, t0);
+    d->step_end = now_s();
+    return rc;
+}
+
+int ddp_update(ddp_t *d, ddp_update_fn update, void *u) {
+    if (d->failed) return -1;
+    if (!d->peer_grads) {
+        size_t at = 0;
+        for (int i = 0; i < d->nshard; at += d->shard_hi[i] - d->shard_lo[i], i++)
+            update(u, d->grads, d->shard_lo[i], d->shard_hi[i], at);
+        return 0;
+    }
+    if (!d->opt.zero) { /* each range's mean is in its owner's buffer */
+        const size_t n = d->padded / (size_t)d->size;
+        for (int q = 0; q < d->size; q++) update(u, d->peer_grads[q], (size_t)q * n, (size_t)(q + 1) * n, (size_t)q * n);
+        d->reading = 1; /* until every rank is past it (the next backward) */
+        return 0;
+    }
+    /* ZeRO-1: the reduce-scatter and the optimiser in one pass, chunk by chunk */
+    size_t at = 0;
+    for (int i = 0; i < d->nshard; i++)
+        for (size_t lo = d->shard_lo[i]; lo < d->shard_hi[i]; lo += FUSE_CHUNK) {
+            const size_t hi = d->shard_hi[i] - lo < FUSE_CHUNK ? d->shard_hi[i] : lo + FUSE_CHUNK;
+            const double t0 = now_s();
+            average(d, lo, hi);
+            fused_spent(d, t0);
+            update(u, d->grads, lo, hi, at);
+            at += hi - lo;
+        }
+    return 0;
+}
+
 int ddp_sync(ddp_t *d) {
     if (d->failed) return -1;
+    if (d->peer_grads) return fused_sync(d);
     /* without overlap every bucket (one) starts here; launching counts as
      * exposed time since the caller is blocked in it all the same */
     const double t0 = now_s(), z0 = d->compress_ms;

@@ -113,6 +113,7 @@ void metrics_done(metrics_t *m, const done_record_t *r) {
     else fputs(",\"test_acc\":null", m->f);
     num(m->f, "wall_s", r->wall_s);
     if (r->compress) fprintf(m->f, ",\"compress\":\"%s\"", r->compress);
+    if (r->sync) fprintf(m->f, ",\"sync\":\"%s\"", r->sync);
     timing(m->f, r->compute_ms, r->comm_ms, r->exposed_comm_ms, r->wire_bytes, r->compress_ms);
     if (r->named) { /* steps each rank was named the straggler, by cause */
         for (int c = STRAGGLER_COMPUTE; c <= STRAGGLER_LINK; c++) {

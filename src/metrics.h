@@ -60,6 +60,7 @@ typedef struct done_record {
     double compute_ms, comm_ms, exposed_comm_ms; /* medians; < 0: not written */
     double wire_bytes, compress_ms;              /* medians, as in step_record_t */
     const char *compress;                        /* [ddp] compress, or NULL */
+    const char *sync; /* how gradients were averaged: "fused" or "collectives"; NULL: one rank */
     const long *named; /* [rank * 3 + cause]: steps each rank was named a straggler; NULL: not written */
 } done_record_t;
 void metrics_done(metrics_t *m, const done_record_t *r);

@@ -141,7 +141,8 @@ int observe_finish(trainer_t *t, long first, char *err, size_t errlen) {
                              .comm_ms = median_after(t->comm_ms, ran, WARMUP_STEPS), .exposed_comm_ms = exp_med,
                              .wire_bytes = median_after(t->wire_bytes, ran, WARMUP_STEPS),
                              .compress_ms = c->compress != CFG_COMPRESS_NONE ? median_after(t->compress_ms, ran, WARMUP_STEPS) : -1,
-                             .compress = compress_name((compress_t)c->compress), .named = t->named};
+                             .compress = compress_name((compress_t)c->compress), .named = t->named,
+                             .sync = !t->ddp ? NULL : ddp_fused(t->ddp) ? "fused" : "collectives"};
     if (c->profile && t->rank == 0) write_profile(t, med);
     metrics_done(&t->m, &d);
     if (t->rank == 0) {

@@ -299,7 +299,8 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
                                  .algorithm = (coll_algo_t)cfg->algorithm, .timeout_s = cfg->timeout_s,
                                  .cuda_stream = device_stream(t->dev), .compress = (ddp_compress_t)cfg->compress,
                                  .powersgd_rank = cfg->powersgd_rank, .powersgd_start = cfg->powersgd_start,
-                                 .seed = (uint64_t)cfg->seed, .tensors = tens, .ntensors = t->g->nparam};
+                                 .seed = (uint64_t)cfg->seed, .tensors = tens, .ntensors = t->g->nparam,
+                                 .fuse = cfg->fused_update == 0};
         const int rc = ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen);
         free(tens);
         if (rc) return -1;
@@ -461,6 +462,17 @@ static void profile_optimizer_done(trainer_t *t, double t0) {
     t->prof_opt_ms += 1e3 * (now_s() - t0);
 }
 
+typedef struct {
+    optim_t *opt;
+    float *params;
+    float lr;
+} update_t;
+
+static void update_range(void *u, const float *grads, size_t lo, size_t hi, size_t state_at) {
+    update_t *x = u;
+    optim_update(x->opt, x->params, grads, lo, hi, state_at, x->lr);
+}
+
 /* One optimiser step: K micro-batches, gradient sync, update, gather.
  * *loss = the mean loss of this rank's samples. 0, or -1 with err. */
 static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char *err, size_t errlen) {
@@ -487,10 +499,8 @@ static int train_step(trainer_t *t, long b, float *loss_out, float *lr_out, char
     const double o0 = prof ? now_s() : 0;
     optim_begin(&t->opt);
     if (t->ddp) {
-        const size_t *lo, *hi;
-        const int n = ddp_shard(t->ddp, &lo, &hi);
-        for (size_t i = 0, at = 0; i < (size_t)n; at += hi[i] - lo[i], i++)
-            optim_update(&t->opt, g->params, g->grads, lo[i], hi[i], at, lr);
+        update_t u = {&t->opt, g->params, lr};
+        if (ddp_update(t->ddp, update_range, &u)) goto fail;
         if (prof) profile_optimizer_done(t, o0);
         if (ddp_gather(t->ddp)) goto fail;
     } else {

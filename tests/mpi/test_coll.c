@@ -661,6 +661,50 @@ static int bigcount(void) {
     return 0;
 }
 
+/* ---- coll_mem_map_peers: every rank's buffer seen from every rank ---- */
+static void peers_mode(void) {
+    enum { N = 5000 };
+    int32_t *mine = NULL, *half = NULL;
+    void **peers = calloc((size_t)nranks, sizeof *peers);
+    int ok = peers && coll_mem_alloc(comm, N * sizeof(int32_t), (void **)&mine) == COLL_SUCCESS;
+    for (int i = 0; ok && i < N; i++) mine[i] = rank * 1000003 + i;
+    /* the whole buffer, from every rank; a pointer inside it (offset 100) */
+    for (int off = 0; off <= 100; off += 100) {
+        coll_result_t rc = coll_mem_map_peers(comm, mine + off, peers);
+        const int local = coll_comm_local_size(comm) == nranks;
+        int good = ok && rc == COLL_SUCCESS && peers[rank] == mine + off;
+        for (int q = 0; good && q < nranks; q++) {
+            if (!local) good = q == rank || peers[q] == NULL;
+            else
+                for (int i = 0; good && i < N - off; i += 97) good = ((int32_t *)peers[q])[i] == q * 1000003 + i + off;
+        }
+        result(good, "peers: every rank's buffer at offset %d (%s)", off, coll_last_error(comm));
+    }
+    /* writes through a view land in the owner's memory (ordered by a barrier) */
+    if (ok && coll_comm_local_size(comm) == nranks && nranks > 1) {
+        coll_mem_map_peers(comm, mine, peers);
+        ((int32_t *)peers[(rank + 1) % nranks])[N - 1] = -rank;
+        coll_barrier(comm);
+        result(mine[N - 1] == -((rank + nranks - 1) % nranks), "peers: a write through the left neighbour's view");
+    }
+    /* odd ranks pass NULL: NULL there everywhere */
+    coll_result_t rc = coll_mem_map_peers(comm, rank % 2 ? NULL : mine, peers);
+    int good = rc == COLL_SUCCESS;
+    for (int q = 0; good && q < nranks; q++) good = (q % 2 == 1) == (peers[q] == NULL) || (q != rank && coll_comm_local_size(comm) < nranks);
+    result(good, "peers: NULL from odd ranks");
+    /* a pointer coll_mem_alloc did not return, on the last rank: an error everywhere, naming it */
+    half = malloc(64);
+    rc = coll_mem_map_peers(comm, rank == nranks - 1 ? (void *)half : mine, peers);
+    char want[32];
+    snprintf(want, sizeof want, "rank %d's ptr", nranks - 1);
+    result(rc == COLL_ERR_INVALID_ARG && strstr(coll_last_error(comm), want) && peers[rank] == (rank == nranks - 1 ? (void *)half : mine),
+           "peers: a foreign pointer is INVALID_ARG on every rank (%s)", coll_last_error(comm));
+    result(coll_mem_map_peers(comm, mine, NULL) == COLL_ERR_INVALID_ARG, "peers: NULL output array");
+    free(half);
+    coll_mem_free(comm, mine);
+    free(peers);
+}
+
 int main(int argc, char **argv) {
     int provided;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
@@ -687,6 +731,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "timeout")) timeout_mode();
     else if (!strcmp(mode, "bigcount")) bigcount();
     else if (!strcmp(mode, "bursts")) bursts();
+    else if (!strcmp(mode, "peers")) peers_mode();
     else {
         if (rank == 0) fprintf(stderr, "test_coll: unknown mode '%s'\n", mode);
         MPI_Abort(MPI_COMM_WORLD, 2);
