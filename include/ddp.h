@@ -21,21 +21,19 @@
  *   ddp_update(d, fn, u)          the optimiser, over this rank's ranges
  *   ddp_gather(d)                 ZeRO-1: every rank gets the new parameters
  *
- * Fused update (opt.fuse, where ddp_share_buffers shared the buffers: every
- * rank on one node, no compression, host memory): the gradients are not
- * sent anywhere. ddp_sync waits until every rank's backward is done (a
- * barrier); ranks then read each other's gradient buffers in place
- * (coll_mem_map_peers). With zero = 1, ddp_update averages each 32 KiB of
- * this rank's shard from every rank's buffer just before the optimiser
- * updates it (the reduce-scatter and the update in one pass over memory);
- * ddp_gather is the usual all-gather. With zero = 0, ddp_sync averages this
- * rank's 1/P in place and waits for the others', and the optimiser reads
- * each range's mean from its owner's buffer (no all-gather); the next
- * ddp_backward_begin waits until every rank is past its update. The means
- * are summed in rank order and divided by P: every rank gets the same bits,
- * with or without ZeRO-1. There is nothing to overlap with backward, which
- * on a node whose cores the ranks already fill costs nothing: there a
- * collective's copies only take turns with the GEMMs (docs/PERFORMANCE.md).
+ * Fused update (opt.fuse with zero = 0, where ddp_share_buffers shared the
+ * buffers: every rank on one node, no compression, host memory): nothing is
+ * sent. ddp_sync waits until every rank's backward is done (a barrier),
+ * averages this rank's 1/P of the gradients in place from every rank's
+ * buffer (coll_mem_map_peers), and waits for the others' 1/P; ddp_update
+ * then gives the optimiser each range's mean in its owner's buffer (the
+ * all-gather, read in place, with no copy), and the next ddp_backward_begin
+ * waits until every rank is past its update. The means are summed in rank
+ * order and divided by P (shared memory's AVG at 2 ranks: the same bits).
+ * Nothing overlaps backward, which costs nothing where the ranks fill the
+ * cores: there an overlapped collective only takes turns with the GEMMs
+ * (docs/PERFORMANCE.md). ZeRO-1 keeps the collectives: the same fusion
+ * there measured no faster (its cross-core bytes are the same).
  *
  * Compression (opt.compress, PyTorch DDP's communication hooks):
  *   bf16 / fp16  each bucket travels as 16-bit values (scaled by 1/P first,
@@ -95,7 +93,7 @@ typedef struct ddp_options {
     uint64_t seed;         /* PowerSGD's first Q (the same on every rank) */
     const ddp_tensor_t *tensors; /* powersgd: every parameter, in increasing offset order (read by ddp_create only) */
     int ntensors;
-    int fuse;              /* 1: the fused update where the buffers are shared (ddp.fused_update = auto) */
+    int fuse;              /* 1: the fused update where it applies (zero = 0, shared buffers) */
 } ddp_options_t;
 
 /* Collective over comm. params and grads hold `padded` floats, a multiple of
@@ -145,9 +143,9 @@ void ddp_grad_ready(void *d, int param, size_t offset, size_t count);
 int ddp_sync(ddp_t *d);
 /* The optimiser's step over what this rank updates: update(u, grads, lo,
  * hi, state_at) for each range [lo, hi) of the flat buffers, whose averaged
- * gradients are grads[lo, hi) (this rank's buffer, or with the fused update
- * the owner's) and whose optimiser state starts at state_at in this rank's
- * (sharded, with ZeRO-1) state. */
+ * gradients are grads[0, hi - lo) (in this rank's buffer, or with the fused
+ * update in the range's owner's) and whose optimiser state
+ * starts at state_at in this rank's (sharded, with ZeRO-1) state. */
 typedef void (*ddp_update_fn)(void *u, const float *grads, size_t lo, size_t hi, size_t state_at);
 int ddp_update(ddp_t *d, ddp_update_fn update, void *u);
 int ddp_gather(ddp_t *d);
@@ -176,7 +174,7 @@ typedef struct ddp_stats {
     uint64_t wire_bytes;
 } ddp_stats_t;
 ddp_stats_t ddp_last_stats(const ddp_t *d);
-/* 1: the fused update runs (opt.fuse, and ddp_share_buffers could map every peer's buffer) */
+/* 1: the fused update runs (opt.fuse, zero = 0, and ddp_share_buffers mapped every peer's buffer) */
 int ddp_fused(const ddp_t *d);
 
 /* Straggler probe of the last synchronised step (src/straggler.h): when this

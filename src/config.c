@@ -73,7 +73,7 @@ static const key_def_t keys[] = {
     {"ddp", "overlap", T_BOOL, F(overlap), 0, 0, 1, NULL, "true", 0},
     {"ddp", "accumulate", T_INT, F(accumulate), 0, 1, 1 << 20, NULL, "1", 0},
     {"ddp", "zero", T_INT, F(zero), 0, 0, 1, NULL, "0", 0},
-    {"ddp", "fused_update", T_ENUM, F(fused_update), 0, 0, 0, "auto|off", "auto", 0},
+    {"ddp", "fused_update", T_ENUM, F(fused_update), 0, 0, 0, "auto|on|off", "auto", 0},
     {"ddp", "algorithm", T_ENUM, F(algorithm), 0, 0, 0, "auto|ring|rd|native|nccl|shm|hier", "auto", 0},
     {"ddp", "timeout_s", T_DOUBLE, F(timeout_s), 0, 0, 1e9, NULL, "30", 0},
     {"ddp", "compress", T_ENUM, F(compress), 0, 0, 0, "none|bf16|fp16|powersgd", "none", 0},

@@ -58,7 +58,7 @@ typedef struct config {
     int overlap;
     int accumulate;
     int zero;
-    int fused_update; /* 0 auto: average gradients inside the optimiser pass where every rank shares one node's memory; 1 off */
+    int fused_update; /* 0 auto, 1 on, 2 off: zero = 0 on one node averages gradients read in place (ddp.h) */
     int algorithm;              /* coll_algo_t order: auto|ring|rd|native */
     double timeout_s;
     int compress;               /* CFG_COMPRESS_* (ddp_compress_t order) */

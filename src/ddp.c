@@ -25,7 +25,7 @@ typedef struct mat {
     size_t p_at, q_at; /* its P in its bucket's pq, its Q (transposed) in qt */
 } mat_t;
 
-/* The fused update averages and updates 32 KiB at a time, in L1/L2. */
+/* The fused update averages 32 KiB at a time, in L1. */
 #define FUSE_CHUNK 8192
 
 typedef struct bucket {
@@ -341,7 +341,7 @@ int ddp_share_buffers(ddp_t *d, float **params, float **grads) {
     d->params = d->mem_params = p;
     d->grads = d->mem_grads = g;
     *params = p, *grads = g;
-    if (d->opt.fuse) map_peer_grads(d);
+    if (d->opt.fuse && !d->opt.zero) map_peer_grads(d);
     return 0;
 }
 
@@ -702,12 +702,12 @@ static void fused_spent(ddp_t *d, double t0) {
     d->comm_ms += ms;
 }
 
-/* Every gradient is final everywhere; with zero = 0 each rank then
- * averages its 1/P (the reduce-scatter, in place) and waits for the others'. */
+/* Every gradient is final everywhere; each rank averages its 1/P in place
+ * (the reduce-scatter) and waits for the others'. */
 static int fused_sync(ddp_t *d) {
     const double t0 = d->arrival = now_s();
     int rc = fused_barrier(d, "gradients");
-    if (!rc && !d->opt.zero) {
+    if (!rc) {
         const size_t n = d->padded / (size_t)d->size;
         average(d, (size_t)d->rank * n, (size_t)(d->rank + 1) * n);
         rc = fused_barrier(d, "averaged gradients");
@@ -720,29 +720,15 @@ static int fused_sync(ddp_t *d) {
 
 int ddp_update(ddp_t *d, ddp_update_fn update, void *u) {
     if (d->failed) return -1;
-    if (!d->peer_grads) {
-        size_t at = 0;
-        for (int i = 0; i < d->nshard; at += d->shard_hi[i] - d->shard_lo[i], i++)
-            update(u, d->grads, d->shard_lo[i], d->shard_hi[i], at);
-        return 0;
-    }
-    if (!d->opt.zero) { /* each range's mean is in its owner's buffer */
+    if (d->peer_grads) { /* each range's mean is in its owner's buffer (the all-gather, read in place) */
         const size_t n = d->padded / (size_t)d->size;
-        for (int q = 0; q < d->size; q++) update(u, d->peer_grads[q], (size_t)q * n, (size_t)(q + 1) * n, (size_t)q * n);
-        d->reading = 1; /* until every rank is past it (the next backward) */
+        for (int q = 0; q < d->size; q++) update(u, d->peer_grads[q] + (size_t)q * n, (size_t)q * n, (size_t)(q + 1) * n, (size_t)q * n);
+        d->reading = 1; /* until every rank is past this step (the next backward) */
         return 0;
     }
-    /* ZeRO-1: the reduce-scatter and the optimiser in one pass, chunk by chunk */
     size_t at = 0;
-    for (int i = 0; i < d->nshard; i++)
-        for (size_t lo = d->shard_lo[i]; lo < d->shard_hi[i]; lo += FUSE_CHUNK) {
-            const size_t hi = d->shard_hi[i] - lo < FUSE_CHUNK ? d->shard_hi[i] : lo + FUSE_CHUNK;
-            const double t0 = now_s();
-            average(d, lo, hi);
-            fused_spent(d, t0);
-            update(u, d->grads, lo, hi, at);
-            at += hi - lo;
-        }
+    for (int i = 0; i < d->nshard; at += d->shard_hi[i] - d->shard_lo[i], i++)
+        update(u, d->grads + d->shard_lo[i], d->shard_lo[i], d->shard_hi[i], at);
     return 0;
 }
 

@@ -11,6 +11,8 @@
 #include "rng.h"
 #include "simd.h"
 
+int ops_cpu_threads(void) { return openblas_get_num_threads(); }
+
 /* ---- linear: Y = X W^T + b, W is [out, in] as in PyTorch; on a sequence
  * [T, C] each position is a row ---- */
 

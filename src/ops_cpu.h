@@ -11,6 +11,8 @@
 #define DB_OF(g, nd) ((g)->grads + (g)->param[(nd)->param[1]].offset)
 
 /* x = e^(x - shift) element-wise (fastmath.h); returns their sum. */
+/* OpenBLAS's threads: the compute threads of this rank */
+int ops_cpu_threads(void);
 float exp_shifted(float *restrict x, int n, float shift);
 
 /* Sums the rows of an n x N matrix into acc (overwritten unless add). */

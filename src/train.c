@@ -14,8 +14,20 @@
 #include "faults.h"
 #include "model.h"
 #include "observe.h"
+#include "ops_cpu.h"
 #include "paths.h"
 #include "straggler.h"
+
+/* ddp.fused_update = auto: on where the ranks and their BLAS threads fill
+ * the node's cores (the engine uses it only when every rank is on this node):
+ * there a collective overlapped with backward only takes turns with the GEMMs
+ * on the same cores, and reading the peers' gradients in place after backward
+ * moves fewer bytes (docs/PERFORMANCE.md). */
+static int fuse_update(const config_t *cfg, int ranks) {
+    if (cfg->fused_update != 0) return cfg->fused_update == 1;
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return (long)ranks * ops_cpu_threads() >= cores;
+}
 
 static int load_data(trainer_t *t, char *err, size_t errlen) {
     const config_t *c = &t->cfg;
@@ -300,7 +312,7 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
                                  .cuda_stream = device_stream(t->dev), .compress = (ddp_compress_t)cfg->compress,
                                  .powersgd_rank = cfg->powersgd_rank, .powersgd_start = cfg->powersgd_start,
                                  .seed = (uint64_t)cfg->seed, .tensors = tens, .ntensors = t->g->nparam,
-                                 .fuse = cfg->fused_update == 0};
+                                 .fuse = fuse_update(cfg, t->ranks)};
         const int rc = ddp_create(&t->ddp, comm, t->g->params, t->g->grads, t->g->nweights, t->g->nalloc, &o, err, errlen);
         free(tens);
         if (rc) return -1;
@@ -470,7 +482,7 @@ typedef struct {
 
 static void update_range(void *u, const float *grads, size_t lo, size_t hi, size_t state_at) {
     update_t *x = u;
-    optim_update(x->opt, x->params, grads, lo, hi, state_at, x->lr);
+    optim_update(x->opt, x->params + lo, grads, 0, hi - lo, state_at, x->lr);
 }
 
 /* One optimiser step: K micro-batches, gradient sync, update, gather.

@@ -9,9 +9,9 @@
 # bitwise the global mean); a wrong shard, bucket or scale gives errors of
 # order 1e-2 or more. ZeRO-1 against the same rank count without it must be
 # bitwise equal at 2 ranks (a sum of two terms does not depend on order), and
-# at any rank count with the fused update (ddp.fused_update = auto on one node:
-# means summed in rank order), which the runs here take unless they say off;
-# each run's metrics must name the path it took.
+# at 2 and 3 ranks between the fused update (ddp.fused_update, zero = 0 on one
+# node: means summed in rank order) and shared memory's collectives; each
+# run's metrics must name the path it took.
 # Ends with "N passed, N failed".
 set -u
 BUILD=${BUILD:-build}
@@ -31,8 +31,13 @@ train() { # OUT NP ARGS...: trains, writes final parameters to OUT
     shift 2
     timeout 120 $MPIRUN -np "$np" "$BUILD/bin/ddp-train" "${BASE[@]}" log.metrics="$TMP/m.jsonl" log.params="$out" "$@" \
         >"$TMP/log" 2>&1 || { echo "run failed: np=$np $*"; tail -5 "$TMP/log"; return 1; }
-    # the path the run took: fused on one node unless switched off or not possible
-    case " $* " in *fused_update=off*|*algorithm=ring*|*algorithm=rd*|*algorithm=native*) want=collectives ;; esac
+    # the path the run took: fused with zero = 0 on one node, where asked (on) or
+    # where the ranks fill the cores (auto; one BLAS thread each here)
+    case " $* " in
+    *zero=1*|*fused_update=off*|*algorithm=ring*|*algorithm=rd*|*algorithm=native*) want=collectives ;;
+    *fused_update=on*) ;;
+    *) [ "$np" -ge "$(getconf _NPROCESSORS_ONLN)" ] || want=collectives ;;
+    esac
     [ "$np" = 1 ] && want=
     got=$(tail -1 "$TMP/m.jsonl" | sed -n 's/.*"sync":"\([a-z]*\)".*/\1/p')
     [ "$got" = "$want" ] || { echo "np=$np $*: took '$got', expected '$want'" | tee "$TMP/cmp"; return 1; }
@@ -61,7 +66,7 @@ for opt in sgd adamw; do
         check "$opt np=$np overlap, 1 KiB buckets" "$ref" $TOL $np data.batch_size=$b ddp.bucket_mb=0.001 ddp.fused_update=off "${o[@]}"
         check "$opt np=$np no overlap" "$ref" $TOL $np data.batch_size=$b ddp.overlap=false ddp.fused_update=off "${o[@]}"
         check "$opt np=$np zero=1, 4 KiB buckets" "$ref" $TOL $np data.batch_size=$b ddp.zero=1 ddp.bucket_mb=0.004 ddp.fused_update=off "${o[@]}"
-        check "$opt np=$np zero=1, fused" "$ref" $TOL $np data.batch_size=$b ddp.zero=1 "${o[@]}"
+        check "$opt np=$np fused update" "$ref" $TOL $np data.batch_size=$b ddp.fused_update=on "${o[@]}"
     done
     check "$opt np=2 accumulate=2" "$ref" $TOL 2 data.batch_size=3 ddp.accumulate=2 "${o[@]}"
     check "$opt np=3 accumulate=2 zero=1" "$ref" $TOL 3 data.batch_size=2 ddp.accumulate=2 ddp.zero=1 "${o[@]}"
@@ -69,11 +74,11 @@ for opt in sgd adamw; do
     # ZeRO-1 against plain all-reduce at 2 ranks: bitwise
     train "$TMP/np2-$opt.bin" 2 data.batch_size=6 ddp.fused_update=off "${o[@]}" &&
         check "$opt np=2 zero=1 bitwise equals zero=0" "$TMP/np2-$opt.bin" 0 2 data.batch_size=6 ddp.zero=1 ddp.fused_update=off "${o[@]}"
-    # the fused update: ZeRO-1 bitwise equal to zero = 0 at 3 ranks, and both to
-    # the collectives at 2 (shared memory's average is (a + b) / 2 as well)
-    check "$opt np=2 fused bitwise equals the collectives" "$TMP/np2-$opt.bin" 0 2 data.batch_size=6 "${o[@]}"
-    train "$TMP/np3-$opt.bin" 3 data.batch_size=4 "${o[@]}" &&
-        check "$opt np=3 fused zero=1 bitwise equals zero=0" "$TMP/np3-$opt.bin" 0 3 data.batch_size=4 ddp.zero=1 "${o[@]}"
+    # the fused update's mean, (a + b) / 2 and ((a + b) + c) / 3, is shared
+    # memory's AVG: bitwise equal to the collectives at 2 and 3 ranks
+    check "$opt np=2 fused bitwise equals the collectives" "$TMP/np2-$opt.bin" 0 2 data.batch_size=6 ddp.fused_update=on "${o[@]}"
+    train "$TMP/np3-$opt.bin" 3 data.batch_size=4 ddp.fused_update=off "${o[@]}" &&
+        check "$opt np=3 fused bitwise equals the collectives" "$TMP/np3-$opt.bin" 0 3 data.batch_size=4 ddp.fused_update=on "${o[@]}"
 done
 # every algorithm gives the same model (ring, recursive doubling, MPI's own)
 for a in ring rd native; do

@@ -68,7 +68,10 @@ lose_rank() { # SIGNAL NEEDLE EXTRA...: starts a long 3-rank job, signals rank 1
     else no "rank 1 $sig: exit $rc after ${dt}s, wanted /$needle/ (started $((t1 - t0))s in)"; fi
 }
 lose_rank KILL "rank 1"
-lose_rank STOP "rank 1" ddp.timeout_s=5
+# (zero = 0 on one node: the fused update's barriers where ranks fill the
+# cores, as here; the bucketed collectives otherwise)
+lose_rank STOP "rank 1" ddp.timeout_s=5 ddp.fused_update=on
+lose_rank STOP "rank 1" ddp.timeout_s=5 ddp.fused_update=off
 
 # stop_named NAME RANK DELAY LIMIT NEEDLE -- MPIRUN ARGS...: starts a 3-rank job, stops
 # RANK once it runs (after DELAY s), and wants the job to end within LIMIT s naming it
