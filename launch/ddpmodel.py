@@ -243,11 +243,22 @@ def ready_times(profile, bks):
     return out
 
 
+def fused_update(cluster, cfg):
+    """Whether ddp-train averages zero = 0's gradients in its fused update (include/
+    ddp.h): every rank on one node, shared memory, no compression; ddp.fused_update
+    on, or auto where the ranks (one BLAS thread each) fill the cores."""
+    if cluster.p < 2 or cluster.n != 1 or cfg.get("zero") or cfg.get("compress", "none") != "none" or \
+            cfg.get("algorithm", "auto") not in ("auto", "shm"):
+        return False
+    mode = cfg.get("fused_update", "auto")
+    return mode == "on" or (mode == "auto" and cluster.cpu_ranks >= cluster.cores)
+
+
 def simulate(profile, cluster, cfg):
     """One step's timeline. profile: {"params", "forward_ms", "backward": [{"ms", "lo",
     "hi"}...] in execution order, "optimizer_ms", "data_ms"} measured at one rank;
-    cfg: {"overlap", "bucket_mb", "zero", "algorithm", "compress", "compute_scale"}.
-    Returns the figures in ms."""
+    cfg: {"overlap", "bucket_mb", "zero", "algorithm", "compress", "compute_scale",
+    "fused_update"}. Returns the figures in ms."""
     p = cluster.p
     scale = float(cfg.get("compute_scale", 1.0))
     fwd = profile["forward_ms"] * scale
@@ -260,6 +271,14 @@ def simulate(profile, cluster, cfg):
     width = 2 if compress != "none" else 4
     zc_ms = profile.get("compress_ms_per_mparam", 0.0) * profile["params"] / 1e6 if compress != "none" else 0.0
     bks = buckets(profile["params"], p, cfg.get("bucket_mb", 4.0), cfg.get("overlap", True))
+    if fused_update(cluster, cfg):
+        # after backward, each rank averages its shard from the peers' buffers and the
+        # optimiser reads the others' means in place: a two-shot all-reduce's bytes,
+        # with nothing beside it to share the cores with
+        comm = 1e3 * cluster.idle_time("allreduce", "shm", (bks[-1][1] - bks[0][0]) * 4)
+        compute = fwd + bwd + opt + data
+        return {"median_step_ms": compute + comm, "compute_ms": compute, "comm_ms": comm,
+                "exposed_comm_ms": comm, "wire_bytes": 0}
     ready = [r * scale for r in ready_times(profile, bks)] if cfg.get("overlap", True) else [bwd] * len(bks)
     kind = "reduce_scatter" if cfg.get("zero") else "allreduce"
     algo = cfg.get("algorithm", "auto")

@@ -47,6 +47,9 @@ struct ddp {
     float *mem_params, *mem_grads; /* ddp_share_buffers' coll_mem_alloc buffers, or NULL */
     /* fused update (ddp_update): every rank's gradient buffer mapped here, or NULL */
     float **peer_grads;
+    int fused_now; /* this step runs the fused update */
+    int alternate; /* DDP_FUSED_ALTERNATE set: the fused update on even steps only, the collectives on odd
+                      ones (an A/B within one run, so that both see the same phase of a noisy host) */
     float *acc;  /* FUSE_CHUNK floats: a chunk's sum before it is written back */
     int reading; /* fused, zero = 0: peers may still read this rank's gradients */
     size_t count, padded;
@@ -306,6 +309,8 @@ static void map_peer_grads(ddp_t *d) {
         return;
     }
     d->peer_grads = peers;
+    const char *alt = getenv("DDP_FUSED_ALTERNATE");
+    d->alternate = alt && *alt && strcmp(alt, "0");
     d->acc = acc;
 }
 
@@ -413,6 +418,7 @@ int ddp_backward_begin(ddp_t *d, int sync) {
         fused_barrier(d, "update");
         fused_spent(d, t0);
     }
+    d->fused_now = d->peer_grads && !(d->alternate && d->steps % 2);
     return d->failed ? -1 : 0;
 }
 
@@ -611,7 +617,7 @@ static coll_result_t finish(ddp_t *d, bucket_t *b) {
 void ddp_grad_ready(void *user, int param, size_t offset, size_t count) {
     ddp_t *d = user;
     (void)param;
-    if (d->peer_grads || !d->syncing || !d->opt.overlap || d->failed) return;
+    if (d->fused_now || !d->syncing || !d->opt.overlap || d->failed) return;
     const size_t frontier = offset + count;
     /* a bucket is complete when backward has passed its end (the padding
      * past the model's last parameter is always complete) */
@@ -720,7 +726,7 @@ static int fused_sync(ddp_t *d) {
 
 int ddp_update(ddp_t *d, ddp_update_fn update, void *u) {
     if (d->failed) return -1;
-    if (d->peer_grads) { /* each range's mean is in its owner's buffer (the all-gather, read in place) */
+    if (d->fused_now) { /* each range's mean is in its owner's buffer (the all-gather, read in place) */
         const size_t n = d->padded / (size_t)d->size;
         for (int q = 0; q < d->size; q++) update(u, d->peer_grads[q] + (size_t)q * n, (size_t)q * n, (size_t)(q + 1) * n, (size_t)q * n);
         d->reading = 1; /* until every rank is past this step (the next backward) */
@@ -734,7 +740,7 @@ int ddp_update(ddp_t *d, ddp_update_fn update, void *u) {
 
 int ddp_sync(ddp_t *d) {
     if (d->failed) return -1;
-    if (d->peer_grads) return fused_sync(d);
+    if (d->fused_now) return fused_sync(d);
     /* without overlap every bucket (one) starts here; launching counts as
      * exposed time since the caller is blocked in it all the same */
     const double t0 = now_s(), z0 = d->compress_ms;

@@ -144,6 +144,18 @@ int observe_finish(trainer_t *t, long first, char *err, size_t errlen) {
                              .compress = compress_name((compress_t)c->compress), .named = t->named,
                              .sync = !t->ddp ? NULL : ddp_fused(t->ddp) ? "fused" : "collectives"};
     if (c->profile && t->rank == 0) write_profile(t, med);
+    if (t->rank == 0 && t->ddp && ddp_fused(t->ddp) && getenv("DDP_FUSED_ALTERNATE") && ran > WARMUP_STEPS + 1) {
+        /* ddp.h: the fused update ran on this run's even steps, the collectives on its odd ones */
+        double *half = malloc((size_t)ran * sizeof *half);
+        for (int odd = 0; half && odd < 2; odd++) {
+            long n = 0;
+            for (long i = WARMUP_STEPS; i < ran; i++)
+                if ((i & 1) == odd) half[n++] = t->step_ms[i];
+            printf("%s %.3f ms", odd ? ", the collectives'" : "ddp-train: alternating: the fused update's median step", median_after(half, n, 0));
+        }
+        printf(" (%ld steps each)\n", (ran - WARMUP_STEPS) / 2);
+        free(half);
+    }
     metrics_done(&t->m, &d);
     if (t->rank == 0) {
         printf("ddp-train: %ld steps, median step %.3f ms", t->step, med);

@@ -114,6 +114,19 @@ class Timeline(unittest.TestCase):
         r = m.simulate(prof, m.Cluster(calib, 4, 4, "net"), {"overlap": True, "algorithm": "ring", "compute_scale": 2.0})
         self.assertLess(r["median_step_ms"], 2 * 28 + 0.1)
 
+    def test_fused_update(self):
+        # zero = 0 where 2 ranks fill 2 cores: the all-reduce's bytes (2 ms for 200
+        # floats) after the whole backward, with no progress thread beside the compute
+        r = m.simulate(two_layer_profile(), cluster(1.0, cores=2), {"overlap": True, "bucket_mb": MB_PER_100})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 2)
+        self.assertAlmostEqual(r["exposed_comm_ms"], 2.0)
+        self.assertEqual(r["wire_bytes"], 0)
+        # not with spare cores (auto), ZeRO-1, a named point-to-point algorithm, or off
+        for c, cfg in ((cluster(1.0, cores=8), {}), (cluster(1.0, cores=2), {"zero": 1}),
+                       (cluster(1.0, cores=2), {"algorithm": "ring"}), (cluster(1.0, cores=2), {"fused_update": "off"})):
+            self.assertFalse(m.fused_update(c, cfg), cfg)
+        self.assertTrue(m.fused_update(cluster(1.0, cores=8), {"fused_update": "on"}))
+
     def test_one_rank_has_no_communication(self):
         r = m.simulate(two_layer_profile(), cluster(1.0, ranks=1), {"overlap": True, "algorithm": "ring"})
         self.assertEqual(r["comm_ms"], 0.0)
