@@ -191,7 +191,7 @@ soak: deps
 SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress test_ddp_compress test_straggler test_coll
 test: deps
 	@$(MAKE) --no-print-directory all fuzz-build
-	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%)
+	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%) build-san/bin/ddp-train
 	@$(MAKE) --no-print-directory SAN=thread build-tsan/tests/test_coll
 	@BUILD=$(BUILD) tests/run-tests
 
