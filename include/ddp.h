@@ -176,6 +176,11 @@ typedef struct ddp_stats {
 ddp_stats_t ddp_last_stats(const ddp_t *d);
 /* 1: the fused update runs (opt.fuse, zero = 0, and ddp_share_buffers mapped every peer's buffer) */
 int ddp_fused(const ddp_t *d);
+/* With DDP_FUSED_ALTERNATE=1 in the environment the fused update runs in
+ * blocks of this many steps, the collectives in the blocks between: an A/B
+ * inside one run, so that both see the same phase of a noisy host (the first
+ * step of a block pays for the switch, and is left out of the comparison). */
+#define DDP_ALTERNATE_BLOCK 10
 
 /* Straggler probe of the last synchronised step (src/straggler.h): when this
  * rank launched the step's first gradient collective, counted back from when

@@ -48,8 +48,7 @@ struct ddp {
     /* fused update (ddp_update): every rank's gradient buffer mapped here, or NULL */
     float **peer_grads;
     int fused_now; /* this step runs the fused update */
-    int alternate; /* DDP_FUSED_ALTERNATE set: the fused update on even steps only, the collectives on odd
-                      ones (an A/B within one run, so that both see the same phase of a noisy host) */
+    int alternate; /* DDP_FUSED_ALTERNATE set: an A/B within one run (ddp.h) */
     float *acc;  /* FUSE_CHUNK floats: a chunk's sum before it is written back */
     int reading; /* fused, zero = 0: peers may still read this rank's gradients */
     size_t count, padded;
@@ -418,7 +417,7 @@ int ddp_backward_begin(ddp_t *d, int sync) {
         fused_barrier(d, "update");
         fused_spent(d, t0);
     }
-    d->fused_now = d->peer_grads && !(d->alternate && d->steps % 2);
+    d->fused_now = d->peer_grads && !(d->alternate && d->steps / DDP_ALTERNATE_BLOCK % 2);
     return d->failed ? -1 : 0;
 }
 

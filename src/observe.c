@@ -145,15 +145,17 @@ int observe_finish(trainer_t *t, long first, char *err, size_t errlen) {
                              .sync = !t->ddp ? NULL : ddp_fused(t->ddp) ? "fused" : "collectives"};
     if (c->profile && t->rank == 0) write_profile(t, med);
     if (t->rank == 0 && t->ddp && ddp_fused(t->ddp) && getenv("DDP_FUSED_ALTERNATE") && ran > WARMUP_STEPS + 1) {
-        /* ddp.h: the fused update ran on this run's even steps, the collectives on its odd ones */
+        /* ddp.h: blocks of the fused update, then of the collectives, in turn */
         double *half = malloc((size_t)ran * sizeof *half);
+        long n = 0;
         for (int odd = 0; half && odd < 2; odd++) {
-            long n = 0;
+            n = 0;
             for (long i = WARMUP_STEPS; i < ran; i++)
-                if ((i & 1) == odd) half[n++] = t->step_ms[i];
-            printf("%s %.3f ms", odd ? ", the collectives'" : "ddp-train: alternating: the fused update's median step", median_after(half, n, 0));
+                if (i / DDP_ALTERNATE_BLOCK % 2 == odd && i % DDP_ALTERNATE_BLOCK) half[n++] = t->step_ms[i];
+            printf("%s %.3f ms", odd ? ", the collectives'" : "ddp-train: alternating: the fused update's median step",
+                   median_after(half, n, 0));
         }
-        printf(" (%ld steps each)\n", (ran - WARMUP_STEPS) / 2);
+        printf(" (about %ld steps each)\n", n);
         free(half);
     }
     metrics_done(&t->m, &d);
