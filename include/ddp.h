@@ -181,6 +181,7 @@ int ddp_fused(const ddp_t *d);
  * inside one run, so that both see the same phase of a noisy host (the first
  * step of a block pays for the switch, and is left out of the comparison). */
 #define DDP_ALTERNATE_BLOCK 10
+int ddp_alternating(const ddp_t *d); /* 1: this run alternates so */
 
 /* Straggler probe of the last synchronised step (src/straggler.h): when this
  * rank launched the step's first gradient collective, counted back from when

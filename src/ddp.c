@@ -354,6 +354,7 @@ int ddp_size(const ddp_t *d) { return d->size; }
 const char *ddp_error(const ddp_t *d) { return d->err; }
 size_t ddp_shard_size(const ddp_t *d) { return d->shard_size; }
 int ddp_fused(const ddp_t *d) { return d->peer_grads != NULL; }
+int ddp_alternating(const ddp_t *d) { return d->alternate; }
 
 int ddp_shard(const ddp_t *d, const size_t **lo, const size_t **hi) {
     *lo = d->shard_lo;

@@ -144,7 +144,7 @@ int observe_finish(trainer_t *t, long first, char *err, size_t errlen) {
                              .compress = compress_name((compress_t)c->compress), .named = t->named,
                              .sync = !t->ddp ? NULL : ddp_fused(t->ddp) ? "fused" : "collectives"};
     if (c->profile && t->rank == 0) write_profile(t, med);
-    if (t->rank == 0 && t->ddp && ddp_fused(t->ddp) && getenv("DDP_FUSED_ALTERNATE") && ran > WARMUP_STEPS + 1) {
+    if (t->rank == 0 && t->ddp && ddp_alternating(t->ddp) && ran > WARMUP_STEPS + 1) {
         /* ddp.h: blocks of the fused update, then of the collectives, in turn */
         double *half = malloc((size_t)ran * sizeof *half);
         long n = 0;
