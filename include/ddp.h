@@ -110,7 +110,9 @@ void ddp_destroy(ddp_t *d); /* NULL-safe; before MPI_Finalize */
  * the caller's, and runs shm (auto's choice there). The caller copies its
  * contents over and uses them too; they live until ddp_destroy. 0; 1: not
  * shared (not useful here, or a rank could not); -1: this rank could not
- * allocate (ddp_error says why). The caller's buffers stay in use unless 0. */
+ * allocate (ddp_error says why). The caller's buffers stay in use unless 0.
+ * With opt.fuse and zero = 0 it also maps every peer's gradient buffer for
+ * the fused update (every rank, or none, keeps it). */
 int ddp_share_buffers(ddp_t *d, float **params, float **grads);
 int ddp_rank(const ddp_t *d);
 int ddp_size(const ddp_t *d);
