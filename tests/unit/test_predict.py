@@ -115,12 +115,19 @@ class Timeline(unittest.TestCase):
         self.assertLess(r["median_step_ms"], 2 * 28 + 0.1)
 
     def test_fused_update(self):
-        # zero = 0 where 2 ranks fill 2 cores: the all-reduce's bytes (2 ms for 200
-        # floats) after the whole backward, with no progress thread beside the compute
+        # zero = 0 where 2 ranks fill 2 cores: after the whole backward, the
+        # reduce-scatter half of the all-reduce's bytes (1 ms of its 2 for 200 floats;
+        # the optimiser reads the peers' means in place of the all-gather), with no
+        # progress thread beside the compute
         r = m.simulate(two_layer_profile(), cluster(1.0, cores=2), {"overlap": True, "bucket_mb": MB_PER_100})
-        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 2)
-        self.assertAlmostEqual(r["exposed_comm_ms"], 2.0)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 1)
+        self.assertAlmostEqual(r["exposed_comm_ms"], 1.0)
         self.assertEqual(r["wire_bytes"], 0)
+        # and its two barriers, one latency step each
+        c = cluster(1.0, cores=2)
+        c.local = dict(c.local, alpha=1e-4)
+        r = m.simulate(two_layer_profile(), c, {"overlap": True})
+        self.assertAlmostEqual(r["exposed_comm_ms"], 1.0 + 0.1 + 2 * 0.1)
         # not with spare cores (auto), ZeRO-1, a named point-to-point algorithm, or off
         for c, cfg in ((cluster(1.0, cores=8), {}), (cluster(1.0, cores=2), {"zero": 1}),
                        (cluster(1.0, cores=2), {"algorithm": "ring"}), (cluster(1.0, cores=2), {"fused_update": "off"})):
@@ -136,6 +143,21 @@ class Timeline(unittest.TestCase):
         r = m.simulate(two_layer_profile(), cluster(0.0), {"overlap": False, "algorithm": "ring",
                                                            "compute_scale": 2.0})
         self.assertAlmostEqual(r["median_step_ms"], 2 * (1 + 5 + 20 + 2))
+
+    def test_profile_of_the_median_run(self):
+        # repeats of the one-rank run: the profile is the median run's, so that the
+        # prediction at one rank is the measured median and not the first run's
+        def run(step_ms):
+            return [{"event": "profile_layer", "order": 0, "backward_ms": 1.0, "lo": 0, "hi": 10},
+                    {"event": "profile", "params": 10, "batch": 8, "forward_ms": 1.0, "backward_ms": 1.0,
+                     "optimizer_ms": 1.0, "data_ms": 1.0, "step_ms": step_ms}]
+        for steps, want in (([12.0, 8.0, 10.0], 10.0), ([9.0], 9.0), ([11.0, 7.0, 9.0, 13.0], 9.0)):
+            prof = m.median_profile([run(t) for t in steps])
+            got = prof["forward_ms"] + prof["optimizer_ms"] + prof["data_ms"] + sum(l["ms"] for l in prof["backward"])
+            self.assertAlmostEqual(got, want, msg=steps)
+            self.assertEqual(len(prof["backward"]), 1)
+        self.assertIsNone(m.median_profile([[{"event": "done"}]]))
+        self.assertIsNone(m.median_profile([]))
 
     def test_buckets_follow_the_engine(self):
         # padded to the ranks, bucket length a multiple of the ranks, one bucket without overlap
@@ -230,6 +252,14 @@ class Costs(unittest.TestCase):
         self.assertAlmostEqual(l["beta"], 8.0 / 2.5e9 / 0.9)  # the median efficiency (of two: the upper)
         self.assertEqual(l["alpha"], 40e-6)
         self.assertTrue(l["emulated"])
+        self.assertNotIn("cpu_s_per_byte", l)  # none calibrated: none made up
+        # the network stack's CPU work per byte, interpolated in log rate between the
+        # calibrated rates around it (constant beyond them)
+        calib["links"]["1gbit"]["cpu_s_per_byte"] = 2e-9
+        calib["links"]["10gbit"]["cpu_s_per_byte"] = 1e-9
+        self.assertAlmostEqual(m.link_for(calib, "2500mbit")["cpu_s_per_byte"], 2e-9 - 0.3979400 * 1e-9)
+        self.assertAlmostEqual(m.link_for(calib, "100mbit")["cpu_s_per_byte"], 2e-9)
+        self.assertAlmostEqual(m.link_for(calib, "40gbit")["cpu_s_per_byte"], 1e-9)
         self.assertIs(m.link_for(calib, "1gbit"), calib["links"]["1gbit"])
         real = m.link_for(calib, "400gbit", latency_us=2.0)
         self.assertEqual((real["alpha"], real["beta"]), (2e-6, 8.0 / 400e9))
