@@ -59,5 +59,12 @@ else
     no "scaling --predict"
 fi
 [ -s "$TMP/sc/efficiency.png" ] && ok "efficiency.png drawn" || no "efficiency.png"
+# strong scaling: the 2-rank point (batch 32 per rank) is predicted from a 1-rank profile at batch 32
+if launch/scaling --mode strong --ranks 1,2 --steps 40 --repeats 2 --predict "$TMP/calib.json" --out "$TMP/st" -- configs/bench-mlp1024.ini >"$TMP/out" 2>&1 &&
+    python3 -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); assert [x["batch_per_rank"] for x in r]==["64","32"] and all(float(x["predicted_step_ms"])>0 for x in r), r' "$TMP/st/results.csv"; then
+    ok "scaling --mode strong --predict: each batch per rank predicted"
+else
+    no "scaling --mode strong --predict"
+fi
 echo "predict-e2e: $P passed, $F failed"
 [ "$F" -eq 0 ]
