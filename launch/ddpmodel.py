@@ -440,7 +440,7 @@ def link_for(calib, name, latency_us=None):
         link["emulated"] = True
     # The network stack's work per byte does not depend on the rate; what a slower
     # link's calibration adds is its ranks polling while they wait on the wire
-    # (1 Gbit/s measured 2.4-3.4 ns per byte where 10 Gbit/s measured 1.2-1.4; with
+    # (1 Gbit/s measured 1.6-3.4 ns per byte where 10 Gbit/s measured 1.15-1.36; with
     # the interpolation between them a 2.5 Gbit/s 4-node point came out +24%). Without
     # it the step's CPU floor (emulated nodes) would vanish at this rate.
     cpu = [v["cpu_s_per_byte"] for _, v in known if isinstance(v.get("cpu_s_per_byte"), (int, float))]
