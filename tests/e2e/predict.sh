@@ -2,9 +2,10 @@
 # The step-time predictor end to end on one node (issue 15): launch/calibrate
 # (quick: one repeat, this node's link only), a ddp-train profile at one rank
 # (log.profile=true), launch/predict from both, and launch/scaling --predict
-# at 1 and 2 ranks (3 repeats). Checks the files and columns, that one rank is
-# predicted as its median repeat measured, and that 2 ranks land within 35% of the measurement (loose:
-# CI machines are noisy; docs/PREDICT.md has the measured errors).
+# at 1 and 2 ranks (3 repeats) and strong scaling. Checks the files and columns,
+# that one rank is predicted as its median repeat measured, and that 2 ranks land
+# within 35% of the measurement (loose: CI machines are noisy; docs/PREDICT.md has
+# the measured errors).
 set -u
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/../.."
