@@ -24,6 +24,9 @@ coll_tunables_t coll_tun = {
     .trace = 2000,
     .shm_chunk_bytes = 256 * 1024,
     .shm_oneshot_bytes = 16 * 1024,
+    .shm_cma = 1,
+    .shm_cma_min_bytes = 16384,
+    .shm_cma_max_bytes = (size_t)1 << 40,
     .node_size = 0,
     .hier_segment_bytes = 2 * 1024 * 1024,
 };
@@ -52,6 +55,9 @@ static const struct {
     {"COLL_TRACE", T_INT, &coll_tun.trace, 0, 1e7},
     {"COLL_SHM_CHUNK_BYTES", T_BYTES, &coll_tun.shm_chunk_bytes, 256, 1u << 30},
     {"COLL_SHM_ONESHOT_BYTES", T_BYTES, &coll_tun.shm_oneshot_bytes, 0, 1u << 30},
+    {"COLL_SHM_CMA", T_BOOL, &coll_tun.shm_cma, 0, 1},
+    {"COLL_SHM_CMA_MIN_BYTES", T_BYTES, &coll_tun.shm_cma_min_bytes, 0, 1e15},
+    {"COLL_SHM_CMA_MAX_BYTES", T_BYTES, &coll_tun.shm_cma_max_bytes, 0, 1e15},
     {"COLL_NODE_SIZE", T_INT, &coll_tun.node_size, 0, 1 << 20},
     {"COLL_HIER_SEGMENT_BYTES", T_BYTES, &coll_tun.hier_segment_bytes, 0, 1u << 30},
 };

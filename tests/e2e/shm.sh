@@ -1,7 +1,9 @@
 #!/bin/bash
 # Shared-memory collectives under faults (issue 11): a rank killed (kill -9) or
 # stopped (SIGSTOP) in the middle of a stream of shared-memory all-reduces at 3
-# ranks, and of hierarchical ones at 4 (2 emulated nodes of 2, COLL_NODE_SIZE).
+# ranks, of broadcasts and all-gathers at 2 (single copies between the ranks'
+# buffers), and of hierarchical all-reduces at 4 (2 emulated nodes of 2,
+# COLL_NODE_SIZE).
 # The survivors fail with COLL_ERR_TIMEOUT within the timeout, those waiting on
 # it directly naming it, and nothing is left behind in /dev/shm (the workspaces
 # are memfds, closed as soon as every peer has mapped them).
@@ -26,10 +28,10 @@ rank_pid() { # RANK: the pid of that rank of the running job
     done
 }
 
-lose() { # SIGNAL RANKS ALGO VICTIM NAMING: NAMING survivors must name VICTIM
-    local sig=$1 np=$2 algo=$3 v=$4 want=$5 before after
+lose() { # SIGNAL RANKS ALGO VICTIM NAMING [OP]: NAMING survivors must name VICTIM
+    local sig=$1 np=$2 algo=$3 v=$4 want=$5 op=${6:-allreduce} before after
     before=$(ls /dev/shm | sort)
-    COLL_TIMEOUT=3 COLL_NODE_SIZE=2 timeout 60 $MPIRUN -x COLL_TIMEOUT -x COLL_NODE_SIZE -np "$np" "$BUILD/bin/coll-bench" -a "$algo" $JOB -c 0 \
+    COLL_TIMEOUT=3 COLL_NODE_SIZE=2 timeout 60 $MPIRUN -x COLL_TIMEOUT -x COLL_NODE_SIZE -np "$np" "$BUILD/bin/coll-bench" -o "$op" -a "$algo" $JOB -c 0 \
         >"$TMP/out" 2>&1 &
     local job=$! victim=""
     for _ in $(seq 100); do victim=$(rank_pid "$v"); [ -n "$victim" ] && break; sleep 0.1; done
@@ -42,17 +44,22 @@ lose() { # SIGNAL RANKS ALGO VICTIM NAMING: NAMING survivors must name VICTIM
     sleep 0.5
     after=$(ls /dev/shm | sort)
     local named failed
-    named=$(grep -cE "no progress (from|on a (send to|receive from)) rank $v for 3.0 s" "$TMP/out")
+    # (a single copy from or to a killed rank's memory finds its process gone at once)
+    named=$(grep -cE "no progress (from|on a (send to|receive from)) rank $v (for 3.0 s|in a shared-memory .*: its process is gone)" "$TMP/out")
     failed=$(grep -c "COLL_ERR_TIMEOUT\|no progress" "$TMP/out")
     # (mpirun's own exit status says little with --enable-recovery: the survivors' words count)
     if [ -n "$victim" ] && [ "$named" -ge "$want" ] && [ "$failed" -ge $((np - 1)) ] && [ $dt -le 15 ] && [ "$before" = "$after" ]; then
-        ok "$algo, $np ranks: rank $v $sig mid-all-reduce: $named survivors named it (COLL_ERR_TIMEOUT) within ${dt}s, /dev/shm as before"
+        ok "$algo $op, $np ranks: rank $v $sig mid-call: $named survivors named it (COLL_ERR_TIMEOUT) within ${dt}s, /dev/shm as before"
     else
-        no "$algo, $np ranks: rank $v $sig: exit $rc after ${dt}s, named by $named survivors (want $want), $failed failure lines, /dev/shm: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
+        no "$algo $op, $np ranks: rank $v $sig: exit $rc after ${dt}s, named by $named survivors (want $want), $failed failure lines, /dev/shm: $(diff <(echo "$before") <(echo "$after") | tr '\n' ' ')"
     fi
 }
 lose KILL 3 shm 1 2
 lose STOP 3 shm 1 2
+# 2 ranks: broadcast and all-gather copy between the ranks' buffers (CMA)
+lose KILL 2 shm 1 1 broadcast
+lose STOP 2 shm 0 1 broadcast
+lose KILL 2 shm 0 1 allgather
 # hier: rank 2's node mate (shared memory) and its partner across the nodes
 # (rank 0) wait on it directly; rank 1 may wait on rank 3 first
 lose KILL 4 hier 2 2
