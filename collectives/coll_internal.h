@@ -28,6 +28,7 @@ typedef struct {
     size_t max_msg_bytes; /* COLL_MAX_MSG_BYTES: largest single MPI message */
     int spin;             /* COLL_SPIN: polls before a wait starts yielding */
     int spin_oversub;     /* COLL_SPIN_OVERSUBSCRIBED: the same, more ranks than cores */
+    int shm_spin_oversub; /* COLL_SHM_SPIN_OVERSUBSCRIBED: the same in shared-memory waits */
     int trace;            /* COLL_TRACE: flight recorder entries per comm, 0 = off */
     size_t shm_chunk_bytes;   /* COLL_SHM_CHUNK_BYTES: a shared-memory round's region */
     size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
