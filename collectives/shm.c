@@ -64,7 +64,7 @@ enum { F_COPIED, F_REDUCED, F_DONE, F_NUM };
 typedef struct {
     int32_t in_fd, out_fd;
     uint64_t in_id, out_id, in_bytes, out_bytes, in_off, out_off;
-    uint64_t user; /* a broadcast's buffer, at this address in its owner (single copy) */
+    uint64_t user; /* a 2-rank round's buffer, at this address in its owner (pair_begin) */
 } shm_desc_t;
 
 typedef struct {
@@ -547,7 +547,7 @@ static coll_result_t cma_copy(coll_ctx_t *ctx, int q, char *local, uint64_t remo
     return COLL_SUCCESS;
 }
 
-/* Single copies between the two ranks' buffers (broadcast_cma): with a
+/* Single copies between the two ranks' buffers (broadcast_pair): with a
  * core each, above 16 KiB (at 8 KiB the workspace took 1.0 us, this 2.4) */
 static int use_cma(const coll_ctx_t *ctx, size_t bytes) {
     return ctx->shm->cma && ctx->shm->P == 2 && !ctx->comm->oversubscribed && bytes > coll_tun.shm_cma_min_bytes &&
