@@ -270,10 +270,14 @@ def simulate(profile, cluster, cfg):
         # reduce-scatter's bytes) between two barriers, with nothing beside it to
         # share the cores with; the all-gather's copy never happens: the optimiser
         # reads the others' means where they are (measured: 0.69-0.88 ms exposed at
-        # 2 ranks for bench-mlp1024, where the whole two-shot all-reduce is 1.3 ms)
-        comm = 1e3 * (cluster.idle_time("reduce_scatter", "shm", (bks[-1][1] - bks[0][0]) * 4) +
-                      2 * cluster.local["alpha"])
-        compute = fwd + bwd + opt + data
+        # 2 ranks for bench-mlp1024, where the whole two-shot all-reduce is 1.3 ms).
+        # Those reads are the all-gather's bytes from the peers' caches, inside the
+        # optimiser: ddp-train's log.profile put its optimiser at 0.89-1.07 ms at 2
+        # ranks against 0.70-0.79 ms alone (bench-mlp1024, 2026-12-06 17:16 UTC),
+        # where the shm all-gather of its 7.5 MB is calibrated at 0.23 ms.
+        nbytes = (bks[-1][1] - bks[0][0]) * 4
+        comm = 1e3 * (cluster.idle_time("reduce_scatter", "shm", nbytes) + 2 * cluster.local["alpha"])
+        compute = fwd + bwd + opt + data + 1e3 * cluster.idle_time("allgather", "shm", nbytes)
         return {"median_step_ms": compute + comm, "compute_ms": compute, "comm_ms": comm,
                 "exposed_comm_ms": comm, "wire_bytes": 0}
     ready = [r * scale for r in ready_times(profile, bks)] if cfg.get("overlap", True) else [bwd] * len(bks)

@@ -116,11 +116,12 @@ class Timeline(unittest.TestCase):
 
     def test_fused_update(self):
         # zero = 0 where 2 ranks fill 2 cores: after the whole backward, the
-        # reduce-scatter half of the all-reduce's bytes (1 ms of its 2 for 200 floats;
-        # the optimiser reads the peers' means in place of the all-gather), with no
-        # progress thread beside the compute
+        # reduce-scatter half of the all-reduce's bytes (1 ms of its 2 for 200 floats),
+        # with no progress thread beside the compute; the optimiser reads the peers'
+        # means in place of the all-gather: its bytes (1 ms) are the optimiser's
         r = m.simulate(two_layer_profile(), cluster(1.0, cores=2), {"overlap": True, "bucket_mb": MB_PER_100})
-        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 1)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 1 + 1)
+        self.assertAlmostEqual(r["compute_ms"], 1 + 5 + 20 + 2 + 1)
         self.assertAlmostEqual(r["exposed_comm_ms"], 1.0)
         self.assertEqual(r["wire_bytes"], 0)
         # and its two barriers, one latency step each
