@@ -33,8 +33,8 @@ typedef struct {
     size_t shm_chunk_bytes;   /* COLL_SHM_CHUNK_BYTES: a shared-memory round's region */
     size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
     int shm_cma;              /* COLL_SHM_CMA: single copies between ranks where allowed */
-    size_t shm_cma_min_bytes; /* COLL_SHM_CMA_MIN_BYTES / _MAX_BYTES: 2-rank broadcast and all-gather */
-    size_t shm_cma_max_bytes; /* above min, up to max, copy between the ranks' buffers */
+    size_t shm_cma_min_bytes; /* COLL_SHM_CMA_MIN_BYTES: 2-rank broadcast and all-gather above it copy
+                                 between the ranks' buffers */
     int node_size;            /* COLL_NODE_SIZE: ranks per node for `hier` (0: the real nodes) */
     size_t hier_segment_bytes; /* COLL_HIER_SEGMENT_BYTES: hier all-reduce pipeline segment, 0 = none */
 } coll_tunables_t;

@@ -550,8 +550,7 @@ static coll_result_t cma_copy(coll_ctx_t *ctx, int q, char *local, uint64_t remo
 /* Single copies between the two ranks' buffers (broadcast_pair): with a
  * core each, above 16 KiB (at 8 KiB the workspace took 1.0 us, this 2.4) */
 static int use_cma(const coll_ctx_t *ctx, size_t bytes) {
-    return ctx->shm->cma && ctx->shm->P == 2 && !ctx->comm->oversubscribed && bytes > coll_tun.shm_cma_min_bytes &&
-           bytes <= coll_tun.shm_cma_max_bytes;
+    return ctx->shm->cma && ctx->shm->P == 2 && !ctx->comm->oversubscribed && bytes > coll_tun.shm_cma_min_bytes;
 }
 
 /* Starts a 2-rank round whose data stays in the ranks' buffers: publishes

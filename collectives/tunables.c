@@ -27,7 +27,6 @@ coll_tunables_t coll_tun = {
     .shm_oneshot_bytes = 16 * 1024,
     .shm_cma = 1,
     .shm_cma_min_bytes = 16384,
-    .shm_cma_max_bytes = (size_t)1 << 40,
     .node_size = 0,
     .hier_segment_bytes = 2 * 1024 * 1024,
 };
@@ -59,7 +58,6 @@ static const struct {
     {"COLL_SHM_ONESHOT_BYTES", T_BYTES, &coll_tun.shm_oneshot_bytes, 0, 1u << 30},
     {"COLL_SHM_CMA", T_BOOL, &coll_tun.shm_cma, 0, 1},
     {"COLL_SHM_CMA_MIN_BYTES", T_BYTES, &coll_tun.shm_cma_min_bytes, 0, 1e15},
-    {"COLL_SHM_CMA_MAX_BYTES", T_BYTES, &coll_tun.shm_cma_max_bytes, 0, 1e15},
     {"COLL_NODE_SIZE", T_INT, &coll_tun.node_size, 0, 1 << 20},
     {"COLL_HIER_SEGMENT_BYTES", T_BYTES, &coll_tun.hier_segment_bytes, 0, 1u << 30},
 };

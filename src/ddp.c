@@ -87,7 +87,7 @@ struct ddp {
 };
 
 static int fused_barrier(ddp_t *d, const char *what);
-static void fused_spent(ddp_t *d, double t0);
+static double fused_spent(ddp_t *d, double t0);
 
 static int fail(ddp_t *d, const char *what, coll_result_t rc) {
     snprintf(d->err, sizeof d->err, "%s: %s (%s)", what, coll_last_error(d->comm), coll_strerror(rc));
@@ -418,8 +418,7 @@ int ddp_backward_begin(ddp_t *d, int sync) {
         const double t0 = now_s();
         d->reading = 0;
         fused_barrier(d, "update");
-        fused_spent(d, t0);
-        d->update_wait = now_s() - t0;
+        d->update_wait = fused_spent(d, t0);
     }
     d->fused_now = d->peer_grads && !(d->alternate && d->steps / DDP_ALTERNATE_BLOCK % 2);
     return d->failed ? -1 : 0;
@@ -710,10 +709,12 @@ static int fused_barrier(ddp_t *d, const char *what) {
     return 0;
 }
 
-static void fused_spent(ddp_t *d, double t0) {
-    const double ms = 1e3 * (now_s() - t0);
-    d->exposed_ms += ms; /* nothing overlaps it */
-    d->comm_ms += ms;
+/* Charges the fused update's time since t0 (nothing overlaps it); returns it in seconds. */
+static double fused_spent(ddp_t *d, double t0) {
+    const double s = now_s() - t0;
+    d->exposed_ms += 1e3 * s;
+    d->comm_ms += 1e3 * s;
+    return s;
 }
 
 /* Every gradient is final everywhere; each rank averages its 1/P in place
