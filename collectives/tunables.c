@@ -15,7 +15,10 @@ coll_tunables_t coll_tun = {
     .check = 0,
     .timeout = 0.0,
     .chunk_bytes = 2 * 1024 * 1024,
-    .net_chunk_bytes = 256 * 1024,
+    /* under Open MPI's TCP eager limit (64 KiB with its header): a larger
+     * chunk's rendezvous waits for the peer's progress thread and its reply
+     * queues behind bulk data (docs/COLLECTIVES.md) */
+    .net_chunk_bytes = 60 * 1024,
     .depth = 4,
     .rd_max_bytes = 0, /* 0: per-rank-count table in select.c */
     .max_msg_bytes = (size_t)1 << 30,
