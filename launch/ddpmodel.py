@@ -134,6 +134,9 @@ class Cluster:
         # the nodes are emulated on one machine (launch/vcluster)
         self.emulated = nodes > 1 and bool(self.net.get("emulated"))
         self.cpu_ranks = ranks if self.emulated else self.local_n
+        # tbf's token bucket on each node's emulated link (launch/vcluster): bytes that
+        # pass at once after the link has been idle long enough to refill it
+        self.burst = float(self.net.get("burst_bytes", 0.0)) if self.emulated else 0.0
 
     def threads_per_core(self):
         """Busy threads per core while a step overlaps: each rank's compute thread and
@@ -165,6 +168,22 @@ class Cluster:
     def time(self, kind, algo, nbytes):
         """Seconds of one collective of nbytes on this cluster, in a training step."""
         return self.idle_time(kind, algo, nbytes) * self.comm_slowdown()
+
+    def link_bytes(self, kind, algo, nbytes):
+        """(bytes a node's link carries each way, seconds per such byte at its rate) for
+        a collective whose wire time an emulated link's token bucket can shorten: the
+        flat algorithms across nodes (L ranks' wire bytes through the node's link, as
+        _shared counts them). (0, 0) otherwise: one node, or hier, whose cross-node
+        stage overlaps its node stages (not modelled)."""
+        if not self.burst or self.p == 1 or nbytes == 0:
+            return 0.0, 0.0
+        if algo == "auto":
+            algo = auto_algorithm(kind, self.p, self.n, nbytes)
+        if algo == "hier" and kind == "allreduce" and self.local_n > 1:
+            return 0.0, 0.0
+        flat = "ring" if algo in ("shm", "hier") else algo
+        wire = coefficients(kind, flat, self.p, nbytes)[1]
+        return wire * self.local_n, link_beta(self.net, nbytes)
 
     def idle_time(self, kind, algo, nbytes):
         """The same with nothing else running."""
@@ -237,6 +256,32 @@ def ready_times(profile, bks):
     return out
 
 
+class _TokenBucket:
+    """An emulated link's tbf bucket through one step: it fills at the link's rate
+    while the link is idle, up to `size` bytes, and a transfer's first bytes up to its
+    level pass at once (veth has no rate of its own), so that transfer is shorter by
+    those bytes' time at the rate. Times in ms on the step's clock."""
+
+    def __init__(self, cluster, level=None, free_at=float("-inf")):
+        self.cluster, self.size = cluster, cluster.burst
+        self.level = self.size if level is None else level
+        self.free_at = free_at
+
+    def spend(self, kind, algo, nbytes, start):
+        """ms a collective starting at `start` saves on the bucket's bytes."""
+        link, beta = self.cluster.link_bytes(kind, algo, nbytes)
+        if not self.size or not link or not beta:
+            return 0.0
+        idle = max(0.0, start - self.free_at)
+        self.level = min(self.size, self.level + 1e-3 * idle / beta)
+        used = min(self.level, link)
+        self.level -= used
+        return 1e3 * used * beta
+
+    def busy_until(self, end):
+        self.free_at = end
+
+
 def fused_update(cluster, cfg):
     """Whether ddp-train averages zero = 0's gradients in its fused update (include/
     ddp.h): every rank on one node, shared memory, no compression; ddp.fused_update
@@ -283,20 +328,39 @@ def simulate(profile, cluster, cfg):
     ready = [r * scale for r in ready_times(profile, bks)] if cfg.get("overlap", True) else [bwd] * len(bks)
     kind = "reduce_scatter" if cfg.get("zero") else "allreduce"
     algo = cfg.get("algorithm", "auto")
-    done, comm = 0.0, 0.0
-    for (lo, hi), r in zip(bks, ready):
-        c = 1e3 * cluster.time(kind, algo, (hi - lo) * width)
-        start = max(r, done)
-        done = start + c
-        comm += c
-    sync_end = max(bwd, done) if p > 1 else bwd
-    gather = 0.0
-    if cfg.get("zero") and p > 1:
-        galgo = "ring" if algo == "rd" else algo  # recursive doubling has no all-gather model here
-        gather = sum(1e3 * cluster.time("allgather", galgo, (hi - lo) * 4) for lo, hi in bks)
-        comm += gather
+    galgo = "ring" if algo == "rd" else algo  # recursive doubling has no all-gather model here
+    zero = cfg.get("zero") and p > 1
+
+    def timeline(bucket):
+        """(step, comm, sync_end, gather) from the start of backward (ms), the link's
+        token bucket carried through the step's collectives in order."""
+        done, comm = 0.0, 0.0
+        for (lo, hi), r in zip(bks, ready):
+            start = max(r, done)
+            c = 1e3 * cluster.time(kind, algo, (hi - lo) * width) - bucket.spend(kind, algo, (hi - lo) * width, start)
+            done = start + c
+            bucket.busy_until(done)
+            comm += c
+        sync_end = max(bwd, done) if p > 1 else bwd
+        gather, at = 0.0, sync_end + zc_ms * scale + opt
+        if zero:
+            for lo, hi in bks:
+                g = 1e3 * cluster.time("allgather", galgo, (hi - lo) * 4) - bucket.spend("allgather", galgo, (hi - lo) * 4, at)
+                at += g
+                gather += g
+                bucket.busy_until(at)
+            comm += gather
+        return data + fwd + sync_end + zc_ms * scale + opt + gather, comm, sync_end, gather
+
+    bucket = _TokenBucket(cluster)
+    step, comm, sync_end, gather = timeline(bucket)
+    if cluster.burst:
+        # the steady state: this step's bucket starts as the last one left it, refilled
+        # over the link's idle time to the step's end and through data and forward (the
+        # last transfer's end, on the next step's clock, is one step earlier)
+        bucket = _TokenBucket(cluster, bucket.level, bucket.free_at - step)
+        step, comm, sync_end, gather = timeline(bucket)
     compute = fwd + bwd + opt + data + zc_ms * scale
-    step = data + fwd + sync_end + zc_ms * scale + opt + gather
     # Overlapped communication is hidden only where the progress thread has a core
     # to itself; on one node its copies are CPU work that otherwise pre-empts the
     # compute thread and lengthens the step by that much (ddp-train counts it as
@@ -450,7 +514,21 @@ def link_for(calib, name, latency_us=None):
     cpu = [v["cpu_s_per_byte"] for _, v in known if isinstance(v.get("cpu_s_per_byte"), (int, float))]
     if cpu:
         link["cpu_s_per_byte"] = min(cpu)
+    # tbf's burst, as launch/vcluster sets it, is the same time at every rate
+    bursts = sorted(v["burst_bytes"] / r for r, v in known if isinstance(v.get("burst_bytes"), (int, float)))
+    if bursts:
+        link["burst_bytes"] = bursts[len(bursts) // 2] * bits
     return link
+
+
+def tc_burst_bytes(text):
+    """The burst of the first tbf qdisc in `tc qdisc show` output, in bytes (tc writes
+    b, Kb, Mb or Gb in powers of 1024); None where there is none."""
+    import re
+    m = re.search(r"qdisc tbf .*?burst ([0-9.]+)(b|Kb|Mb|Gb)\b", text)
+    if not m:
+        return None
+    return int(round(float(m.group(1)) * {"b": 1, "Kb": 1 << 10, "Mb": 1 << 20, "Gb": 1 << 30}[m.group(2)]))
 
 
 def _log_interp(points, x):

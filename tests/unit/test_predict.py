@@ -114,6 +114,39 @@ class Timeline(unittest.TestCase):
         r = m.simulate(prof, m.Cluster(calib, 4, 4, "net"), {"overlap": True, "algorithm": "ring", "compute_scale": 2.0})
         self.assertLess(r["median_step_ms"], 2 * 28 + 0.1)
 
+    def test_tbf_burst(self):
+        # an emulated link's token bucket (tbf's burst, 200 bytes here) fills while the
+        # link is idle, and that many bytes then pass at once: each 100-float bucket
+        # (400 bytes, 1 ms at the rate) starts after an idle link and saves 0.5 ms
+        net = {"alpha": 0.0, "beta": 1e-3 / 400.0, "emulated": True, "burst_bytes": 200}
+        calib = {"links": {"local": {"alpha": 0.0, "beta": 0.0}, "net": net}, "cores": 8}
+        cfg = {"overlap": True, "bucket_mb": MB_PER_100, "algorithm": "ring"}
+        r = m.simulate(two_layer_profile(), m.Cluster(calib, 2, 2, "net"), cfg)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20.5 + 2)
+        self.assertAlmostEqual(r["comm_ms"], 1.0)
+        # back to back, the second bucket finds the tokens spent: 30 ms a bucket, the
+        # first (ready at 10) saves 15 and is done at 25, the second takes the full 30
+        slow = dict(net, beta=30e-3 / 400.0)
+        r = m.simulate(two_layer_profile(), m.Cluster(dict(calib, links=dict(calib["links"], net=slow)), 2, 2, "net"),
+                       cfg)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 10 + 15 + 30 + 2)
+        # ZeRO-1: each reduce-scatter (200 bytes) passes whole on the refilled bucket; the
+        # first all-gather too (the optimiser's 1 ms refills it), the second pays 0.5 ms
+        r = m.simulate(two_layer_profile(), m.Cluster(calib, 2, 2, "net"), dict(cfg, zero=1))
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 1 + 0.5)
+        # a real cluster's link (not emulated) has no such bucket
+        real = dict(net, emulated=False)
+        r = m.simulate(two_layer_profile(), m.Cluster(dict(calib, links=dict(calib["links"], net=real)), 2, 2, "net"),
+                       cfg)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 21 + 2)
+
+    def test_tc_burst(self):
+        self.assertEqual(m.tc_burst_bytes("qdisc tbf 8310: root refcnt 3 rate 10Gbit burst 4998750b lat 20ms"),
+                         4998750)
+        self.assertEqual(m.tc_burst_bytes("qdisc tbf 1: root rate 1Mbit burst 64Kb lat 20.0ms"), 65536)
+        self.assertEqual(m.tc_burst_bytes("qdisc tbf 1: root rate 1Gbit burst 2Mb lat 20.0ms"), 2 << 20)
+        self.assertIsNone(m.tc_burst_bytes("qdisc noqueue 0: dev lo root refcnt 2"))
+
     def test_fused_update(self):
         # zero = 0 where 2 ranks fill 2 cores: after the whole backward, the
         # reduce-scatter half of the all-reduce's bytes (1 ms of its 2 for 200 floats),
@@ -254,6 +287,11 @@ class Costs(unittest.TestCase):
         self.assertEqual(l["alpha"], 40e-6)
         self.assertTrue(l["emulated"])
         self.assertNotIn("cpu_s_per_byte", l)  # none calibrated: none made up
+        self.assertNotIn("burst_bytes", l)
+        # tbf's burst is the same time at every rate (launch/vcluster: 4 ms of traffic)
+        calib["links"]["1gbit"]["burst_bytes"] = 500000
+        calib["links"]["10gbit"]["burst_bytes"] = 5000000
+        self.assertAlmostEqual(m.link_for(calib, "2500mbit")["burst_bytes"], 1250000)
         # the network stack's CPU work per byte: the least of the calibrated rates'
         # (the slower links' figures also hold their ranks' polling while they wait)
         calib["links"]["1gbit"]["cpu_s_per_byte"] = 2e-9
