@@ -445,6 +445,9 @@ def predict(calib, profile, ranks, nodes, link_class, cfg):
     return r
 
 
+# a link's optional figures the model reads (launch/calibrate writes them)
+LINK_FIGURES = ("burst_bytes", "cpu_s_per_byte")
+
 CALIB_KEYS = {"version", "machine", "date", "cores", "gamma", "links", "compute_scale", "compress_ms_per_mparam", "notes"}
 
 
@@ -470,6 +473,10 @@ def load_calibration(path):
         for k in ("alpha", "beta"):
             if not isinstance(link, dict) or not isinstance(link.get(k), (int, float)):
                 raise ModelError("%s: links.%s has no number '%s'" % (path, name, k))
+        for k in LINK_FIGURES:
+            v = link.get(k, 0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ModelError("%s: links.%s: '%s' must be a number >= 0 (got %r)" % (path, name, k, v))
     return c
 
 

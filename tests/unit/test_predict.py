@@ -356,6 +356,17 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 2)
         self.assertIn("unknown key 'bogus'", err)
 
+    def test_bad_link_number(self):
+        # an optional figure of a link that is not a non-negative number is named, not a traceback
+        for bad in ("lots", -1):
+            with open(self.calib, "w") as f:
+                json.dump({"links": {"local": {"alpha": 1, "beta": 1},
+                                     "1gbit": {"alpha": 1, "beta": 1, "emulated": True, "burst_bytes": bad}}}, f)
+            rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2",
+                                          "--rate", "1gbit")
+            self.assertEqual(rc, 2, err)
+            self.assertIn("links.1gbit: 'burst_bytes' must be a number >= 0", err)
+
     def test_link_not_calibrated(self):
         rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2",
                                       "--rate", "10gbit")
