@@ -169,6 +169,16 @@ class Cluster:
         """Seconds of one collective of nbytes on this cluster, in a training step."""
         return self.idle_time(kind, algo, nbytes) * self.comm_slowdown()
 
+    def across(self, kind, algo, nbytes):
+        """The algorithm a collective runs across nodes: "hier" (an all-reduce with
+        several ranks on each node), else the flat one (hier otherwise, and shm, fall
+        back to the ring: collectives/select.c)."""
+        if algo == "auto":
+            algo = auto_algorithm(kind, self.p, self.n, nbytes)
+        if algo == "hier" and kind == "allreduce" and self.local_n > 1:
+            return "hier"
+        return "ring" if algo in ("shm", "hier") else algo
+
     def link_bytes(self, kind, algo, nbytes):
         """(bytes a node's link carries each way, seconds per such byte at its rate) for
         a collective whose wire time an emulated link's token bucket can shorten: the
@@ -177,42 +187,36 @@ class Cluster:
         stage overlaps its node stages (not modelled)."""
         if not self.burst or self.p == 1 or nbytes == 0:
             return 0.0, 0.0
-        if algo == "auto":
-            algo = auto_algorithm(kind, self.p, self.n, nbytes)
-        if algo == "hier" and kind == "allreduce" and self.local_n > 1:
+        algo = self.across(kind, algo, nbytes)
+        if algo == "hier":
             return 0.0, 0.0
-        flat = "ring" if algo in ("shm", "hier") else algo
-        wire = coefficients(kind, flat, self.p, nbytes)[1]
-        return wire * self.local_n, link_beta(self.net, nbytes)
+        return coefficients(kind, algo, self.p, nbytes)[1] * self.local_n, link_beta(self.net, nbytes)
 
     def idle_time(self, kind, algo, nbytes):
         """The same with nothing else running."""
         p, n, L = self.p, self.n, self.local_n
-        if algo == "auto":
-            algo = auto_algorithm(kind, p, n, nbytes)
         if p == 1 or nbytes == 0:
             return 0.0
         if n == 1:  # hier on one node runs shm (collectives/select.c)
+            if algo == "auto":
+                algo = auto_algorithm(kind, p, n, nbytes)
             return collective_time(kind, "shm" if algo == "hier" else algo, p, nbytes, self.local, self.gamma)
+        algo = self.across(kind, algo, nbytes)
         if algo == "hier":
-            if kind != "allreduce" or L == 1:
-                algo = "ring"
-            else:
-                # shm reduce-scatter and all-gather inside the node, and every node
-                # rank's shard all-reduced across nodes at once: L shards share the link.
-                # Above HIER_SEGMENT_BYTES the stages overlap segment by segment
-                # (collectives/hier.c): the longer of the two, plus one segment of the other.
-                inside = collective_time("reduce_scatter", "shm", L, nbytes, self.local, self.gamma) + \
-                    collective_time("allgather", "shm", L, nbytes, self.local, 0.0)
-                shared = _shared(self.net, L)
-                segs = max(1, -(-int(nbytes) // HIER_SEGMENT_BYTES))
-                across = segs * collective_time("allreduce", "ring", n, nbytes / segs / L, shared, self.gamma)
-                if segs == 1:
-                    return inside + across
-                return max(inside, across) + min(inside, across) / segs
+            # shm reduce-scatter and all-gather inside the node, and every node
+            # rank's shard all-reduced across nodes at once: L shards share the link.
+            # Above HIER_SEGMENT_BYTES the stages overlap segment by segment
+            # (collectives/hier.c): the longer of the two, plus one segment of the other.
+            inside = collective_time("reduce_scatter", "shm", L, nbytes, self.local, self.gamma) + \
+                collective_time("allgather", "shm", L, nbytes, self.local, 0.0)
+            shared = _shared(self.net, L)
+            segs = max(1, -(-int(nbytes) // HIER_SEGMENT_BYTES))
+            across = segs * collective_time("allreduce", "ring", n, nbytes / segs / L, shared, self.gamma)
+            if segs == 1:
+                return inside + across
+            return max(inside, across) + min(inside, across) / segs
         # a flat algorithm across nodes: every step crosses a link shared by L ranks
-        shared = _shared(self.net, L)
-        return collective_time(kind, "ring" if algo == "shm" else algo, p, nbytes, shared, self.gamma)
+        return collective_time(kind, algo, p, nbytes, _shared(self.net, L), self.gamma)
 
 
 def _shared(link, ranks):
