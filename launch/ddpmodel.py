@@ -11,6 +11,7 @@ Three parts, each usable alone:
 Pure Python (no numpy): the fits are two-parameter least squares.
 """
 import math
+import re
 
 # libcoll's auto thresholds (collectives/select.c): recursive doubling up to these
 # bytes, the ring above; hier across nodes with several ranks each.
@@ -273,8 +274,8 @@ class _TokenBucket:
 
     def spend(self, kind, algo, nbytes, start):
         """ms a collective starting at `start` saves on the bucket's bytes."""
-        link, beta = self.cluster.link_bytes(kind, algo, nbytes)
-        if not self.size or not link or not beta:
+        link, beta = self.cluster.link_bytes(kind, algo, nbytes)  # (0, 0) without a bucket
+        if not link or not beta:
             return 0.0
         idle = max(0.0, start - self.free_at)
         self.level = min(self.size, self.level + 1e-3 * idle / beta)
@@ -486,7 +487,6 @@ def load_calibration(path):
 
 def rate_bits(name):
     """'10gbit' -> 1e10 bits/s (tc's units: bit, kbit, mbit, gbit); None if not a rate."""
-    import re
     m = re.fullmatch(r"([0-9.]+)(k|m|g|)bit", str(name).strip().lower())
     if not m:
         return None
@@ -535,7 +535,6 @@ def link_for(calib, name, latency_us=None):
 def tc_burst_bytes(text):
     """The burst of the first tbf qdisc in `tc qdisc show` output, in bytes (tc writes
     b, Kb, Mb or Gb in powers of 1024); None where there is none."""
-    import re
     m = re.search(r"qdisc tbf .*?burst ([0-9.]+)(b|Kb|Mb|Gb)\b", text)
     if not m:
         return None
