@@ -75,6 +75,7 @@ then
     ok "scaling --predict: predicted_step_ms, predicted_efficiency and error beside the measurement"
 else
     no "scaling --predict"
+    python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); l=c["links"]["local"]; print("    calibration: compute_scale %s, local alpha %.2g s beta %.3g s/B" % (c["compute_scale"], l["alpha"], l["beta"]))' "$TMP/calib.json"
 fi
 [ -s "$TMP/sc/efficiency.png" ] && ok "efficiency.png drawn" || no "efficiency.png"
 # strong scaling: the 2-rank point (batch 32 per rank) is predicted from a 1-rank profile at batch 32
