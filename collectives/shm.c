@@ -55,6 +55,7 @@
 #define EAGER_SLOTS 16
 #define EAGER_BYTES 4096
 #define NT_MIN_BYTES ((size_t)4 << 20)
+#define KEEP_PIECE_BYTES ((size_t)16 << 10)
 
 enum { F_COPIED, F_REDUCED, F_DONE, F_NUM };
 
@@ -283,6 +284,20 @@ static void reduce_srcs(const coll_args_t *a, void *dst, const char *const *src,
     coll_reduce_last(a->dtype, op, dst, P == 2 ? src[0] : dst, src[P - 1], n, P);
 }
 
+/* reduce_srcs into a workspace shard for the peers, copying each piece to
+ * this rank's output while it is still in L1 (rather than reading the
+ * whole shard back from L2/L3 with the peers' shards). */
+static void reduce_keep(const coll_args_t *a, char *shard, char *out, const char *const *src, int P, size_t n) {
+    const size_t es = coll_dtype_size(a->dtype), per = KEEP_PIECE_BYTES / es;
+    const char *at[MAX_RANKS];
+    for (size_t i = 0; i < n; i += per) {
+        const size_t k = n - i < per ? n - i : per;
+        for (int q = 0; q < P; q++) at[q] = src[q] + i * es;
+        reduce_srcs(a, shard + i * es, at, P, k, 1);
+        copy_bytes(out + i * es, shard + i * es, k * es);
+    }
+}
+
 /* Maps a shared memfd (a workspace or a coll_mem_alloc buffer) of the given size. */
 static char *map_fd(int fd, size_t bytes) {
     char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -415,12 +430,12 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
             if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
             src[q] = from + lo * es;
         }
-        char *mine = zc ? out + (at + lo) * es : region(s, me, t, 1) + lo * es;
-        reduce_srcs(a, mine, src, P, len, 1);
+        if (zc) reduce_srcs(a, out + (at + lo) * es, src, P, len, 1);
+        else reduce_keep(a, region(s, me, t, 1) + lo * es, out + (at + lo) * es, src, P, len);
         publish(s, F_REDUCED, t);
         COLL_TRY(wait_all(ctx, F_REDUCED, t, "allreduce"));
         for (int q = 0; q < P; q++) {
-            if (q == me && zc) continue; /* already in place */
+            if (q == me) continue; /* already in place */
             const size_t qlo = coll_block_offset(n, P, q);
             const char *from = peer_data(ctx, q, t, 1, at * es);
             if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
