@@ -61,7 +61,8 @@ else
 fi
 # against a full calibration of this machine kind (docs/predict), not the --quick one
 # above: a single quick sweep of the local link came out 3-4x slow (4.6-5.9 GB/s against
-# 16-22) in 4 of 9 tries on 2026-12-07, with 3 repeats too, and put the 2 ranks +36-42% off
+# 16-22) in 3 of 7 direct tries on 2026-12-07 (and 3-repeat sweeps did no better), and put
+# the 2 ranks +36-42% off in three runs of this test
 CAL=docs/predict/calib-validate-2026-12-06r.json
 if launch/scaling --ranks 1,2 --steps 150 --repeats 3 --predict "$CAL" --out "$TMP/sc" -- configs/bench-mlp1024.ini >"$TMP/out" 2>&1 &&
     python3 - "$TMP/sc/results.csv" <<'PY'
