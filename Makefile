@@ -48,7 +48,7 @@ RT_OBJ := $(RT_SRC:%.c=$(BUILD)/obj/%.o)
 RT_LIBS := -lopenblas -lz -linih
 TRAIN := $(BUILD)/bin/ddp-train
 
-BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt $(BUILD)/bin/shm-limit
+BENCH := $(BUILD)/bin/coll-bench $(BUILD)/bin/gemm-floor $(BUILD)/bin/tcp-rtt $(BUILD)/bin/shm-limit $(BUILD)/bin/core-rtt
 TEST_BINS := $(BUILD)/tests/soak $(BUILD)/tests/ddp-train-faults $(BUILD)/tests/test_gpu_ops $(BUILD)/tests/test_reduce $(BUILD)/tests/test_api $(BUILD)/tests/test_coll \
 	$(BUILD)/tests/test_graph $(BUILD)/tests/test_data $(BUILD)/tests/test_config $(BUILD)/tests/test_compress $(BUILD)/tests/test_ddp_compress $(BUILD)/tests/test_straggler $(BUILD)/tests/trace_scenarios $(BUILD)/tests/cmp-params
 
@@ -95,6 +95,10 @@ $(BUILD)/bin/tcp-rtt: $(BUILD)/obj/tests/bench/tcp_rtt.o
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/bin/shm-limit: $(BUILD)/obj/tests/bench/shm_limit.o $(BUILD)/obj/tests/bench/limit.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/core-rtt: $(BUILD)/obj/tests/bench/core_rtt.o
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(LDLIBS)
 
