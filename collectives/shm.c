@@ -17,6 +17,7 @@
  * the whole vector from every peer's input), two-shot above (each rank
  * reduces its shard of the round, then copies the others' reduced shards).
  * Reductions run in rank order, so every rank's result is bitwise the same.
+ * A 2-rank reduce above the one-shot size streams instead (reduce_stream).
  * At 2 ranks, broadcast and all-gather skip the regions: the ranks copy
  * between each other's buffers with process_vm_readv/writev (broadcast_pair).
  *
@@ -56,8 +57,9 @@
 #define EAGER_BYTES 4096
 #define NT_MIN_BYTES ((size_t)4 << 20)
 #define KEEP_PIECE_BYTES ((size_t)16 << 10)
+#define STREAM_PIECE_BYTES ((size_t)64 << 10) /* a 2-rank reduce's hand-off (reduce_stream) */
 
-enum { F_COPIED, F_REDUCED, F_DONE, F_NUM };
+enum { F_COPIED, F_REDUCED, F_DONE, F_PIECES, F_NUM };
 
 /* Where a rank's input and reduced shard are in a round (per slot, written
  * before its COPIED counter): its workspace (fd -1), or a coll_mem_alloc
@@ -181,7 +183,7 @@ static void publish(struct coll_shm *s, int f, uint64_t t) {
     atomic_store_explicit(&hdr(s, s->me)->f[f].v, t, memory_order_release);
 }
 
-static const char *stage_name[F_NUM] = {"its input", "its reduced shard", "the end of the round"};
+static const char *stage_name[F_NUM] = {"its input", "its reduced shard", "the end of the round", "its input"};
 
 /* Waits until peer's counter f reaches t: spins with pause for COLL_SPIN
  * polls (COLL_SPIN_OVERSUBSCRIBED when ranks outnumber cores), then yields
@@ -299,15 +301,15 @@ static void reduce_keep(const coll_args_t *a, char *shard, char *out, const char
 }
 
 /* Copies a two-shot call's input into this rank's region, all but
- * [skip_lo, skip_hi) (the shard this rank reduces from its own input).
- * Up to COLL_SHM_NT_MAX_BYTES with non-temporal stores: the peers then read
- * the lines from memory, with the prefetchers' help, where ordinary stores
- * left them in this core's L2 for the peers to take one at a time (2 ranks,
- * 32-128 KiB: reduce 1.2-1.3x faster, all-reduce 1.1x; at 256 KiB-2 MiB
- * the lines leave this L2 for the shared L3 anyway, and the all-reduce
- * was 1.3-1.6x slower with them). Not with ranks outnumbering cores: a
- * peer on this core would have read them from this L2 (4 ranks on 2 cores:
- * all-reduce 1.15-1.4x slower with them). */
+ * [skip_lo, skip_hi) (the shard this rank reduces from its own input); up
+ * to COLL_SHM_NT_MAX_BYTES a call with non-temporal stores. The peers then
+ * read the lines from memory, with the prefetchers' help, where ordinary
+ * stores left them in this core's L2 for the peers to take one at a time
+ * (2 ranks, 32-128 KiB: reduce 1.2-1.3x faster, all-reduce 1.1x; at 512
+ * KiB-2 MiB the lines leave this L2 for the shared L3 anyway, and the
+ * all-reduce was 1.3-1.6x slower with them). Not with ranks outnumbering
+ * cores: a peer on this core would have read them from this L2 (4 ranks on
+ * 2 cores: all-reduce 1.15-1.4x slower with them). */
 static void copy_in(const coll_ctx_t *ctx, const coll_args_t *a, char *dst, const char *in, size_t n,
                     size_t skip_lo, size_t skip_hi) {
     const size_t es = coll_dtype_size(a->dtype);
@@ -708,6 +710,48 @@ fail:
     return rc;
 }
 
+/* 2-rank reduce, each rank on its own core, above the one-shot size: the
+ * non-root streams its input into its regions with non-temporal stores,
+ * publishing every STREAM_PIECE_BYTES, while the root reduces each piece
+ * as it lands (one-shot, pipelined). No data line moves from one core's
+ * cache to the other's: they meet in memory. Where the host puts the two
+ * vCPUs far apart (docs/PERFORMANCE.md, "The host moves the VM's two
+ * vCPUs"), a line between the caches costs 4-9x what it costs where they
+ * are close, and the two-shot (reduced shards read back from the peer's
+ * cache) ran 0.25-0.58x Open MPI at 64 KiB-16 MiB; this ran 1.5-2.9x there
+ * and 1.0-2.8x where they are close (the two-shot 0.83-2.6x). The root's
+ * operand comes first. */
+static coll_result_t reduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_shm *s = ctx->shm;
+    const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
+    const size_t per = (s->region < STREAM_PIECE_BYTES ? s->region : STREAM_PIECE_BYTES) / es;
+    const int me = s->me, root = a->root, peer = 1 - me;
+    const char *in = a->sendbuf;
+    char *out = a->recvbuf;
+    coll_result_t rc = COLL_SUCCESS;
+    size_t n;
+    for (size_t at = 0; at < a->count; at += n) {
+        n = a->count - at < per_round ? a->count - at : per_round;
+        uint64_t t;
+        COLL_TRY(begin_round(ctx, &t, "reduce"));
+        uint64_t k = t << 20; /* + pieces of round t published (fewer than 2^20: a region is at most 1 GiB) */
+        for (size_t j = 0; j < n; j += per) {
+            const size_t m = n - j < per ? n - j : per;
+            if (me != root) {
+                copy_nt(region(s, me, t, 0) + j * es, in + (at + j) * es, m * es);
+                publish(s, F_PIECES, ++k);
+            } else {
+                COLL_TRY(wait_value(ctx, peer, &hdr(s, peer)->f[F_PIECES].v, ++k, "reduce", stage_name[F_PIECES]));
+                const char *src[2] = {in + (at + j) * es, region(s, peer, t, 0) + j * es};
+                reduce_srcs(a, out + (at + j) * es, src, 2, m, 1);
+            }
+        }
+        publish(s, F_DONE, t);
+    }
+fail:
+    return rc;
+}
+
 /* One-shot up to COLL_SHM_ONESHOT_BYTES (the root reduces from every
  * peer's input); two-shot above: every rank reduces its shard of the
  * round, the root gathers. As in the all-reduce, a rank copies in only the shards its peers reduce
@@ -721,6 +765,7 @@ coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
     char *out = a->recvbuf;
     const char *src[MAX_RANKS];
     coll_result_t rc = COLL_SUCCESS;
+    if (P == 2 && !ctx->comm->oversubscribed && !oneshot && a->count * es > EAGER_BYTES) return reduce_stream(ctx, a);
     if (a->count * es <= EAGER_BYTES) {
         uint64_t t;
         if (me != root) {

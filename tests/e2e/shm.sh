@@ -60,6 +60,10 @@ lose STOP 3 shm 1 2
 lose KILL 2 shm 1 1 broadcast
 lose STOP 2 shm 0 1 broadcast
 lose KILL 2 shm 0 1 allgather
+# 2 ranks: the reduce's pieces through memory (reduce_stream): the root waits for
+# the non-root's pieces, the non-root for the root to be done with its regions
+lose KILL 2 shm 1 1 reduce
+lose STOP 2 shm 0 1 reduce
 # hier: rank 2's node mate (shared memory) and its partner across the nodes
 # (rank 0) wait on it directly; rank 1 may wait on rank 3 first
 lose KILL 4 hier 2 2
