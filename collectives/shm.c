@@ -57,7 +57,8 @@
 #define EAGER_BYTES 4096
 #define NT_MIN_BYTES ((size_t)4 << 20)
 #define KEEP_PIECE_BYTES ((size_t)16 << 10)
-#define STREAM_PIECE_BYTES ((size_t)64 << 10) /* a 2-rank reduce's hand-off (reduce_stream) */
+#define STREAM_PIECE_BYTES ((size_t)64 << 10) /* a 2-rank stream's hand-off (reduce_stream) */
+#define LINE_SAMPLES 15
 
 enum { F_COPIED, F_REDUCED, F_DONE, F_PIECES, F_NUM };
 
@@ -68,6 +69,7 @@ typedef struct {
     int32_t in_fd, out_fd;
     uint64_t in_id, out_id, in_bytes, out_bytes, in_off, out_off;
     uint64_t user; /* a 2-rank round's buffer, at this address in its owner (pair_begin) */
+    int32_t mem;   /* a 2-rank all-reduce's buffers are coll_mem_alloc's (allreduce_pick) */
 } shm_desc_t;
 
 typedef struct {
@@ -87,6 +89,10 @@ typedef struct {
         shm_desc_t d;
         char pad[LINE - sizeof(shm_desc_t)];
     } desc[2];
+    struct {
+        _Atomic int32_t v; /* this rank's far_apart, written when it changes */
+        char pad[LINE - sizeof(int32_t)];
+    } far;
     eager_t eager[EAGER_SLOTS]; /* slot t % EAGER_SLOTS */
 } shm_hdr_t;
 
@@ -113,12 +119,48 @@ struct coll_shm {
     } map[MAP_CACHE]; /* peers' buffers mapped here (zero-copy) */
     int nmap, evict;
     int cma; /* every rank can read and write its peers' memory (process_vm_readv/writev) */
+    float line_ns[LINE_SAMPLES]; /* the last loads of a peer's freshly written counter (far_apart) */
+    unsigned nline;
+    int far_said; /* far_apart as last written to this rank's header */
 };
 
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* How far apart the two cores are, from how long a load of a counter line
+ * the peer has written since this rank last read it takes: about 50 ns
+ * between cores that share a cache, 200 ns and more between cores that
+ * do not (this VM's host moves its vCPUs between both within seconds:
+ * docs/PERFORMANCE.md, "The host moves the VM's two vCPUs"). Loads that hit
+ * (the line not written since) are left out; the decision is the median of
+ * the last LINE_SAMPLES. */
+#define LINE_HIT_NS 40.0
+#define LINE_FAR_NS 130.0
+static shm_hdr_t *hdr(const struct coll_shm *s, int r);
+static int far_apart(const struct coll_shm *s) {
+    const unsigned n = s->nline < LINE_SAMPLES ? s->nline : LINE_SAMPLES;
+    unsigned above = 0;
+    for (unsigned i = 0; i < n; i++) above += s->line_ns[i] > LINE_FAR_NS;
+    return n > 0 && 2 * above > n;
+}
+
+/* ... by this rank's samples or the peer's */
+static int far_either(const struct coll_shm *s) {
+    return far_apart(s) || atomic_load_explicit(&hdr(s, 1 - s->me)->far.v, memory_order_relaxed);
+}
+
+static void sample_line(struct coll_shm *s, _Atomic uint64_t *v) {
+    const double t0 = now_s();
+    (void)atomic_load_explicit(v, memory_order_acquire);
+    const double ns = (now_s() - t0) * 1e9;
+    if (ns <= LINE_HIT_NS) return;
+    s->line_ns[s->nline++ % LINE_SAMPLES] = (float)ns;
+    const int far = far_apart(s);
+    if (far != s->far_said) /* for a peer with fewer samples (a reduce's non-root) */
+        s->far_said = far, atomic_store_explicit(&hdr(s, s->me)->far.v, far, memory_order_relaxed);
 }
 
 static inline void cpu_relax(void) {
@@ -241,6 +283,9 @@ static coll_result_t wait_all(coll_ctx_t *ctx, int f, uint64_t t, const char *wh
  * last used its slot. */
 static coll_result_t begin_round(coll_ctx_t *ctx, uint64_t *t, const char *what) {
     *t = ++ctx->shm->round;
+    /* (the peer has written its DONE counter since this rank last read it, at
+     * the end of a round: a sample of how far apart the two cores are) */
+    if (ctx->shm->P == 2) sample_line(ctx->shm, &hdr(ctx->shm, 1 - ctx->shm->me)->f[F_DONE].v);
     return *t > 2 ? wait_all(ctx, F_DONE, *t - 2, what) : COLL_SUCCESS;
 }
 
@@ -375,7 +420,7 @@ static int all_zero_copy(const struct coll_shm *s, int out) {
  * place (ref, or NULL: the workspace's region, which the caller fills). */
 static void describe_input(struct coll_shm *s, uint64_t t, const coll_mem_ref_t *ref) {
     shm_desc_t *d = &hdr(s, s->me)->desc[t & 1].d;
-    if (ref) *d = (shm_desc_t){ref->fd, -1, ref->id, 0, ref->bytes, 0, ref->off, 0, 0};
+    if (ref) *d = (shm_desc_t){ref->fd, -1, ref->id, 0, ref->bytes, 0, ref->off, 0, 0, 0};
     else d->in_fd = d->out_fd = -1;
 }
 
@@ -384,6 +429,73 @@ static void describe_input(struct coll_shm *s, uint64_t t, const coll_mem_ref_t 
 static const char *peer_input(coll_ctx_t *ctx, int q, uint64_t t, size_t at, size_t in_region) {
     if (hdr(ctx->shm, q)->desc[t & 1].d.in_fd >= 0) return peer_data(ctx, q, t, 0, at);
     return region(ctx->shm, q, t, 0) + in_region;
+}
+
+/* Whether a 2-rank all-reduce streams through memory (allreduce_stream)
+ * or takes the two-shot: the stream where the cores are far apart (either
+ * rank's far_apart) and neither rank has coll_mem_alloc buffers (zero-copy
+ * takes the two-shot, whose ranks may mix both kinds). A round of its own,
+ * as every rank must take the same path; its hand-off is also a sample. */
+static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, int *stream) {
+    struct coll_shm *s = ctx->shm;
+    const int peer = 1 - s->me;
+    uint64_t t;
+    coll_result_t rc = begin_round(ctx, &t, "allreduce");
+    if (rc != COLL_SUCCESS) return rc;
+    hdr(s, s->me)->desc[t & 1].d.mem = (zc ? 1 : 0) | (far_apart(s) ? 2 : 0); /* (both read both votes) */
+    publish(s, F_COPIED, t);
+    sample_line(s, &hdr(s, peer)->f[F_COPIED].v);
+    rc = wait_peer(ctx, peer, F_COPIED, t, "allreduce");
+    if (rc != COLL_SUCCESS) return rc;
+    const int votes = hdr(s, s->me)->desc[t & 1].d.mem | hdr(s, peer)->desc[t & 1].d.mem;
+    *stream = !(votes & 1) && (votes & 2);
+    publish(s, F_DONE, t);
+    return COLL_SUCCESS;
+}
+
+/* 2-rank all-reduce of ordinary buffers through memory (as reduce_stream,
+ * both ways): each rank streams its input into its regions with
+ * non-temporal stores, piece by piece, one piece ahead, and reduces each of
+ * the peer's pieces as it lands, in rank order. */
+static coll_result_t allreduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
+    struct coll_shm *s = ctx->shm;
+    const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
+    const size_t per = (s->region < STREAM_PIECE_BYTES ? s->region : STREAM_PIECE_BYTES) / es;
+    const int me = s->me, peer = 1 - me;
+    const char *in = a->sendbuf;
+    char *out = a->recvbuf;
+    coll_result_t rc = COLL_SUCCESS;
+    size_t n;
+    for (size_t at = 0; at < a->count; at += n) {
+        n = a->count - at < per_round ? a->count - at : per_round;
+        uint64_t t;
+        COLL_TRY(begin_round(ctx, &t, "allreduce"));
+        const uint64_t k0 = t << 20;
+        char *mine = region(s, me, t, 0);
+        const char *theirs = region(s, peer, t, 0);
+        uint64_t sent = k0;
+        for (size_t j = 0, k = k0 + 1; j < n; j += per, k++) {
+            /* this piece and the next out before waiting for the peer's */
+            for (size_t next = (sent - k0) * per; next < n && sent < k + 1; next += per) {
+                const size_t m = n - next < per ? n - next : per;
+                copy_nt(mine + next * es, in + (at + next) * es, m * es);
+                publish(s, F_PIECES, ++sent);
+            }
+            const size_t m = n - j < per ? n - j : per;
+            sample_line(s, &hdr(s, peer)->f[F_PIECES].v);
+            COLL_TRY(wait_value(ctx, peer, &hdr(s, peer)->f[F_PIECES].v, k, "allreduce", stage_name[F_PIECES]));
+            const char *src[2];
+            src[me] = in + (at + j) * es, src[peer] = theirs + j * es;
+            if (me == 1 && in == out) { /* the kernels allow dst == src[0] only */
+                char *tmp = region(s, me, t, 1) + j * es;
+                reduce_srcs(a, tmp, src, 2, m, 1);
+                copy_bytes(out + (at + j) * es, tmp, m * es);
+            } else reduce_srcs(a, out + (at + j) * es, src, 2, m, 1);
+        }
+        publish(s, F_DONE, t);
+    }
+fail:
+    return rc;
 }
 
 /* Two-shot: each rank reduces its shard of the round, then copies the
@@ -406,6 +518,11 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     coll_result_t rc = COLL_SUCCESS;
     uint64_t t = 0;
     size_t n;
+    if (P == 2 && !oneshot && !ctx->comm->oversubscribed && bytes > EAGER_BYTES) {
+        int stream;
+        COLL_TRY(allreduce_pick(ctx, zc, &stream));
+        if (stream) return allreduce_stream(ctx, a);
+    }
     if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */
         COLL_TRY(begin_eager_round(ctx, &t, "allreduce"));
         memcpy(eager_slot(s, me, t)->data, in, bytes);
@@ -422,7 +539,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
         n = a->count - at < per_round ? a->count - at : per_round;
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
         shm_desc_t *d = &hdr(s, me)->desc[t & 1].d;
-        if (zc) *d = (shm_desc_t){rin.fd, rout.fd, rin.id, rout.id, rin.bytes, rout.bytes, rin.off, rout.off, 0};
+        if (zc) *d = (shm_desc_t){rin.fd, rout.fd, rin.id, rout.id, rin.bytes, rout.bytes, rin.off, rout.off, 0, 0};
         else describe_input(s, t, NULL);
         if (!zc && oneshot) copy_bytes(region(s, me, t, 0), in + at * es, n * es);
         else if (!zc) { /* only the shards the peers reduce: this rank reads its own from its input */
@@ -728,6 +845,10 @@ static coll_result_t reduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
     const int me = s->me, root = a->root, peer = 1 - me;
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
+    /* non-temporal stores where the cores are far apart, and up to
+     * COLL_SHM_NT_MAX_BYTES where they are close (128 KiB: 12.8-14.8 us
+     * against 14.5-18.9 with ordinary stores; 512 KiB: 37-40 against 18-20) */
+    const int nt = a->count * es <= coll_tun.shm_nt_max_bytes || far_either(s);
     coll_result_t rc = COLL_SUCCESS;
     size_t n;
     for (size_t at = 0; at < a->count; at += n) {
@@ -738,9 +859,11 @@ static coll_result_t reduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
         for (size_t j = 0; j < n; j += per) {
             const size_t m = n - j < per ? n - j : per;
             if (me != root) {
-                copy_nt(region(s, me, t, 0) + j * es, in + (at + j) * es, m * es);
+                if (nt) copy_nt(region(s, me, t, 0) + j * es, in + (at + j) * es, m * es);
+                else copy_bytes(region(s, me, t, 0) + j * es, in + (at + j) * es, m * es);
                 publish(s, F_PIECES, ++k);
             } else {
+                sample_line(s, &hdr(s, peer)->f[F_PIECES].v);
                 COLL_TRY(wait_value(ctx, peer, &hdr(s, peer)->f[F_PIECES].v, ++k, "reduce", stage_name[F_PIECES]));
                 const char *src[2] = {in + (at + j) * es, region(s, peer, t, 0) + j * es};
                 reduce_srcs(a, out + (at + j) * es, src, 2, m, 1);
