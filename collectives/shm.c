@@ -138,6 +138,7 @@ static double now_s(void) {
  * (the line not written since) are left out; the decision is the median of
  * the last LINE_SAMPLES. */
 #define LINE_HIT_NS 40.0
+#define FAR_SAMPLE_RANKS 8 /* begin_round samples every peer up to this many ranks */
 #define LINE_FAR_NS 130.0
 static shm_hdr_t *hdr(const struct coll_shm *s, int r);
 static int far_apart(const struct coll_shm *s) {
@@ -283,9 +284,12 @@ static coll_result_t wait_all(coll_ctx_t *ctx, int f, uint64_t t, const char *wh
  * last used its slot. */
 static coll_result_t begin_round(coll_ctx_t *ctx, uint64_t *t, const char *what) {
     *t = ++ctx->shm->round;
-    /* (the peer has written its DONE counter since this rank last read it, at
-     * the end of a round: a sample of how far apart the two cores are) */
-    if (ctx->shm->P == 2) sample_line(ctx->shm, &hdr(ctx->shm, 1 - ctx->shm->me)->f[F_DONE].v);
+    /* (each peer has written its DONE counter since this rank last read it,
+     * at the end of a round: samples of how far apart the cores are; a peer
+     * sharing this core hits, and is left out) */
+    if (ctx->shm->P <= FAR_SAMPLE_RANKS)
+        for (int q = 0; q < ctx->shm->P; q++)
+            if (q != ctx->shm->me) sample_line(ctx->shm, &hdr(ctx->shm, q)->f[F_DONE].v);
     return *t > 2 ? wait_all(ctx, F_DONE, *t - 2, what) : COLL_SUCCESS;
 }
 
@@ -359,7 +363,8 @@ static void copy_in(const coll_ctx_t *ctx, const coll_args_t *a, char *dst, cons
                     size_t skip_lo, size_t skip_hi) {
     const size_t es = coll_dtype_size(a->dtype);
     void (*copy)(void *, const void *, size_t) =
-        !ctx->comm->oversubscribed && a->count * es <= coll_tun.shm_nt_max_bytes ? copy_nt : copy_bytes;
+        (!ctx->comm->oversubscribed && a->count * es <= coll_tun.shm_nt_max_bytes) || far_apart(ctx->shm) ? copy_nt
+                                                                                                     : copy_bytes;
     copy(dst, in, skip_lo * es);
     copy(dst + skip_hi * es, in + skip_hi * es, (n - skip_hi) * es);
 }
@@ -792,7 +797,7 @@ coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
     /* measured at 2 ranks: 16 MiB in 2.4-2.7 ms with non-temporal stores,
      * 5.4-6.6 ms without; no gain below a few MiB (the peers read the data
      * from memory instead of a cache) */
-    const int nt = a->count * es >= NT_MIN_BYTES;
+    const int nt = a->count * es >= NT_MIN_BYTES || far_apart(s);
     coll_result_t rc = COLL_SUCCESS;
     if (a->count * es <= EAGER_BYTES) {
         uint64_t t;
