@@ -130,40 +130,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* How far apart the two cores are, from how long a load of a counter line
- * the peer has written since this rank last read it takes: about 50 ns
- * between cores that share a cache, 200 ns and more between cores that
- * do not (this VM's host moves its vCPUs between both within seconds:
- * docs/PERFORMANCE.md, "The host moves the VM's two vCPUs"). Loads that hit
- * (the line not written since) are left out; the decision is the median of
- * the last LINE_SAMPLES. */
-#define LINE_HIT_NS 40.0
-#define FAR_SAMPLE_RANKS 8 /* begin_round samples every peer up to this many ranks */
-#define LINE_FAR_NS 130.0
-static shm_hdr_t *hdr(const struct coll_shm *s, int r);
-static int far_apart(const struct coll_shm *s) {
-    const unsigned n = s->nline < LINE_SAMPLES ? s->nline : LINE_SAMPLES;
-    unsigned above = 0;
-    for (unsigned i = 0; i < n; i++) above += s->line_ns[i] > LINE_FAR_NS;
-    return n > 0 && 2 * above > n;
-}
-
-/* ... by this rank's samples or the peer's */
-static int far_either(const struct coll_shm *s) {
-    return far_apart(s) || atomic_load_explicit(&hdr(s, 1 - s->me)->far.v, memory_order_relaxed);
-}
-
-static void sample_line(struct coll_shm *s, _Atomic uint64_t *v) {
-    const double t0 = now_s();
-    (void)atomic_load_explicit(v, memory_order_acquire);
-    const double ns = (now_s() - t0) * 1e9;
-    if (ns <= LINE_HIT_NS) return;
-    s->line_ns[s->nline++ % LINE_SAMPLES] = (float)ns;
-    const int far = far_apart(s);
-    if (far != s->far_said) /* for a peer with fewer samples (a reduce's non-root) */
-        s->far_said = far, atomic_store_explicit(&hdr(s, s->me)->far.v, far, memory_order_relaxed);
-}
-
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -220,6 +186,40 @@ static shm_hdr_t *hdr(const struct coll_shm *s, int r) { return (shm_hdr_t *)s->
 /* region which (0: A, 1: B) of slot t % 2 of rank r */
 static char *region(const struct coll_shm *s, int r, uint64_t t, int which) {
     return s->base[r] + HDR_BYTES + ((t & 1) * 2 + (size_t)which) * s->region;
+}
+
+/* Whether this rank's core and its peers' are far apart, from how long a
+ * load of a counter line a peer has written since this rank last read it
+ * takes: about 50 ns between cores that share a cache, 140-600 ns between
+ * cores that do not (this VM's host moves its vCPUs between both within
+ * seconds: docs/PERFORMANCE.md, "The host moves the VM's two vCPUs"). Loads
+ * that hit (the line not written since, or written from this core) are left
+ * out; the median of the last LINE_SAMPLES decides. Far apart, data meet
+ * best in memory (non-temporal stores), close, in a cache. */
+#define LINE_HIT_NS 40.0
+#define LINE_FAR_NS 130.0
+#define FAR_SAMPLE_RANKS 8 /* begin_round samples every peer up to this many ranks */
+static int far_apart(const struct coll_shm *s) {
+    const unsigned n = s->nline < LINE_SAMPLES ? s->nline : LINE_SAMPLES;
+    unsigned above = 0;
+    for (unsigned i = 0; i < n; i++) above += s->line_ns[i] > LINE_FAR_NS;
+    return n > 0 && 2 * above > n;
+}
+
+/* ... by this rank's samples or the peer's */
+static int far_either(const struct coll_shm *s) {
+    return far_apart(s) || atomic_load_explicit(&hdr(s, 1 - s->me)->far.v, memory_order_relaxed);
+}
+
+static void sample_line(struct coll_shm *s, _Atomic uint64_t *v) {
+    const double t0 = now_s();
+    (void)atomic_load_explicit(v, memory_order_acquire);
+    const double ns = (now_s() - t0) * 1e9;
+    if (ns <= LINE_HIT_NS) return;
+    s->line_ns[s->nline++ % LINE_SAMPLES] = (float)ns;
+    const int far = far_apart(s);
+    if (far != s->far_said) /* for a peer with fewer samples (a reduce's non-root) */
+        s->far_said = far, atomic_store_explicit(&hdr(s, s->me)->far.v, far, memory_order_relaxed);
 }
 
 static void publish(struct coll_shm *s, int f, uint64_t t) {
@@ -358,7 +358,8 @@ static void reduce_keep(const coll_args_t *a, char *shard, char *out, const char
  * KiB-2 MiB the lines leave this L2 for the shared L3 anyway, and the
  * all-reduce was 1.3-1.6x slower with them). Not with ranks outnumbering
  * cores: a peer on this core would have read them from this L2 (4 ranks on
- * 2 cores: all-reduce 1.15-1.4x slower with them). */
+ * 2 cores: all-reduce 1.15-1.4x slower with them). At every size where the
+ * cores are far apart (4 ranks on 2 cores: reduce 1.8x faster). */
 static void copy_in(const coll_ctx_t *ctx, const coll_args_t *a, char *dst, const char *in, size_t n,
                     size_t skip_lo, size_t skip_hi) {
     const size_t es = coll_dtype_size(a->dtype);
@@ -833,16 +834,14 @@ fail:
 }
 
 /* 2-rank reduce, each rank on its own core, above the one-shot size: the
- * non-root streams its input into its regions with non-temporal stores,
- * publishing every STREAM_PIECE_BYTES, while the root reduces each piece
- * as it lands (one-shot, pipelined). No data line moves from one core's
- * cache to the other's: they meet in memory. Where the host puts the two
- * vCPUs far apart (docs/PERFORMANCE.md, "The host moves the VM's two
- * vCPUs"), a line between the caches costs 4-9x what it costs where they
- * are close, and the two-shot (reduced shards read back from the peer's
- * cache) ran 0.25-0.58x Open MPI at 64 KiB-16 MiB; this ran 1.5-2.9x there
- * and 1.0-2.8x where they are close (the two-shot 0.83-2.6x). The root's
- * operand comes first. */
+ * non-root streams its input into its regions, publishing every
+ * STREAM_PIECE_BYTES, while the root reduces each piece as it lands
+ * (one-shot, pipelined). With non-temporal stores no data line moves from
+ * one core's cache to the other's: they meet in memory. Where the cores are
+ * far apart (far_apart) the two-shot, whose reduced shard the root reads
+ * back from the peer's cache, ran 0.22-0.61x Open MPI at 32 KiB-32 MiB, this
+ * 1.1-3.0x; where they are close, 0.99-3.6x against the two-shot's
+ * 0.86-2.6x. The root's operand comes first. */
 static coll_result_t reduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
     struct coll_shm *s = ctx->shm;
     const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
