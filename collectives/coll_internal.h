@@ -35,6 +35,7 @@ typedef struct {
     int shm_cma;              /* COLL_SHM_CMA: single copies between ranks where allowed */
     size_t shm_nt_max_bytes;  /* COLL_SHM_NT_MAX_BYTES: two-shot all-reduce up to this copies its input
                                  into the workspace with non-temporal stores (reduce: always) */
+    int shm_far;              /* COLL_SHM_FAR: -1 measure whether the cores are far apart, 0 no, 1 yes */
     size_t shm_cma_min_bytes; /* COLL_SHM_CMA_MIN_BYTES: 2-rank broadcast and all-gather above it copy
                                  between the ranks' buffers */
     int node_size;            /* COLL_NODE_SIZE: ranks per node for `hier` (0: the real nodes) */

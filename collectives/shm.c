@@ -69,7 +69,7 @@ typedef struct {
     int32_t in_fd, out_fd;
     uint64_t in_id, out_id, in_bytes, out_bytes, in_off, out_off;
     uint64_t user; /* a 2-rank round's buffer, at this address in its owner (pair_begin) */
-    int32_t mem;   /* a 2-rank all-reduce's buffers are coll_mem_alloc's (allreduce_pick) */
+    int32_t far;   /* a 2-rank all-reduce's vote: the cores are far apart (allreduce_pick) */
 } shm_desc_t;
 
 typedef struct {
@@ -200,6 +200,7 @@ static char *region(const struct coll_shm *s, int r, uint64_t t, int which) {
 #define LINE_FAR_NS 130.0
 #define FAR_SAMPLE_RANKS 8 /* begin_round samples every peer up to this many ranks */
 static int far_apart(const struct coll_shm *s) {
+    if (coll_tun.shm_far >= 0) return coll_tun.shm_far; /* COLL_SHM_FAR: the user knows, or a test chooses */
     const unsigned n = s->nline < LINE_SAMPLES ? s->nline : LINE_SAMPLES;
     unsigned above = 0;
     for (unsigned i = 0; i < n; i++) above += s->line_ns[i] > LINE_FAR_NS;
@@ -208,6 +209,7 @@ static int far_apart(const struct coll_shm *s) {
 
 /* ... by this rank's samples or the peer's */
 static int far_either(const struct coll_shm *s) {
+    if (coll_tun.shm_far >= 0) return coll_tun.shm_far;
     return far_apart(s) || atomic_load_explicit(&hdr(s, 1 - s->me)->far.v, memory_order_relaxed);
 }
 
@@ -438,29 +440,29 @@ static const char *peer_input(coll_ctx_t *ctx, int q, uint64_t t, size_t at, siz
 }
 
 /* Whether a 2-rank all-reduce streams through memory (allreduce_stream)
- * or takes the two-shot: the stream where the cores are far apart (either
- * rank's far_apart) and neither rank has coll_mem_alloc buffers (zero-copy
- * takes the two-shot, whose ranks may mix both kinds). A round of its own,
- * as every rank must take the same path; its hand-off is also a sample. */
-static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, int *stream) {
+ * or takes the two-shot: the stream where either rank finds the cores far
+ * apart, whatever the buffers (coll_mem_alloc's too: far apart, the
+ * zero-copy two-shot's reads from the peer's cache took 1.8x the stream's
+ * time at 64 KiB-4 MiB). A round of its own, as every rank must take the
+ * same path; its hand-off is also a sample. */
+static coll_result_t allreduce_pick(coll_ctx_t *ctx, int *stream) {
     struct coll_shm *s = ctx->shm;
     const int peer = 1 - s->me;
     uint64_t t;
     coll_result_t rc = begin_round(ctx, &t, "allreduce");
     if (rc != COLL_SUCCESS) return rc;
-    hdr(s, s->me)->desc[t & 1].d.mem = (zc ? 1 : 0) | (far_apart(s) ? 2 : 0); /* (both read both votes) */
+    hdr(s, s->me)->desc[t & 1].d.far = far_apart(s); /* (both read both votes) */
     publish(s, F_COPIED, t);
     sample_line(s, &hdr(s, peer)->f[F_COPIED].v);
     rc = wait_peer(ctx, peer, F_COPIED, t, "allreduce");
     if (rc != COLL_SUCCESS) return rc;
-    const int votes = hdr(s, s->me)->desc[t & 1].d.mem | hdr(s, peer)->desc[t & 1].d.mem;
-    *stream = !(votes & 1) && (votes & 2);
+    *stream = hdr(s, s->me)->desc[t & 1].d.far || hdr(s, peer)->desc[t & 1].d.far;
     publish(s, F_DONE, t);
     return COLL_SUCCESS;
 }
 
-/* 2-rank all-reduce of ordinary buffers through memory (as reduce_stream,
- * both ways): each rank streams its input into its regions with
+/* 2-rank all-reduce through memory (as reduce_stream, both ways), for cores
+ * far apart: each rank streams its input into its regions with
  * non-temporal stores, piece by piece, one piece ahead, and reduces each of
  * the peer's pieces as it lands, in rank order. */
 static coll_result_t allreduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
@@ -526,7 +528,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     size_t n;
     if (P == 2 && !oneshot && !ctx->comm->oversubscribed && bytes > EAGER_BYTES) {
         int stream;
-        COLL_TRY(allreduce_pick(ctx, zc, &stream));
+        COLL_TRY(allreduce_pick(ctx, &stream));
         if (stream) return allreduce_stream(ctx, a);
     }
     if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */

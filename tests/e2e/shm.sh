@@ -31,7 +31,7 @@ rank_pid() { # RANK: the pid of that rank of the running job
 lose() { # SIGNAL RANKS ALGO VICTIM NAMING [OP]: NAMING survivors must name VICTIM
     local sig=$1 np=$2 algo=$3 v=$4 want=$5 op=${6:-allreduce} before after
     before=$(ls /dev/shm | sort)
-    COLL_TIMEOUT=3 COLL_NODE_SIZE=2 timeout 60 $MPIRUN -x COLL_TIMEOUT -x COLL_NODE_SIZE -np "$np" "$BUILD/bin/coll-bench" -o "$op" -a "$algo" $JOB -c 0 \
+    COLL_TIMEOUT=3 COLL_NODE_SIZE=2 timeout 60 $MPIRUN -x COLL_TIMEOUT -x COLL_NODE_SIZE ${COLL_SHM_FAR:+-x COLL_SHM_FAR} -np "$np" "$BUILD/bin/coll-bench" -o "$op" -a "$algo" $JOB -c 0 \
         >"$TMP/out" 2>&1 &
     local job=$! victim=""
     for _ in $(seq 100); do victim=$(rank_pid "$v"); [ -n "$victim" ] && break; sleep 0.1; done
@@ -64,6 +64,10 @@ lose KILL 2 shm 0 1 allgather
 # the non-root's pieces, the non-root for the root to be done with its regions
 lose KILL 2 shm 1 1 reduce
 lose STOP 2 shm 0 1 reduce
+# 2 ranks, the cores taken as far apart: all-reduce and reduce stream through memory
+COLL_SHM_FAR=1 lose KILL 2 shm 1 1 allreduce
+COLL_SHM_FAR=1 lose STOP 2 shm 0 1 allreduce
+COLL_SHM_FAR=1 lose KILL 2 shm 0 1 reduce
 # hier: rank 2's node mate (shared memory) and its partner across the nodes
 # (rank 0) wait on it directly; rank 1 may wait on rank 3 first
 lose KILL 4 hier 2 2
