@@ -69,7 +69,7 @@ typedef struct {
     int32_t in_fd, out_fd;
     uint64_t in_id, out_id, in_bytes, out_bytes, in_off, out_off;
     uint64_t user; /* a 2-rank round's buffer, at this address in its owner (pair_begin) */
-    int32_t far;   /* a 2-rank all-reduce's vote: the cores are far apart (allreduce_pick) */
+    int32_t far;   /* a 2-rank all-reduce's votes: cores far apart (1), coll_mem_alloc buffers (2) */
 } shm_desc_t;
 
 typedef struct {
@@ -441,22 +441,26 @@ static const char *peer_input(coll_ctx_t *ctx, int q, uint64_t t, size_t at, siz
 
 /* Whether a 2-rank all-reduce streams through memory (allreduce_stream)
  * or takes the two-shot: the stream where either rank finds the cores far
- * apart, whatever the buffers (coll_mem_alloc's too: far apart, the
- * zero-copy two-shot's reads from the peer's cache took 1.8x the stream's
- * time at 64 KiB-4 MiB). A round of its own, as every rank must take the
- * same path; its hand-off is also a sample. */
-static coll_result_t allreduce_pick(coll_ctx_t *ctx, int *stream) {
+ * apart, with coll_mem_alloc buffers on either rank only up to
+ * ZC_STREAM_MAX_BYTES (far apart, the zero-copy two-shot's reads from the
+ * peer's cache took 1.1-1.9x the stream's time at 64 KiB-16 MiB, but from
+ * 64 MiB, where both run at memory's pace, the stream's extra copies took
+ * 1.6-2x). A round of its own, as every rank must take the same path; its
+ * hand-off is also a sample. */
+#define ZC_STREAM_MAX_BYTES ((size_t)16 << 20)
+static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, size_t bytes, int *stream) {
     struct coll_shm *s = ctx->shm;
     const int peer = 1 - s->me;
     uint64_t t;
     coll_result_t rc = begin_round(ctx, &t, "allreduce");
     if (rc != COLL_SUCCESS) return rc;
-    hdr(s, s->me)->desc[t & 1].d.far = far_apart(s); /* (both read both votes) */
+    hdr(s, s->me)->desc[t & 1].d.far = (far_apart(s) ? 1 : 0) | (zc ? 2 : 0); /* (both read both votes) */
     publish(s, F_COPIED, t);
     sample_line(s, &hdr(s, peer)->f[F_COPIED].v);
     rc = wait_peer(ctx, peer, F_COPIED, t, "allreduce");
     if (rc != COLL_SUCCESS) return rc;
-    *stream = hdr(s, s->me)->desc[t & 1].d.far || hdr(s, peer)->desc[t & 1].d.far;
+    const int votes = hdr(s, s->me)->desc[t & 1].d.far | hdr(s, peer)->desc[t & 1].d.far;
+    *stream = (votes & 1) && (!(votes & 2) || bytes <= ZC_STREAM_MAX_BYTES);
     publish(s, F_DONE, t);
     return COLL_SUCCESS;
 }
@@ -528,7 +532,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     size_t n;
     if (P == 2 && !oneshot && !ctx->comm->oversubscribed && bytes > EAGER_BYTES) {
         int stream;
-        COLL_TRY(allreduce_pick(ctx, &stream));
+        COLL_TRY(allreduce_pick(ctx, zc, bytes, &stream));
         if (stream) return allreduce_stream(ctx, a);
     }
     if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */
