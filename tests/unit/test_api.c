@@ -3,7 +3,7 @@
  * crashes; names, strerror, and the communicator lifecycle.
  *
  *   test_api            the cmocka suite
- *   test_api env-error  run with COLL_ALGO=bogus (or a bad COLL_NET_CHUNK_BYTES):
+ *   test_api env-error  run with COLL_ALGO=bogus (or a bad COLL_NET_CHUNK_BYTES or COLL_SHM_FAR):
  *                       coll_comm_init must refuse, naming it
  */
 #include <setjmp.h>
@@ -207,9 +207,10 @@ static void single_rank_results(void **state) {
 static int env_error(void) {
     /* ranks run with COLL_ALGO=bogus refuse; every other rank refuses too,
      * naming the first bad rank, instead of waiting in the set-up */
-    const char *algo = getenv("COLL_ALGO"), *net = getenv("COLL_NET_CHUNK_BYTES");
-    const int bad = (algo && !strcmp(algo, "bogus")) || net; /* COLL_NET_CHUNK_BYTES is only ever set bad here */
-    const char *named = net ? "COLL_NET_CHUNK_BYTES=" : "COLL_ALGO=bogus";
+    const char *algo = getenv("COLL_ALGO"), *net = getenv("COLL_NET_CHUNK_BYTES"), *far = getenv("COLL_SHM_FAR");
+    /* COLL_NET_CHUNK_BYTES and COLL_SHM_FAR are only ever set bad here */
+    const int bad = (algo && !strcmp(algo, "bogus")) || net || far;
+    const char *named = net ? "COLL_NET_CHUNK_BYTES=" : far ? "COLL_SHM_FAR=" : "COLL_ALGO=bogus";
     coll_comm_t c = NULL;
     coll_result_t rc = coll_comm_init(&c, MPI_COMM_WORLD);
     int ok = rc == COLL_ERR_INVALID_ARG && c == NULL &&
