@@ -33,8 +33,8 @@ typedef struct {
     size_t shm_chunk_bytes;   /* COLL_SHM_CHUNK_BYTES: a shared-memory round's region */
     size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
     int shm_cma;              /* COLL_SHM_CMA: single copies between ranks where allowed */
-    size_t shm_nt_max_bytes;  /* COLL_SHM_NT_MAX_BYTES: two-shot all-reduce up to this copies its input
-                                 into the workspace with non-temporal stores (reduce: always) */
+    size_t shm_nt_max_bytes;  /* COLL_SHM_NT_MAX_BYTES: cores close, two-shot copy-ins and the 2-rank
+                                 reduce's stream up to this use non-temporal stores */
     int shm_far;              /* COLL_SHM_FAR: -1 measure whether the cores are far apart, 0 no, 1 yes */
     size_t shm_cma_min_bytes; /* COLL_SHM_CMA_MIN_BYTES: 2-rank broadcast and all-gather above it copy
                                  between the ranks' buffers */
