@@ -17,7 +17,8 @@
  * the whole vector from every peer's input), two-shot above (each rank
  * reduces its shard of the round, then copies the others' reduced shards).
  * Reductions run in rank order, so every rank's result is bitwise the same.
- * A 2-rank reduce above the one-shot size streams instead (reduce_stream).
+ * A 2-rank reduce above the one-shot size streams instead (reduce_stream),
+ * and so does a 2-rank all-reduce where the cores are far apart (far_apart).
  * At 2 ranks, broadcast and all-gather skip the regions: the ranks copy
  * between each other's buffers with process_vm_readv/writev (broadcast_pair).
  *
