@@ -215,6 +215,7 @@ static int far_either(const struct coll_shm *s) {
 }
 
 static void sample_line(struct coll_shm *s, _Atomic uint64_t *v) {
+    if (coll_tun.shm_far >= 0) return; /* COLL_SHM_FAR decides: nothing to measure */
     const double t0 = now_s();
     (void)atomic_load_explicit(v, memory_order_acquire);
     const double ns = (now_s() - t0) * 1e9;
@@ -440,6 +441,11 @@ static const char *peer_input(coll_ctx_t *ctx, int q, uint64_t t, size_t at, siz
     return region(ctx->shm, q, t, 0) + in_region;
 }
 
+/* Elements of a stream's piece: STREAM_PIECE_BYTES, or a whole region where regions are smaller. */
+static size_t stream_piece(const struct coll_shm *s, size_t es) {
+    return (s->region < STREAM_PIECE_BYTES ? s->region : STREAM_PIECE_BYTES) / es;
+}
+
 /* Whether a 2-rank all-reduce streams through memory (allreduce_stream)
  * or takes the two-shot: the stream where either rank finds the cores far
  * apart, with coll_mem_alloc buffers on either rank only up to
@@ -473,7 +479,7 @@ static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, size_t bytes, int *
 static coll_result_t allreduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
     struct coll_shm *s = ctx->shm;
     const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
-    const size_t per = (s->region < STREAM_PIECE_BYTES ? s->region : STREAM_PIECE_BYTES) / es;
+    const size_t per = stream_piece(s, es);
     const int me = s->me, peer = 1 - me;
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
@@ -852,7 +858,7 @@ fail:
 static coll_result_t reduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
     struct coll_shm *s = ctx->shm;
     const size_t es = coll_dtype_size(a->dtype), per_round = s->region / es;
-    const size_t per = (s->region < STREAM_PIECE_BYTES ? s->region : STREAM_PIECE_BYTES) / es;
+    const size_t per = stream_piece(s, es);
     const int me = s->me, root = a->root, peer = 1 - me;
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
