@@ -305,6 +305,14 @@ def simulate(profile, cluster, cfg):
     "fused_update"}. Returns the figures in ms."""
     p = cluster.p
     scale = float(cfg.get("compute_scale", 1.0))
+    # how far the slowest rank is behind the model's compute at a wait, after `seg` ms
+    # of compute since the ranks last waited together (calibrated: rank_lag_ms): ranks
+    # time-sharing the cores are off them for up to a scheduler slice, and which one
+    # is changes from step to step; a segment shorter than that lags by less
+    lag_ms = float(cfg.get("rank_lag_ms", 0.0)) if p > 1 else 0.0
+
+    def lag(seg):
+        return min(lag_ms, seg)
     fwd = profile["forward_ms"] * scale
     bwd = sum(layer["ms"] for layer in profile["backward"]) * scale
     opt = profile["optimizer_ms"] * scale / (p if cfg.get("zero") else 1)
@@ -325,9 +333,11 @@ def simulate(profile, cluster, cfg):
         # optimiser: ddp-train's log.profile put its optimiser at 0.89-1.07 ms at 2
         # ranks against 0.70-0.79 ms alone (bench-mlp1024, 2026-12-06 17:16 UTC),
         # where the shm all-gather of its 7.5 MB is calibrated at 0.23 ms.
+        # The barriers wait for the slowest rank's compute (lag).
         nbytes = (bks[-1][1] - bks[0][0]) * 4
         comm = 1e3 * (cluster.idle_time("reduce_scatter", "shm", nbytes) + 2 * cluster.local["alpha"])
         compute = fwd + bwd + opt + data + 1e3 * cluster.idle_time("allgather", "shm", nbytes)
+        comm += lag(fwd + bwd + opt + data)
         return {"median_step_ms": compute + comm, "compute_ms": compute, "comm_ms": comm,
                 "exposed_comm_ms": comm, "wire_bytes": 0}
     ready = [r * scale for r in ready_times(profile, bks)] if cfg.get("overlap", True) else [bwd] * len(bks)
@@ -335,19 +345,29 @@ def simulate(profile, cluster, cfg):
     algo = cfg.get("algorithm", "auto")
     galgo = "ring" if algo == "rd" else algo  # recursive doubling has no all-gather model here
     zero = cfg.get("zero") and p > 1
+    # The compute threads last waited together at the end of the previous step's
+    # collectives: ZeRO-1's all-gathers after the optimiser, else the wait for the
+    # last bucket before it (so ZeRO-0's optimiser runs unsynchronised too). A
+    # collective cannot start before the slowest rank reaches it: the model's time
+    # plus that rank's lag over the compute since then.
+    pre = data + fwd + (0.0 if zero else opt)
 
     def timeline(bucket):
         """(step, comm, sync_end, gather) from the start of backward (ms), the link's
         token bucket carried through the step's collectives in order."""
         done, comm = 0.0, 0.0
         for (lo, hi), r in zip(bks, ready):
-            start = max(r, done)
+            start = max(r + lag(pre + r), done)
             c = 1e3 * cluster.time(kind, algo, (hi - lo) * width) - bucket.spend(kind, algo, (hi - lo) * width, start)
             done = start + c
             bucket.busy_until(done)
             comm += c
-        sync_end = max(bwd, done) if p > 1 else bwd
-        gather, at = 0.0, sync_end + zc_ms * scale + opt
+        sync_end = max(bwd + lag(pre + bwd), done) if p > 1 else bwd
+        # ZeRO-1's all-gathers wait for the slowest rank's optimiser; ZeRO-0's
+        # optimiser lag shows at the next step's first bucket (pre)
+        after = zc_ms * scale + opt
+        after += lag(after) if zero else 0.0
+        gather, at = 0.0, sync_end + after
         if zero:
             for lo, hi in bks:
                 g = 1e3 * cluster.time("allgather", galgo, (hi - lo) * 4) - bucket.spend("allgather", galgo, (hi - lo) * 4, at)
@@ -355,7 +375,7 @@ def simulate(profile, cluster, cfg):
                 gather += g
                 bucket.busy_until(at)
             comm += gather
-        return data + fwd + sync_end + zc_ms * scale + opt + gather, comm, sync_end, gather
+        return data + fwd + sync_end + after + gather, comm, sync_end, gather
 
     bucket = _TokenBucket(cluster)
     step, comm, sync_end, gather = timeline(bucket)
@@ -428,12 +448,25 @@ def median_profile(runs):
 
 
 def compute_scale(calib, per_node):
-    """Compute time at per_node ranks on a node against one rank alone: measured up to
-    the cores (memory and cache shared), time-shared beyond them."""
+    """Compute time at per_node ranks on a node against one rank alone: as measured
+    (memory and cache shared up to the cores, time-shared beyond them), else the
+    most ranks measured up to the cores, time-shared k / cores beyond them."""
     table = {int(k): float(v) for k, v in calib.get("compute_scale", {}).items()}
+    if per_node in table:
+        return table[per_node]
     cores = int(calib.get("cores", 1))
     s = table.get(min(per_node, cores), 1.0)
     return s * max(1.0, per_node / cores)
+
+
+def rank_lag_ms(calib, per_node):
+    """How far (ms) the slowest of per_node ranks sharing a machine's cores is behind
+    compute_scale's time when they wait for each other (a step waits for the slowest
+    rank of that step; compute_scale is the slowest rank's median step): as measured
+    at the most ranks up to per_node; 0 for one rank."""
+    table = {int(k): float(v) for k, v in calib.get("rank_lag_ms", {}).items()}
+    known = [k for k in table if 2 <= k <= per_node]
+    return table[max(known)] if known else 0.0
 
 
 def predict(calib, profile, ranks, nodes, link_class, cfg):
@@ -444,7 +477,8 @@ def predict(calib, profile, ranks, nodes, link_class, cfg):
     out = {}
     for p, n in ((1, 1), (ranks, nodes)):
         cl = Cluster(calib, p, n, link_class)
-        out[p] = simulate(prof, cl, dict(cfg, compute_scale=compute_scale(calib, cl.cpu_ranks)))
+        out[p] = simulate(prof, cl, dict(cfg, compute_scale=compute_scale(calib, cl.cpu_ranks),
+                                         rank_lag_ms=rank_lag_ms(calib, cl.cpu_ranks)))
     r = dict(out[ranks])
     r["efficiency"] = out[1]["median_step_ms"] / r["median_step_ms"]
     return r
@@ -453,7 +487,8 @@ def predict(calib, profile, ranks, nodes, link_class, cfg):
 # a link's optional figures the model reads (launch/calibrate writes them)
 LINK_FIGURES = ("burst_bytes", "cpu_s_per_byte")
 
-CALIB_KEYS = {"version", "machine", "date", "cores", "gamma", "links", "compute_scale", "compress_ms_per_mparam", "notes"}
+CALIB_KEYS = {"version", "machine", "date", "cores", "gamma", "links", "compute_scale", "rank_lag_ms",
+              "compress_ms_per_mparam", "notes"}
 
 
 def load_calibration(path):

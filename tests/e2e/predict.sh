@@ -18,8 +18,11 @@ no() { F=$((F + 1)); echo "FAIL: $1"; tail -12 "$TMP/out" 2>/dev/null | sed 's/^
 CFG=(configs/bench-mlp1024.ini log.progress=off train.max_steps=120)
 
 if BUILD=$BUILD launch/calibrate --quick --out "$TMP/calib.json" >"$TMP/out" 2>&1 &&
-    python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); l=c["links"]["local"]; assert l["alpha"]>=0 and l["beta"]>0 and c["compute_scale"]["1"]==1.0' "$TMP/calib.json"; then
-    ok "calibrate: links.local and compute_scale written"
+    python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); l=c["links"]["local"]; assert l["alpha"]>=0 and l["beta"]>0 and c["compute_scale"]["1"]==1.0
+k = [str(k) for k in range(2, 2 * c["cores"] + 1)]
+assert sorted(c["compute_scale"]) == sorted(["1"] + k) and sorted(c["rank_lag_ms"]) == sorted(k), (c["compute_scale"], c["rank_lag_ms"])
+assert all(v >= 0 for v in c["rank_lag_ms"].values())' "$TMP/calib.json"; then
+    ok "calibrate: links.local, compute_scale and rank_lag_ms (k = 2 .. 2 x cores) written"
 else
     no "calibrate"
 fi

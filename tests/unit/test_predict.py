@@ -178,6 +178,42 @@ class Timeline(unittest.TestCase):
                                                            "compute_scale": 2.0})
         self.assertAlmostEqual(r["median_step_ms"], 2 * (1 + 5 + 20 + 2))
 
+    def test_rank_lag(self):
+        # the slowest rank is 3 ms behind at a wait: the first bucket (ready 10 ms into
+        # backward, 1 + 5 ms of data and forward before it, 15 ms a bucket) starts at 13
+        # and the second follows it, done at 43; with ZeRO-0 the previous step's
+        # optimiser is unsynchronised compute too (no change: the segment is longer
+        # than the lag either way)
+        cfg = {"overlap": True, "bucket_mb": MB_PER_100, "algorithm": "ring", "rank_lag_ms": 3.0}
+        r = m.simulate(two_layer_profile(), cluster(15.0), cfg)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 43 + 2)
+        # compute-bound: the wait at the end of backward is for the slowest rank
+        r = m.simulate(two_layer_profile(), cluster(0.001), cfg)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 23 + 2, places=2)
+        # ZeRO-1: the second reduce-scatter (0.5 ms) starts at 23; the all-gathers (0.5
+        # ms each) wait for the slowest rank's optimiser (1 ms at 2 ranks: a segment
+        # shorter than the lag lags by at most itself)
+        z = dict(cfg, zero=1)
+        r = m.simulate(two_layer_profile(), cluster(1.0), z)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 23.5 + 1 + 1 + 1.0)
+        # one rank waits for nobody
+        r = m.simulate(two_layer_profile(), cluster(1.0, ranks=1), cfg)
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2)
+        # the fused update's barriers wait for it too
+        r = m.simulate(two_layer_profile(), cluster(1.0, cores=2), {"overlap": True, "bucket_mb": MB_PER_100,
+                                                                    "rank_lag_ms": 3.0})
+        self.assertAlmostEqual(r["median_step_ms"], 1 + 5 + 20 + 2 + 1 + 1 + 3)
+
+    def test_calibrated_lag_and_scale(self):
+        calib = {"cores": 2, "compute_scale": {"1": 1.0, "2": 1.1, "4": 1.9}, "rank_lag_ms": {"2": 0.2, "4": 3.0}}
+        # measured where it was measured, time-shared beyond
+        self.assertAlmostEqual(m.compute_scale(calib, 4), 1.9)
+        self.assertAlmostEqual(m.compute_scale(calib, 3), 1.65)
+        self.assertAlmostEqual(m.compute_scale(calib, 8), 4.4)
+        # the most ranks measured up to the count; none for one rank or an old calibration
+        self.assertEqual([m.rank_lag_ms(calib, k) for k in (1, 2, 3, 4, 8)], [0.0, 0.2, 0.2, 3.0, 3.0])
+        self.assertEqual(m.rank_lag_ms({"cores": 2}, 4), 0.0)
+
     def test_profile_of_the_median_run(self):
         # repeats of the one-rank run: the profile is the median run's, so that the
         # prediction at one rank is the measured median and not the first run's
