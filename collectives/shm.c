@@ -211,7 +211,7 @@ static int far_apart(const struct coll_shm *s) {
 /* How data this rank writes into its workspace for the peers is copied:
  * far apart, with non-temporal stores, so the peers read it from memory
  * rather than line by line out of this core's far cache (2 ranks, far
- * apart: reduce-scatter 1-4 MiB 4.1-5.3x faster with them); close, with
+ * apart: reduce-scatter 256 KiB-8 MiB 1.4-5.3x faster with them); close, with
  * ordinary ones (the peers read it from the shared cache). */
 static void (*copy_far(const struct coll_shm *s))(void *, const void *, size_t) {
     return far_apart(s) ? copy_nt : copy_bytes;

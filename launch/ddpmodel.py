@@ -517,6 +517,13 @@ def load_calibration(path):
             v = link.get(k, 0)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ModelError("%s: links.%s: '%s' must be a number >= 0 (got %r)" % (path, name, k, v))
+    for table in ("compute_scale", "rank_lag_ms"):  # {ranks: figure}
+        t = c.get(table, {})
+        if not isinstance(t, dict):
+            raise ModelError("%s: '%s' must be an object of rank counts (got %r)" % (path, table, t))
+        for k, v in t.items():
+            if not k.isdigit() or int(k) < 1 or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ModelError("%s: %s.%s: a rank count >= 1 with a number >= 0 (got %r)" % (path, table, k, v))
     return c
 
 

@@ -403,6 +403,17 @@ class Cli(unittest.TestCase):
             self.assertEqual(rc, 2, err)
             self.assertIn("links.1gbit: 'burst_bytes' must be a number >= 0", err)
 
+    def test_bad_rank_table(self):
+        # compute_scale and rank_lag_ms are {rank count: number >= 0}; anything else is named
+        for table, bad in (("rank_lag_ms", {"4": "slow"}), ("rank_lag_ms", {"four": 1.0}), ("compute_scale", {"2": -1}),
+                           ("rank_lag_ms", [3.0])):
+            with open(self.calib, "w") as f:
+                json.dump({"links": {"local": {"alpha": 1, "beta": 1}}, table: bad}, f)
+            rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--ranks", "2")
+            self.assertEqual(rc, 2, err)
+            self.assertIn(table, err)
+            self.assertNotIn("Traceback", err)
+
     def test_link_not_calibrated(self):
         rc, _, err = self.run_predict("--calib", self.calib, "--profile", self.prof, "--nodes", "2",
                                       "--rate", "10gbit")
