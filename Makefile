@@ -107,12 +107,12 @@ $(TRAIN): $(BUILD)/obj/src/main.o $(RT_OBJ) $(LIB_A)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 
 # ddp-train with fault injection (src/faults.h): the test build only
-FAULT_OBJ := $(BUILD)/obj-faults/src/train.o $(BUILD)/obj-faults/src/observe.o $(BUILD)/obj-faults/src/checkpoint.o \
+FAULT_OBJ := $(BUILD)/obj-faults/src/main.o $(BUILD)/obj-faults/src/train.o $(BUILD)/obj-faults/src/observe.o $(BUILD)/obj-faults/src/checkpoint.o \
              $(BUILD)/obj-faults/tests/e2e/faults.o
 $(BUILD)/obj-faults/%.o: %.c $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -DDDP_FAULT_HOOKS -fPIC -c $< -o $@
-$(BUILD)/tests/ddp-train-faults: $(BUILD)/obj/src/main.o $(filter-out %/train.o %/observe.o %/checkpoint.o,$(RT_OBJ)) $(FAULT_OBJ) $(LIB_A)
+$(BUILD)/tests/ddp-train-faults: $(filter-out %/train.o %/observe.o %/checkpoint.o,$(RT_OBJ)) $(FAULT_OBJ) $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SAN) -o $@ $^ $(RT_LIBS) $(LDLIBS)
 

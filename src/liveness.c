@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-enum { TAG_PING = 7101, TAG_PONG = 7102 };
+/* The guard pings with its own tags, so its rounds and a wait's rounds
+ * (another thread) never take each other's pongs. */
+enum { TAG_PING = 7101, TAG_PONG = 7102, TAG_GUARD_PING = 7103, TAG_GUARD_PONG = 7104 };
 
 struct liveness {
     MPI_Comm comm;
@@ -15,6 +17,12 @@ struct liveness {
     atomic_int stop;
     int answering;
     int round; /* sent in pings, echoed in pongs */
+    /* the guard (liveness_guard) */
+    pthread_t guard;
+    atomic_int guard_stop;
+    int guarding, guard_round;
+    double guard_every_s;
+    char guard_what[256];
 };
 
 static double mono_s(void) {
@@ -47,6 +55,7 @@ liveness_t *liveness_create(MPI_Comm comm) {
 
 void liveness_destroy(liveness_t *l) {
     if (!l) return;
+    liveness_guard(l, 0, NULL);
     liveness_answer(l, 0);
     int finalized = 0;
     MPI_Finalized(&finalized);
@@ -57,16 +66,19 @@ void liveness_destroy(liveness_t *l) {
 /* answers every ping until told to stop (a stopped process answers none) */
 static void *responder(void *arg) {
     liveness_t *l = arg;
+    static const int ping[2] = {TAG_PING, TAG_GUARD_PING}, pong[2] = {TAG_PONG, TAG_GUARD_PONG};
     while (!atomic_load(&l->stop)) {
-        int flag = 0, round;
-        MPI_Status st;
-        if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_PING, l->comm, &flag, &st) != MPI_SUCCESS) break;
-        if (!flag) { /* 5 ms: a reply is quick enough, and a step barely notices */
-            nap_ms(5);
-            continue;
+        int any = 0;
+        for (int k = 0; k < 2; k++) {
+            int flag = 0, round;
+            MPI_Status st;
+            if (MPI_Iprobe(MPI_ANY_SOURCE, ping[k], l->comm, &flag, &st) != MPI_SUCCESS) return NULL;
+            if (!flag) continue;
+            any = 1;
+            MPI_Recv(&round, 1, MPI_INT, st.MPI_SOURCE, ping[k], l->comm, MPI_STATUS_IGNORE);
+            MPI_Send(&round, 1, MPI_INT, st.MPI_SOURCE, pong[k], l->comm);
         }
-        MPI_Recv(&round, 1, MPI_INT, st.MPI_SOURCE, TAG_PING, l->comm, MPI_STATUS_IGNORE);
-        MPI_Send(&round, 1, MPI_INT, st.MPI_SOURCE, TAG_PONG, l->comm);
+        if (!any) nap_ms(5); /* a reply is quick enough, and a step barely notices */
     }
     return NULL;
 }
@@ -83,21 +95,22 @@ void liveness_answer(liveness_t *l, int on) {
     }
 }
 
-/* Pings every other rank; returns how many did not answer within limit_s
- * (listed in err), or 0 early once *req completes. */
-static int ping_all(liveness_t *l, double limit_s, MPI_Request *req, int *done, const char *what, char *err,
-                    size_t errlen) {
+/* Pings every other rank (tags ping, ping + 1 for the pongs); returns how
+ * many did not answer within limit_s (listed in err), or 0 early once *req
+ * completes or *cancel is set. */
+static int ping_all(liveness_t *l, int ping, int *round, double limit_s, MPI_Request *req, int *done,
+                    const atomic_int *cancel, const char *what, char *err, size_t errlen) {
     const int P = l->size;
     MPI_Request *rq = malloc(2 * (size_t)P * sizeof *rq);
     int *pong = calloc((size_t)P, sizeof *pong), *got = calloc((size_t)P, sizeof *got);
     int silent = 0;
     if (!rq || !pong || !got) goto out;
-    l->round++;
+    (*round)++;
     for (int r = 0; r < P; r++) {
         rq[2 * r] = rq[2 * r + 1] = MPI_REQUEST_NULL;
         if (r == l->rank) continue;
-        MPI_Irecv(&pong[r], 1, MPI_INT, r, TAG_PONG, l->comm, &rq[2 * r]);
-        MPI_Isend(&l->round, 1, MPI_INT, r, TAG_PING, l->comm, &rq[2 * r + 1]);
+        MPI_Irecv(&pong[r], 1, MPI_INT, r, ping + 1, l->comm, &rq[2 * r]);
+        MPI_Isend(round, 1, MPI_INT, r, ping, l->comm, &rq[2 * r + 1]);
     }
     const double t0 = mono_s();
     int missing = P - 1;
@@ -109,6 +122,7 @@ static int ping_all(liveness_t *l, double limit_s, MPI_Request *req, int *done, 
             if (flag) got[r] = 1, missing--;
         }
         if (req) MPI_Test(req, done, MPI_STATUS_IGNORE);
+        if (cancel && atomic_load(cancel)) *done = 1;
         if (missing && !*done) nap();
     }
     size_t o = (size_t)snprintf(err, errlen, "%s: rank(s)", what);
@@ -138,7 +152,7 @@ out:
 int liveness_census(liveness_t *l, double limit_s, const char *what, char *err, size_t errlen) {
     int done = 0;
     if (!l || !l->multiple) return 0;
-    return ping_all(l, limit_s, NULL, &done, what, err, errlen);
+    return ping_all(l, TAG_PING, &l->round, limit_s, NULL, &done, NULL, what, err, errlen);
 }
 
 int liveness_wait(liveness_t *l, MPI_Request *req, double every_s, double max_s, const char *what, char *err,
@@ -154,10 +168,46 @@ int liveness_wait(liveness_t *l, MPI_Request *req, double every_s, double max_s,
         if (max_s > 0 && now - t0 > max_s)
             return snprintf(err, errlen, "%s: not every rank arrived within %.0f s", what, max_s), -1;
         if (l && l->multiple && every_s > 0 && now - quiet_since > every_s) {
-            if (ping_all(l, every_s, req, &done, what, err, errlen)) return -1;
+            if (ping_all(l, TAG_PING, &l->round, every_s, req, &done, NULL, what, err, errlen)) return -1;
             quiet_since = mono_s();
         } else {
             nap();
         }
     }
+}
+
+/* Every every_s, one round of pings with every_s to answer; a silent rank
+ * ends the job. Between rounds it naps, so it costs nothing on idle cores. */
+static void *guard(void *arg) {
+    liveness_t *l = arg;
+    double last = mono_s();
+    while (!atomic_load(&l->guard_stop)) {
+        nap_ms(10);
+        if (mono_s() - last < l->guard_every_s) continue;
+        char err[512];
+        int done = 0;
+        const int silent = ping_all(l, TAG_GUARD_PING, &l->guard_round, l->guard_every_s, NULL, &done, &l->guard_stop,
+                                    l->guard_what, err, sizeof err);
+        if (silent && !atomic_load(&l->guard_stop)) {
+            fprintf(stderr, "%s\n", err);
+            fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, 1); /* this rank's main thread is blocked in MPI, waiting for the silent one */
+        }
+        last = mono_s();
+    }
+    return NULL;
+}
+
+void liveness_guard(liveness_t *l, double every_s, const char *what) {
+    if (!l || !l->multiple) return;
+    if (l->guarding) {
+        atomic_store(&l->guard_stop, 1);
+        pthread_join(l->guard, NULL);
+        l->guarding = 0;
+    }
+    if (!(every_s > 0) || !what) return;
+    l->guard_every_s = every_s;
+    snprintf(l->guard_what, sizeof l->guard_what, "%s", what);
+    atomic_store(&l->guard_stop, 0);
+    l->guarding = pthread_create(&l->guard, NULL, guard, l) == 0;
 }

@@ -23,6 +23,14 @@ void liveness_answer(liveness_t *l, int on);
  * err naming the silent ranks. */
 int liveness_wait(liveness_t *l, MPI_Request *req, double every_s, double max_s, const char *what, char *err,
                   size_t errlen);
+/* Guards a stretch of blocking calls that have no timeout of their own (MPI
+ * collectives in a set-up, say): while it is on, a helper thread pings every
+ * other rank every every_s, and a rank that does not answer within every_s
+ * ends the job (MPI_Abort) after "WHAT: rank(s) R stopped answering (...)"
+ * on stderr. every_s <= 0 or what NULL turns it off; calling it again
+ * replaces the stretch's name and period. The others must be answering
+ * (liveness_answer) for as long as anyone guards. */
+void liveness_guard(liveness_t *l, double every_s, const char *what);
 /* Pings every other rank once: the number that did not answer within
  * limit_s, named in err ("what: rank(s) ... stopped answering"). */
 int liveness_census(liveness_t *l, double limit_s, const char *what, char *err, size_t errlen);

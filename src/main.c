@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "faults.h"
 #include "hash.h"
 #include "liveness.h"
 #include "train.h"
@@ -30,9 +31,24 @@ static void usage(FILE *f) {
             "Keys and their meaning: configs/README.md\n");
 }
 
+static liveness_t *lv;
+
+/* every exit that is not an abort: the helper threads stop before MPI does */
 static int finish(int rc) {
+    liveness_destroy(lv);
+    lv = NULL;
     MPI_Finalize();
     return rc;
+}
+
+/* Guards the stretches between the ranks' agreements that block in MPI with
+ * no timeout of their own (the engine's set-up: coll_comm_init's MPI
+ * collectives; the replica check): a rank stopped there is named and the
+ * job ends, instead of the others waiting forever (liveness.h). */
+static void guard(int rank, double every_s, const char *stretch) {
+    char what[128];
+    snprintf(what, sizeof what, "ddp-train: rank %d: %s", rank, stretch ? stretch : "");
+    liveness_guard(lv, stretch ? every_s : 0, what);
 }
 
 /* Gathers every rank's fingerprint; returns the first rank whose value
@@ -106,9 +122,10 @@ int main(int argc, char **argv) {
     MPI_Comm_size(MPI_COMM_WORLD, &ranks);
     /* until training starts, a rank that stops answering is named by the
      * others instead of leaving them in a start-up agreement (liveness.h) */
-    liveness_t *lv = ranks > 1 ? liveness_create(MPI_COMM_WORLD) : NULL;
+    lv = ranks > 1 ? liveness_create(MPI_COMM_WORLD) : NULL;
     liveness_answer(lv, 1);
     trainer_startup_liveness(lv, 30);
+    guard(rank, 30, "start-up");
     /* DDP_PID_DIR: each rank writes rank-R.pid there (for fault tests and
      * tools that signal one rank) */
     const char *pid_dir = getenv("DDP_PID_DIR");
@@ -147,14 +164,13 @@ int main(int argc, char **argv) {
     }
     if (agreed || same_config_everywhere(cfg, rank, ranks)) {
         if (err[0]) fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
-        liveness_destroy(lv);
         free(cfg);
         return finish(2);
     }
     trainer_startup_liveness(lv, cfg->timeout_s);
+    guard(rank, cfg->timeout_s, "start-up");
     if (print_only) {
         if (rank == 0) config_write(cfg, stdout, 0);
-        liveness_destroy(lv);
         free(cfg);
         return finish(0);
     }
@@ -168,10 +184,10 @@ int main(int argc, char **argv) {
     if (irc) {
         fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
         trainer_free(&t);
-        liveness_destroy(lv);
         free(cfg);
         return finish(2);
     }
+    guard(rank, 0, NULL); /* training has libcoll's timeouts and the census below */
     /* every rank keeps answering pings while it trains: after a timeout the
      * census below names the rank that is really silent, not the neighbour
      * that was only waiting for it */
@@ -189,9 +205,11 @@ int main(int argc, char **argv) {
         ddp_trace_dump(t.ddp, "abort"); /* unless libcoll's own failure wrote it */
         MPI_Abort(MPI_COMM_WORLD, 1); /* the other ranks may be blocked in a collective */
     }
+    guard(rank, cfg->timeout_s, "the replica check after training");
+    FAULT_HOOK_STAGE("replica-check", rank);
     rc = replicas_identical(&t);
+    guard(rank, 0, NULL);
     trainer_free(&t);
-    liveness_destroy(lv);
     free(cfg);
     return finish(rc ? 1 : 0);
 }

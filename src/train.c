@@ -59,6 +59,7 @@ static optim_cfg_t optim_config(const config_t *c) {
 static int bcast(trainer_t *t, void *buf, size_t n, coll_dtype_t type, char *err, size_t errlen) {
     if (!t->ddp || ddp_broadcast(t->ddp, buf, n, type) == 0) return 0;
     snprintf(err, errlen, "%s", ddp_error(t->ddp));
+    t->coll_failed = 1;
     return -1;
 }
 
@@ -168,7 +169,8 @@ static int resume_rest(trainer_t *t, double *meta, float *const *full, float *pa
             rc = device_from_host(t->dev, state_array(t, k), full[k], N * sizeof(float));
         } else {
             float *shard = t->dev == DEV_CPU ? state_array(t, k) : t->host_state + (size_t)k * t->opt.n;
-            if (ddp_scatter_shards(t->ddp, full[k], shard)) return snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
+            if (ddp_scatter_shards(t->ddp, full[k], shard))
+                return t->coll_failed = 1, snprintf(err, errlen, "%s", ddp_error(t->ddp)), -1;
             rc = device_from_host(t->dev, state_array(t, k), shard, t->opt.n * sizeof(float));
         }
         if (rc) return snprintf(err, errlen, "resume: copying the optimiser state to the device: %s", device_error()), -1;
@@ -234,7 +236,7 @@ int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen) {
 /* the local set-up failed on this rank: tell the others, then fail */
 #define SETUP_FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto setup_failed; } while (0)
 
-int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen) {
+static int init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen) {
     memset(t, 0, sizeof *t);
     t->t_begin = now_s();
     t->cfg = *cfg;
@@ -300,6 +302,7 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
      * would wait for it forever */
     const int agreed = trainer_agree(comm, 0, err, errlen);
     if (agreed) return agreed;
+    FAULT_HOOK_STAGE("setup", t->rank);
     /* compression runs at one rank too, so a run's result does not depend on
      * the rank count beyond the averaging */
     if (t->ranks > 1 || cfg->compress != CFG_COMPRESS_NONE) {
@@ -361,6 +364,11 @@ int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, si
                         t->step > 0, err, errlen);
 setup_failed:
     return trainer_agree(comm, 1, err, errlen) == -2 ? -2 : -1;
+}
+
+int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen) {
+    const int rc = init(t, cfg, comm, err, errlen);
+    return rc == -1 && t->coll_failed ? -2 : rc; /* the others may be blocked: abort, not a clean exit */
 }
 
 void trainer_free(trainer_t *t) {

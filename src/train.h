@@ -57,11 +57,14 @@ typedef struct trainer {
     double t_begin;        /* wall clock at trainer_init (done.wall_s counts from here) */
     double prof_data_ms, prof_opt_ms; /* log.profile: summed since the warm-up */
     long prof_steps;
+    int coll_failed;       /* a collective failed (a rank lost or silent): the failure is not agreed */
 } trainer_t;
 
 /* Loads data, builds the model, optimiser and (at several ranks) the
  * data-parallel engine; makes every replica equal to rank 0's; resumes from
- * a checkpoint when configured. 0, or -1 with err. Collective over comm. */
+ * a checkpoint when configured. 0, or -1 with err (every rank failed, or
+ * the failure was agreed), or -2 with err when a collective failed, so the
+ * others may be blocked (the caller should MPI_Abort). Collective over comm. */
 int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen);
 /* Start-up agreement, collective over comm: returns 0 when no rank failed;
  * otherwise -1, with err naming the first failed rank on the others (a

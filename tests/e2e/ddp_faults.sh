@@ -74,7 +74,8 @@ lose_rank STOP "rank 1" ddp.timeout_s=5 ddp.fused_update=on
 lose_rank STOP "rank 1" ddp.timeout_s=5 ddp.fused_update=off
 
 # stop_named NAME RANK DELAY LIMIT NEEDLE -- MPIRUN ARGS...: starts a 3-rank job, stops
-# RANK once it runs (after DELAY s), and wants the job to end within LIMIT s naming it
+# RANK once it runs (after DELAY s; DELAY "self": the rank stops itself, DDP_FAULT=stop@...),
+# and wants the job to end within LIMIT s of the stop naming it
 stop_named() {
     local name=$1 victim=$2 delay=$3 limit=$4 needle=$5
     shift 6
@@ -82,12 +83,18 @@ stop_named() {
     DDP_PID_DIR="$TMP/pids" timeout 120 $MPIRUN -x DDP_PID_DIR "$@" >"$TMP/out" 2>&1 &
     local job=$!
     for _ in $(seq 200); do [ -s "$TMP/pids/rank-$victim.pid" ] && break; sleep 0.05; done
-    sleep "$delay"
-    kill -STOP "$(cat "$TMP/pids/rank-$victim.pid")"
+    local pid
+    pid=$(cat "$TMP/pids/rank-$victim.pid")
+    if [ "$delay" = self ]; then
+        for _ in $(seq 600); do [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" = T ] && break; sleep 0.05; done
+    else
+        sleep "$delay"
+        kill -STOP "$pid"
+    fi
     local t1=$SECONDS
     wait $job
     local rc=$? dt=$((SECONDS - t1))
-    kill -KILL "$(cat "$TMP/pids/rank-$victim.pid")" 2>/dev/null
+    kill -KILL "$pid" 2>/dev/null
     if [ $rc -ne 0 ] && [ $dt -le "$limit" ] && grep -qF -- "$needle" "$TMP/out"; then ok "$name (exit $rc after ${dt}s)"
     else no "$name: exit $rc after ${dt}s, wanted '$needle'"; fi
 }
@@ -95,6 +102,13 @@ stop_named() {
 # the start-up agreement) is named instead of leaving them waiting there forever
 stop_named "a rank stopped during start-up is named" 1 0 60 "start-up: rank(s) 1 stopped answering" -- \
     -np 3 "$BIN" "${SMALL[@]}" data.shape=1,28,28 data.train_size=60000 ddp.timeout_s=2
+# ... and in the stretches that block in plain MPI collectives with no timeout of
+# their own: the engine's set-up right after the start-up agreement (coll_comm_init;
+# a CI kill trial hung there) and the replica check after the last step
+for stage in setup:2 replica-check:1; do
+    DDP_FAULT=stop@$stage stop_named "a rank stopped at stage ${stage%:*} is named" "${stage#*:}" self 12 \
+        "rank(s) ${stage#*:} stopped answering" -- -x DDP_FAULT -np 3 "$BIN_FAULTS" "${SMALL[@]}" train.max_steps=5 ddp.timeout_s=2
+done
 
 # --- checkpoints
 CK=("${SMALL[@]}" data.batch_size=6 train.max_steps=40 checkpoint.every_steps=10)

@@ -1,11 +1,14 @@
 /* The fault hooks of src/faults.h, linked only into build/tests/ddp-train-faults. */
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "faults.h"
 
 static long exit_at = -1, kill_at = -1, slow_s;
+static char stop_stage[32];
+static int stop_rank = -1;
 
 static void load(void) {
     static int loaded;
@@ -17,6 +20,12 @@ static void load(void) {
     if (sscanf(f, "exit@%ld", &s) == 1) exit_at = s;
     if (sscanf(f, "kill-in-checkpoint@%ld", &s) == 1) kill_at = s;
     if (sscanf(f, "slow-checkpoint=%ld", &s) == 1) slow_s = s;
+    if (sscanf(f, "stop@%31[a-z-]:%d", stop_stage, &stop_rank) != 2) stop_rank = -1;
+}
+
+void fault_hook_stage(const char *stage, int rank) {
+    load();
+    if (rank == stop_rank && !strcmp(stage, stop_stage)) raise(SIGSTOP);
 }
 
 void fault_hook_step_done(long step) {
