@@ -63,22 +63,22 @@ void liveness_destroy(liveness_t *l) {
     free(l);
 }
 
-/* answers every ping until told to stop (a stopped process answers none) */
+/* Answers every ping until told to stop (a stopped process answers none).
+ * One probe for both kinds of ping; a pong it sees came after its round
+ * gave up (a round posts its receives before it pings) and is dropped. */
 static void *responder(void *arg) {
     liveness_t *l = arg;
-    static const int ping[2] = {TAG_PING, TAG_GUARD_PING}, pong[2] = {TAG_PONG, TAG_GUARD_PONG};
     while (!atomic_load(&l->stop)) {
-        int any = 0;
-        for (int k = 0; k < 2; k++) {
-            int flag = 0, round;
-            MPI_Status st;
-            if (MPI_Iprobe(MPI_ANY_SOURCE, ping[k], l->comm, &flag, &st) != MPI_SUCCESS) return NULL;
-            if (!flag) continue;
-            any = 1;
-            MPI_Recv(&round, 1, MPI_INT, st.MPI_SOURCE, ping[k], l->comm, MPI_STATUS_IGNORE);
-            MPI_Send(&round, 1, MPI_INT, st.MPI_SOURCE, pong[k], l->comm);
+        int flag = 0, round;
+        MPI_Status st;
+        if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, l->comm, &flag, &st) != MPI_SUCCESS) break;
+        if (!flag) { /* 5 ms: a reply is quick enough, and a step barely notices */
+            nap_ms(5);
+            continue;
         }
-        if (!any) nap_ms(5); /* a reply is quick enough, and a step barely notices */
+        MPI_Recv(&round, 1, MPI_INT, st.MPI_SOURCE, st.MPI_TAG, l->comm, MPI_STATUS_IGNORE);
+        if (st.MPI_TAG == TAG_PING || st.MPI_TAG == TAG_GUARD_PING)
+            MPI_Send(&round, 1, MPI_INT, st.MPI_SOURCE, st.MPI_TAG + 1, l->comm);
     }
     return NULL;
 }
