@@ -196,7 +196,7 @@ SAN_UNIT := test_reduce test_api test_graph test_data test_config test_compress 
 test: deps
 	@$(MAKE) --no-print-directory all fuzz-build
 	@$(MAKE) --no-print-directory SAN=1 $(SAN_UNIT:%=build-san/tests/%) build-san/bin/ddp-train
-	@$(MAKE) --no-print-directory SAN=thread build-tsan/tests/test_coll
+	@$(MAKE) --no-print-directory SAN=thread build-tsan/tests/test_coll build-tsan/tests/ddp-train-faults
 	@BUILD=$(BUILD) tests/run-tests
 
 # The default job: the Fashion-MNIST MLP on 2 ranks.
