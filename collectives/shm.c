@@ -37,25 +37,33 @@
 #include <time.h>
 #include <unistd.h>
 #if defined(__SSE2__)
+#include <cpuid.h>
 #include <emmintrin.h>
 #endif
 
 #include "coll_internal.h"
 
 #define LINE 128
-#define HDR_BYTES (18 * 4096) /* the header's pages: regions start page-aligned */
+#define HDR_BYTES (20 * 4096) /* the header's pages: regions start page-aligned */
 /* Calls of at most EAGER_BYTES use a ring of EAGER_SLOTS small slots in
  * the header instead of the regions, so that a writer (the root of a
  * broadcast, the non-roots of a reduce) runs up to EAGER_SLOTS calls ahead
  * of its readers, as eager point-to-point messages let a tree run ahead:
  * with ranks outnumbering cores every hand-off otherwise waits for a
  * descheduled rank (4 ranks on 2 cores: 0.4-0.7x Open MPI at 8-64 B). A
- * slot carries its round number in its first line, beside the data (as
- * NCCL's LL protocol does): a reader polls the line it then reads, one
- * cache-line transfer per hand-off of up to 56 bytes instead of a flag's
- * and the data's. */
+ * slot's 64-byte lines carry 56 bytes of data each beside a round number,
+ * and a call's round goes into the last line it uses, after the data: the
+ * reader polls that line, so the line it waits for carries data too, and the
+ * writer does not come back to a line the reader polls. With the round in
+ * the first line, written after the whole slot's data, a 2-rank all-reduce
+ * of 8 B-2 KiB took 1.2-1.4x as long on the Intel host (likely that line
+ * going back and forth between the cores while the reader polled it). */
 #define EAGER_SLOTS 16
 #define EAGER_BYTES 4096
+#define EAGER_LINE 64
+#define EAGER_DATA (EAGER_LINE - 8)
+#define EAGER_LINES ((EAGER_BYTES + EAGER_DATA - 1) / EAGER_DATA)
+#define EAGER_DEMOTE_BYTES 2048 /* eager_put */
 #define NT_MIN_BYTES ((size_t)4 << 20)
 #define KEEP_PIECE_BYTES ((size_t)16 << 10)
 #define STREAM_PIECE_BYTES ((size_t)64 << 10) /* a 2-rank stream's hand-off (reduce_stream) */
@@ -74,8 +82,10 @@ typedef struct {
 } shm_desc_t;
 
 typedef struct {
-    _Alignas(LINE) _Atomic uint64_t t; /* the round whose data is in, written after it */
-    char data[EAGER_BYTES];
+    struct {
+        _Alignas(EAGER_LINE) _Atomic uint64_t t; /* the round whose data is in, written after it */
+        char data[EAGER_DATA];
+    } line[EAGER_LINES];
 } eager_t;
 
 typedef struct {
@@ -120,6 +130,8 @@ struct coll_shm {
     } map[MAP_CACHE]; /* peers' buffers mapped here (zero-copy) */
     int nmap, evict;
     int cma; /* every rank can read and write its peers' memory (process_vm_readv/writev) */
+    int cldemote; /* have_cldemote() */
+    char *unpacked; /* P x EAGER_BYTES: the eager slots' data, contiguous (eager_get) */
     float line_ns[LINE_SAMPLES]; /* the last loads of a peer's freshly written counter (far_apart) */
     unsigned nline;
     int far_said; /* far_apart as last written to this rank's header */
@@ -241,7 +253,7 @@ static void publish(struct coll_shm *s, int f, uint64_t t) {
 
 static const char *stage_name[F_NUM] = {"its input", "its reduced shard", "the end of the round", "its input"};
 
-/* Waits until peer's counter f reaches t: spins with pause for COLL_SPIN
+/* Waits until peer's counter v reaches t: spins with pause for COLL_SPIN
  * polls (COLL_SPIN_OVERSUBSCRIBED when ranks outnumber cores), then yields
  * at every poll; after COLL_TIMEOUT without it, an error naming that peer. */
 static coll_result_t wait_value(coll_ctx_t *ctx, int peer, _Atomic uint64_t *v, uint64_t t, const char *what,
@@ -328,14 +340,53 @@ static coll_result_t begin_eager_round(coll_ctx_t *ctx, uint64_t *t, const char 
 
 static eager_t *eager_slot(const struct coll_shm *s, int r, uint64_t t) { return &hdr(s, r)->eager[t % EAGER_SLOTS]; }
 
-/* This rank's slot of round t holds its data. */
-static void eager_publish(struct coll_shm *s, uint64_t t) {
-    atomic_store_explicit(&eager_slot(s, s->me, t)->t, t, memory_order_release);
+static unsigned eager_lines(size_t bytes) { return bytes ? (unsigned)((bytes + EAGER_DATA - 1) / EAGER_DATA) : 1; }
+
+/* Whether this CPU has CLDEMOTE (Intel, from Sapphire Rapids): it moves a
+ * line from this core's caches to the shared L3 (on other CPUs the same
+ * bytes are a no-op hint, but the loop is skipped there). */
+static int have_cldemote(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (c >> 25 & 1);
+#else
+    return 0;
+#endif
 }
 
-static coll_result_t wait_eager(coll_ctx_t *ctx, int peer, uint64_t t, const char *what) {
-    return wait_value(ctx, peer, &eager_slot(ctx->shm, peer, t)->t, t, what, stage_name[F_COPIED]);
+/* Writes `bytes` of data into this rank's slot of round t, then the round
+ * number into the last line it used. `demote`: push the slot's lines to
+ * the shared L3, where the peer's loads find them sooner than in this
+ * core's L2 (a 2-rank all-reduce on the Intel host, 64 B-2 KiB: 10-15%
+ * faster; 4 KiB, and a broadcast's or reduce's run-ahead writer: slower). */
+static void eager_put(struct coll_shm *s, uint64_t t, const char *data, size_t bytes, int demote) {
+    eager_t *e = eager_slot(s, s->me, t);
+    const unsigned full = (unsigned)(bytes / EAGER_DATA), lines = eager_lines(bytes);
+    for (unsigned i = 0; i < full; i++) /* (a constant size: inlined) */
+        memcpy(e->line[i].data, data + (size_t)i * EAGER_DATA, EAGER_DATA);
+    memcpy(e->line[lines - 1].data, data + (size_t)full * EAGER_DATA, bytes - (size_t)full * EAGER_DATA);
+    atomic_store_explicit(&e->line[lines - 1].t, t, memory_order_release);
+#if defined(__x86_64__) || defined(__i386__)
+    if (demote && s->cldemote)
+        for (unsigned i = 0; i < lines; i++) __asm__ volatile("cldemote %0" ::"m"(e->line[i]));
+#else
+    (void)demote;
+#endif
 }
+
+/* Waits for peer's data of round t in its slot and copies it, contiguous, to out. */
+static coll_result_t eager_get(coll_ctx_t *ctx, int peer, uint64_t t, char *out, size_t bytes, const char *what) {
+    eager_t *e = eager_slot(ctx->shm, peer, t);
+    const unsigned full = (unsigned)(bytes / EAGER_DATA), lines = eager_lines(bytes);
+    coll_result_t rc = wait_value(ctx, peer, &e->line[lines - 1].t, t, what, stage_name[F_COPIED]);
+    if (rc != COLL_SUCCESS) return rc;
+    for (unsigned i = 0; i < full; i++) memcpy(out + (size_t)i * EAGER_DATA, e->line[i].data, EAGER_DATA);
+    memcpy(out + (size_t)full * EAGER_DATA, e->line[lines - 1].data, bytes - (size_t)full * EAGER_DATA);
+    return COLL_SUCCESS;
+}
+
+/* Where rank q's data of an eager call is unpacked (eager_get). */
+static char *unpacked(const struct coll_shm *s, int q) { return s->unpacked + (size_t)q * EAGER_BYTES; }
 
 /* dst[0, n) = src[0] op src[1] op ... op src[P-1], in that order (dst may
  * be src[0], the only overlap the kernels allow), divided by P for
@@ -552,12 +603,12 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     }
     if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */
         COLL_TRY(begin_eager_round(ctx, &t, "allreduce"));
-        memcpy(eager_slot(s, me, t)->data, in, bytes);
-        eager_publish(s, t);
+        eager_put(s, t, in, bytes, P == 2 && !ctx->comm->oversubscribed && bytes <= EAGER_DEMOTE_BYTES);
         for (int q = 0; q < P; q++) {
-            if (q != me) COLL_TRY(wait_eager(ctx, q, t, "allreduce"));
-            src[q] = eager_slot(s, q, t)->data;
+            if (q != me) COLL_TRY(eager_get(ctx, q, t, unpacked(s, q), bytes, "allreduce"));
+            src[q] = q != me ? unpacked(s, q) : in;
         }
+        if (in == out && me > 0) src[me] = memcpy(unpacked(s, me), in, bytes); /* the kernels allow dst == src[0] only */
         reduce_srcs(a, out, src, P, a->count, 1);
         publish(s, F_DONE, t);
         return COLL_SUCCESS;
@@ -825,13 +876,11 @@ coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
         uint64_t t;
         if (s->me == a->root) {
             COLL_TRY(begin_eager_round(ctx, &t, "broadcast"));
-            memcpy(eager_slot(s, s->me, t)->data, buf, a->count * es);
-            eager_publish(s, t);
+            eager_put(s, t, buf, a->count * es, 0);
         } else {
             /* (a reader's slot is not read by anyone: nothing to wait for) */
             t = ++s->round;
-            COLL_TRY(wait_eager(ctx, a->root, t, "broadcast"));
-            memcpy(buf, eager_slot(s, a->root, t)->data, a->count * es);
+            COLL_TRY(eager_get(ctx, a->root, t, buf, a->count * es, "broadcast"));
         }
         publish(s, F_DONE, t);
         return COLL_SUCCESS;
@@ -918,15 +967,14 @@ coll_result_t coll_shm_reduce(coll_ctx_t *ctx, const coll_args_t *a) {
         uint64_t t;
         if (me != root) {
             COLL_TRY(begin_eager_round(ctx, &t, "reduce"));
-            memcpy(eager_slot(s, me, t)->data, in, a->count * es);
-            eager_publish(s, t);
+            eager_put(s, t, in, a->count * es, 0);
         } else {
             t = ++s->round; /* the root's slot is not read */
             src[0] = in;
             for (int q = 1; q < P; q++) {
                 const int peer = q <= me ? q - 1 : q;
-                COLL_TRY(wait_eager(ctx, peer, t, "reduce"));
-                src[q] = eager_slot(s, peer, t)->data;
+                COLL_TRY(eager_get(ctx, peer, t, unpacked(s, peer), a->count * es, "reduce"));
+                src[q] = unpacked(s, peer);
             }
             reduce_srcs(a, out, src, P, a->count, 1);
         }
@@ -986,6 +1034,7 @@ static void unmap_all(struct coll_shm *s) {
     for (int r = 0; r < s->P; r++)
         if (s->base[r] && s->base[r] != MAP_FAILED) munmap(s->base[r], s->seg);
     free(s->base);
+    free(s->unpacked);
     free(s);
 }
 
@@ -1002,8 +1051,9 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
         s->region = coll_tun.shm_chunk_bytes & ~(size_t)63;
         s->seg = HDR_BYTES + 4 * s->region;
         s->base = calloc((size_t)P, sizeof *s->base);
-        ok = s->base != NULL && s->region >= (size_t)P * 16 && P <= MAX_RANKS; /* a reduce-scatter round moves one element per rank */
-        if (s->base && !ok) why = P > MAX_RANKS ? "more than 256 ranks on the node" : "COLL_SHM_CHUNK_BYTES below 16 bytes per rank";
+        s->unpacked = aligned_alloc(64, (size_t)P * EAGER_BYTES);
+        ok = s->base != NULL && s->unpacked != NULL && s->region >= (size_t)P * 16 && P <= MAX_RANKS; /* a reduce-scatter round moves one element per rank */
+        if (s->base && s->unpacked && !ok) why = P > MAX_RANKS ? "more than 256 ranks on the node" : "COLL_SHM_CHUNK_BYTES below 16 bytes per rank";
     }
     if (ok) {
         fd = (int)memfd_create("coll-shm", MFD_CLOEXEC);
@@ -1054,6 +1104,7 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
     for (int q = 0; q < P; q++)
         for (size_t o = 0; o < HDR_BYTES; o += 4096) (void)*(volatile char *)(s->base[q] + o);
     s->cma = every2[1];
+    s->cldemote = have_cldemote();
     COLL_LOG(c, COLL_LOG_INFO, "shared memory: single copies between ranks (CMA) %s", s->cma ? "on" : "off");
     ctx->shm = s;
     return COLL_SUCCESS;

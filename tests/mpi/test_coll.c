@@ -284,7 +284,7 @@ static void wraparound(void) {
  * all-reduce after each run (lock-step rounds after eager ones). */
 static void bursts(void) {
     const coll_algo_t algos[] = {COLL_ALGO_AUTO, COLL_ALGO_SHM};
-    const size_t sizes[] = {1, 7, 256, 1025, 4096, 4097}; /* bytes: uint8 elements */
+    const size_t sizes[] = {1, 7, 56, 57, 113, 256, 1025, 4096, 4097}; /* bytes: uint8 elements (56: an eager line) */
     uint8_t *buf = xmalloc(8192), *out = xmalloc(8192);
     for (size_t ai = 0; ai < sizeof algos / sizeof *algos; ai++) {
         coll_comm_set_algorithm(comm, algos[ai]);
