@@ -37,8 +37,10 @@
 #include <time.h>
 #include <unistd.h>
 #if defined(__SSE2__)
-#include <cpuid.h>
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #endif
 
 #include "coll_internal.h"
@@ -83,7 +85,7 @@ typedef struct {
 
 typedef struct {
     struct {
-        _Alignas(EAGER_LINE) _Atomic uint64_t t; /* the round whose data is in, written after it */
+        _Alignas(EAGER_LINE) _Atomic uint64_t t; /* in a call's last line: its round, written after the data */
         char data[EAGER_DATA];
     } line[EAGER_LINES];
 } eager_t;
