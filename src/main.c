@@ -52,24 +52,16 @@ static void guard(int rank, double every_s, const char *stretch) {
 }
 
 /* Gathers every rank's fingerprint; returns the first rank whose value
- * differs from rank 0's (filling theirs and rank 0's), or -1. */
-static int differs_from_rank0(unsigned long long mine, int ranks, unsigned long long *theirs, unsigned long long *zero,
-                              int startup) {
+ * differs from rank 0's (filling theirs and rank 0's), or -1. Called under
+ * a guard (a rank stopped here is named). */
+static int differs_from_rank0(unsigned long long mine, int ranks, unsigned long long *theirs,
+                              unsigned long long *zero) {
     unsigned long long *all = malloc((size_t)ranks * sizeof *all);
     if (!all) {
         fprintf(stderr, "ddp-train: out of memory\n");
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
-    MPI_Request rq;
-    char err[512];
-    MPI_Iallgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD, &rq);
-    if (startup ? trainer_wait(&rq, "start-up", err, sizeof err) : MPI_Wait(&rq, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
-        int me = 0;
-        MPI_Comm_rank(MPI_COMM_WORLD, &me);
-        fprintf(stderr, "ddp-train: rank %d: %s\n", me, err);
-        fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
+    MPI_Allgather(&mine, 1, MPI_UNSIGNED_LONG_LONG, all, 1, MPI_UNSIGNED_LONG_LONG, MPI_COMM_WORLD);
     int bad = -1;
     for (int r = 1; r < ranks && bad < 0; r++)
         if (all[r] != all[0]) bad = r;
@@ -92,7 +84,7 @@ static int same_config_everywhere(const config_t *cfg, int rank, int ranks) {
     const unsigned long long mine = text ? fnv1a(text, len) : 0;
     free(text);
     unsigned long long theirs, zero;
-    const int bad = differs_from_rank0(mine, ranks, &theirs, &zero, 1);
+    const int bad = differs_from_rank0(mine, ranks, &theirs, &zero);
     if (bad >= 0)
         fprintf(stderr,
                 "ddp-train: rank %d: the configuration differs between ranks (rank %d's hash %016llx, rank 0's %016llx); "
@@ -106,7 +98,7 @@ static int replicas_identical(trainer_t *t) {
     unsigned long long theirs, zero;
     const float *p = trainer_params_host(t);
     const unsigned long long mine = p ? fnv1a(p, t->g->nweights * sizeof(float)) : 0;
-    const int bad = differs_from_rank0(mine, t->ranks, &theirs, &zero, 0);
+    const int bad = differs_from_rank0(mine, t->ranks, &theirs, &zero);
     if (bad >= 0 && t->rank == 0)
         fprintf(stderr, "ddp-train: replicas diverged: rank %d's parameters hash %016llx, rank 0's %016llx\n", bad,
                 theirs, zero);
@@ -124,7 +116,6 @@ int main(int argc, char **argv) {
      * others instead of leaving them in a start-up agreement (liveness.h) */
     lv = ranks > 1 ? liveness_create(MPI_COMM_WORLD) : NULL;
     liveness_answer(lv, 1);
-    trainer_startup_liveness(lv, 30);
     guard(rank, 30, "start-up");
     /* DDP_PID_DIR: each rank writes rank-R.pid there (for fault tests and
      * tools that signal one rank) */
@@ -156,18 +147,11 @@ int main(int argc, char **argv) {
     if (!rc) rc = config_validate(cfg, err, sizeof err);
     if (rc && a >= argc && rank == 0) usage(stderr);
     /* all ranks learn whether any rank could not read its configuration */
-    const int agreed = trainer_agree(MPI_COMM_WORLD, rc != 0, err, sizeof err);
-    if (agreed == -2) {
-        fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
-        fflush(stderr);
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
-    if (agreed || same_config_everywhere(cfg, rank, ranks)) {
+    if (trainer_agree(MPI_COMM_WORLD, rc != 0, err, sizeof err) || same_config_everywhere(cfg, rank, ranks)) {
         if (err[0]) fprintf(stderr, "ddp-train: rank %d: %s\n", rank, err);
         free(cfg);
         return finish(2);
     }
-    trainer_startup_liveness(lv, cfg->timeout_s);
     guard(rank, cfg->timeout_s, "start-up");
     if (print_only) {
         if (rank == 0) config_write(cfg, stdout, 0);

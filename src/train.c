@@ -205,29 +205,14 @@ static int node_local_rank(MPI_Comm comm) {
     return r;
 }
 
-static liveness_t *startup_lv;
-static double startup_every_s = 30;
-
-void trainer_startup_liveness(liveness_t *lv, double every_s) {
-    startup_lv = lv;
-    startup_every_s = every_s;
-}
-
-int trainer_wait(MPI_Request *req, const char *what, char *err, size_t errlen) {
-    return liveness_wait(startup_lv, req, startup_every_s, 0, what, err, errlen) ? -2 : 0;
-}
-
+/* A rank stopped before it gets here is named by the start-up guard
+ * (main.c, liveness_guard), which is on for the whole set-up: the
+ * agreement itself needs no timeout. */
 int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen) {
     int me, first;
     MPI_Comm_rank(comm, &me);
     int mine = failed ? me : INT_MAX;
-    MPI_Request rq;
-    MPI_Iallreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm, &rq);
-    char e[512];
-    if (trainer_wait(&rq, "start-up", e, sizeof e)) {
-        snprintf(err, errlen, "%s", e); /* a rank stopped answering: this rank's own problem is secondary */
-        return -2;
-    }
+    MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
     if (first == INT_MAX) return 0;
     if (!failed) snprintf(err, errlen, "rank %d could not start (see its message); stopping", first);
     return -1;
@@ -363,7 +348,7 @@ static int init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, siz
     return metrics_open(&t->m, t->rank == 0 ? cfg->metrics : "", t->rank == 0 ? cfg->progress : CFG_PROGRESS_OFF,
                         t->step > 0, err, errlen);
 setup_failed:
-    return trainer_agree(comm, 1, err, errlen) == -2 ? -2 : -1;
+    return trainer_agree(comm, 1, err, errlen);
 }
 
 int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen) {

@@ -19,7 +19,6 @@
 #include "ddp.h"
 #include "device.h"
 #include "graph.h"
-#include "liveness.h"
 #include "metrics.h"
 #include "optim.h"
 #include "straggler.h"
@@ -68,13 +67,9 @@ typedef struct trainer {
 int trainer_init(trainer_t *t, const config_t *cfg, MPI_Comm comm, char *err, size_t errlen);
 /* Start-up agreement, collective over comm: returns 0 when no rank failed;
  * otherwise -1, with err naming the first failed rank on the others (a
- * failed rank keeps its own message); -2 when a rank stopped answering
- * (err names it; the caller should MPI_Abort, as the others cannot finish). */
+ * failed rank keeps its own message). It has no timeout: the caller guards
+ * the start-up against a rank that stops answering (liveness_guard). */
 int trainer_agree(MPI_Comm comm, int failed, char *err, size_t errlen);
-/* The start-up waits' liveness check (liveness.h): pings every every_s. */
-void trainer_startup_liveness(liveness_t *lv, double every_s);
-/* Waits for a start-up request with that check: 0, or -2 with err. */
-int trainer_wait(MPI_Request *req, const char *what, char *err, size_t errlen);
 /* Trains to the end; observe.c writes the metrics around it. 0, or -1 with err. */
 int trainer_run(trainer_t *t, char *err, size_t errlen);
 /* Writes a checkpoint of step t->step (rank 0 writes, every rank takes part). */
