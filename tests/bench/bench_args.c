@@ -55,7 +55,7 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
     int c, v;
     opterr = 0;
     optind = 0; /* a full reset (glibc), so the parser can run more than once */
-    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:m:hG")) != -1) {
+    while ((c = getopt(argc, argv, "o:d:r:a:b:e:f:n:w:c:i:R:x:m:F:hG")) != -1) {
         switch (c) {
         case 'o':
             for (v = 0; v < NOPS && strcmp(optarg, bench_op_names[v]); v++) {}
@@ -91,6 +91,7 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
         case 'c': if (parse_int(optarg, "-c", 0, 1, &a->checkit, why, len)) return -1; break;
         case 'i': if (parse_int(optarg, "-i", 0, 1, &a->inplace, why, len)) return -1; break;
         case 'm': if (parse_int(optarg, "-m", 0, 1, &a->memalloc, why, len)) return -1; break;
+        case 'F': if (parse_int(optarg, "-F", 0, 1, &a->fresh, why, len)) return -1; break;
         case 'R': if (parse_int(optarg, "-R", 1, BENCH_MAX_REPEATS, &a->repeats, why, len)) return -1; break;
         case 'G': a->gpu = 1; break;
         case 'h': return 1;
@@ -101,5 +102,6 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
     if (a->minb > a->maxb) BAD("-b must not exceed -e");
     if (a->base == BENCH_BASE_LIMIT && (a->op != O_ALLREDUCE || a->dt != COLL_FLOAT32 || a->redop != COLL_SUM || a->gpu))
         BAD("-x limit: the limit is a float32 sum all-reduce on host memory");
+    if (a->base == BENCH_BASE_LIMIT && a->fresh) BAD("-F 1: not with -x limit (the limit's own inputs are not rewritten)");
     return 0;
 }

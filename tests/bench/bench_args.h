@@ -17,6 +17,7 @@ typedef struct bench_args {
     int algo, base; /* base < 0: no -x; BENCH_BASE_LIMIT: -x limit */
     int checkit, inplace, repeats, iters, warmup, gpu;
     int memalloc; /* -m 1: buffers from coll_mem_alloc */
+    int fresh;    /* -F 1: inputs rewritten before every call */
     size_t minb, maxb;
     double factor;
 } bench_args_t;
