@@ -66,8 +66,9 @@
 #define EAGER_DATA (EAGER_LINE - 8)
 #define EAGER_LINES ((EAGER_BYTES + EAGER_DATA - 1) / EAGER_DATA)
 #define EAGER_DEMOTE_BYTES 2048 /* eager_put */
-/* Copies of at least nt_min bytes (coll_shm) use non-temporal stores: an
- * eighth of the shared L3, at least NT_MIN_BYTES. Data that large would
+/* Copies of at least nt_min bytes (coll_shm) use non-temporal stores:
+ * COLL_SHM_NT_MIN_BYTES, by default an eighth of the shared L3, at least
+ * NT_MIN_BYTES. Data that large would
  * leave the cache before its readers came to it; smaller, they find it
  * there (a 4-rank broadcast of 8-128 MiB on the Intel host, 300 MiB of L3:
  * 5-14% faster with ordinary stores; the AMD host's 32 MiB L3: 4 MiB, as
@@ -139,7 +140,7 @@ struct coll_shm {
     int nmap, evict;
     int cma; /* every rank can read and write its peers' memory (process_vm_readv/writev) */
     int cldemote; /* have_cldemote() */
-    size_t nt_min; /* NT_MIN_BYTES */
+    size_t nt_min; /* non-temporal stores from this size (NT_MIN_BYTES) */
     char *unpacked; /* P x EAGER_BYTES: the eager slots' data, contiguous (eager_get) */
     float line_ns[LINE_SAMPLES]; /* the last loads of a peer's freshly written counter (far_apart) */
     unsigned nline;
@@ -1115,7 +1116,9 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
     s->cma = every2[1];
     s->cldemote = have_cldemote();
     const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); /* 0 or -1 where unknown */
-    s->nt_min = l3 > 0 && (size_t)l3 / 8 > NT_MIN_BYTES ? (size_t)l3 / 8 : NT_MIN_BYTES;
+    s->nt_min = coll_tun.shm_nt_min_bytes       ? coll_tun.shm_nt_min_bytes
+                : l3 > 0 && (size_t)l3 / 8 > NT_MIN_BYTES ? (size_t)l3 / 8
+                                                          : NT_MIN_BYTES;
     COLL_LOG(c, COLL_LOG_INFO, "shared memory: single copies between ranks (CMA) %s", s->cma ? "on" : "off");
     ctx->shm = s;
     return COLL_SUCCESS;
