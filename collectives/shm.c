@@ -66,13 +66,16 @@
 #define EAGER_DATA (EAGER_LINE - 8)
 #define EAGER_LINES ((EAGER_BYTES + EAGER_DATA - 1) / EAGER_DATA)
 #define EAGER_DEMOTE_BYTES 2048 /* eager_put */
-/* Copies of at least nt_min bytes (coll_shm) use non-temporal stores:
- * COLL_SHM_NT_MIN_BYTES, by default an eighth of the shared L3, at least
- * NT_MIN_BYTES. Data that large would
- * leave the cache before its readers came to it; smaller, they find it
- * there (a 4-rank broadcast of 8-128 MiB on the Intel host, 300 MiB of L3:
- * 5-14% faster with ordinary stores; the AMD host's 32 MiB L3: 4 MiB, as
- * measured there). */
+/* Copies of at least NT_MIN_BYTES out of a peer's buffer use non-temporal
+ * stores. The broadcast root's copy-in does from bcast_nt_min bytes
+ * (coll_shm): COLL_SHM_BCAST_NT_MIN_BYTES, by default an eighth of the shared
+ * L3, at least NT_MIN_BYTES. Data that large would leave the cache before
+ * its readers came to it; smaller, they find it there (a 4-rank broadcast
+ * of 8-128 MiB on the Intel host, 300 MiB of L3: 5-14% faster with
+ * ordinary stores; the AMD host's 32 MiB L3: 4 MiB, as measured there).
+ * The copies out of a peer's coll_mem_alloc buffer keep 4 MiB: on the
+ * Intel host a 2-rank zero-copy all-reduce of 8-64 MiB was 5-30% faster
+ * with them out of place, 15-20% slower in place (2026-12-07). */
 #define NT_MIN_BYTES ((size_t)4 << 20)
 #define KEEP_PIECE_BYTES ((size_t)16 << 10)
 #define STREAM_PIECE_BYTES ((size_t)64 << 10) /* a 2-rank stream's hand-off (reduce_stream) */
@@ -140,7 +143,7 @@ struct coll_shm {
     int nmap, evict;
     int cma; /* every rank can read and write its peers' memory (process_vm_readv/writev) */
     int cldemote; /* have_cldemote() */
-    size_t nt_min; /* non-temporal stores from this size (NT_MIN_BYTES) */
+    size_t bcast_nt_min; /* a broadcast root copies in with non-temporal stores from this size (NT_MIN_BYTES) */
     char *unpacked; /* P x EAGER_BYTES: the eager slots' data, contiguous (eager_get) */
     float line_ns[LINE_SAMPLES]; /* the last loads of a peer's freshly written counter (far_apart) */
     unsigned nline;
@@ -665,7 +668,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
             const char *from = peer_data(ctx, q, t, 1, at * es);
             if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
             const size_t qb = coll_block_count(n, P, q) * es;
-            if (qb >= s->nt_min) copy_nt(out + (at + qlo) * es, from + qlo * es, qb);
+            if (qb >= NT_MIN_BYTES) copy_nt(out + (at + qlo) * es, from + qlo * es, qb);
             else copy_bytes(out + (at + qlo) * es, from + qlo * es, qb);
         }
         publish(s, F_DONE, t);
@@ -751,7 +754,7 @@ coll_result_t coll_shm_allgather_blocks(coll_ctx_t *ctx, const coll_args_t *a, c
             const size_t qlo = coll_block_offset(n, P, q), qb = piece(n, P, q, j, step) * es;
             const char *from = peer_input(ctx, q, t, (qlo + j) * es, 0);
             if (!from) COLL_TRY(coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL));
-            if (qb >= s->nt_min) copy_nt(buf + (qlo + j) * es, from, qb);
+            if (qb >= NT_MIN_BYTES) copy_nt(buf + (qlo + j) * es, from, qb);
             else copy_bytes(buf + (qlo + j) * es, from, qb);
         }
         publish(s, F_DONE, t);
@@ -819,7 +822,7 @@ static coll_result_t pair_copy(coll_ctx_t *ctx, uint64_t t, char *local, size_t 
     char *mapped = (char *)peer_data(ctx, peer, t, 0, off);
     if (!mapped) return coll_comm_fail(ctx->comm, COLL_ERR_INTERNAL);
     if (write) copy_bytes(mapped, local, bytes);
-    else if (bytes >= ctx->shm->nt_min) copy_nt(local, mapped, bytes);
+    else if (bytes >= NT_MIN_BYTES) copy_nt(local, mapped, bytes);
     else copy_bytes(local, mapped, bytes);
     return COLL_SUCCESS;
 }
@@ -880,7 +883,7 @@ coll_result_t coll_shm_broadcast(coll_ctx_t *ctx, const coll_args_t *a) {
     /* measured at 2 ranks: 16 MiB in 2.4-2.7 ms with non-temporal stores,
      * 5.4-6.6 ms without; no gain below a few MiB (the peers read the data
      * from memory instead of a cache) */
-    const int nt = a->count * es >= s->nt_min || far_apart(s);
+    const int nt = a->count * es >= s->bcast_nt_min || far_apart(s);
     coll_result_t rc = COLL_SUCCESS;
     if (a->count * es <= EAGER_BYTES) {
         uint64_t t;
@@ -1116,7 +1119,7 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
     s->cma = every2[1];
     s->cldemote = have_cldemote();
     const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); /* 0 or -1 where unknown */
-    s->nt_min = coll_tun.shm_nt_min_bytes       ? coll_tun.shm_nt_min_bytes
+    s->bcast_nt_min = coll_tun.shm_bcast_nt_min_bytes       ? coll_tun.shm_bcast_nt_min_bytes
                 : l3 > 0 && (size_t)l3 / 8 > NT_MIN_BYTES ? (size_t)l3 / 8
                                                           : NT_MIN_BYTES;
     COLL_LOG(c, COLL_LOG_INFO, "shared memory: single copies between ranks (CMA) %s", s->cma ? "on" : "off");

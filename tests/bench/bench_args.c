@@ -102,6 +102,5 @@ int bench_args_parse(int argc, char **argv, bench_args_t *a, char *why, size_t l
     if (a->minb > a->maxb) BAD("-b must not exceed -e");
     if (a->base == BENCH_BASE_LIMIT && (a->op != O_ALLREDUCE || a->dt != COLL_FLOAT32 || a->redop != COLL_SUM || a->gpu))
         BAD("-x limit: the limit is a float32 sum all-reduce on host memory");
-    if (a->base == BENCH_BASE_LIMIT && a->fresh) BAD("-F 1: not with -x limit (the limit's own inputs are not rewritten)");
     return 0;
 }

@@ -84,3 +84,5 @@ void limit_close(limit_t *l) {
     MPI_Win_free(&l->win);
     MPI_Comm_free(&l->node);
 }
+
+char *limit_buffer(limit_t *l) { return l->mine + HDR; }

@@ -26,6 +26,8 @@ typedef struct {
 int limit_open(limit_t *l, size_t maxb);
 /* One all-reduce of bytes (float32 sum, in place in the rank's window). */
 void limit_allreduce(limit_t *l, size_t bytes);
+/* This rank's buffer (what limit_allreduce reduces in place). */
+char *limit_buffer(limit_t *l);
 void limit_close(limit_t *l);
 
 #endif
