@@ -185,20 +185,23 @@ static long check(run_t *r) {
 }
 
 /* -F 1: rewrites the input this rank's call reads (one byte of every
- * 64-byte line, with its own value; lim: the limit exchange's), as a training step writes the
- * gradients it then reduces. Otherwise a library that reads a peer's
- * unchanged input straight from its memory (Open MPI's single copy) finds
- * it in this core's cache from the second call on, which no training step
- * does (2-rank reduce, 32 KiB: 3.1 us against 8.9 with rewritten inputs).
- * Returns the seconds it took, which timed() leaves out. */
+ * 64-byte line, with its own value; with lim, the limit exchange's buffer,
+ * which it reduces in place), as a training step writes the gradients it
+ * then reduces. Otherwise a library that reads a peer's unchanged input
+ * straight from its memory (Open MPI's single copy) finds it in this core's
+ * cache from the second call on, which no training step does (2-rank
+ * reduce, 32 KiB: 3.1 us against 8.9 with rewritten inputs). Returns the
+ * seconds it took, which timed() leaves out. */
 static double freshen(const run_t *r, limit_t *lim) {
     const void *s;
     void *d;
-    call_buffers(r, &s, &d);
     size_t bytes = r->count * r->es;
-    if (r->op == O_REDUCE_SCATTER) bytes *= (size_t)nranks;
-    if (r->op == O_BROADCAST) s = rank == 0 ? d : NULL;
-    if (lim) s = limit_buffer(lim); /* the limit reduces in place in its own window */
+    if (lim) s = limit_buffer(lim);
+    else {
+        call_buffers(r, &s, &d);
+        if (r->op == O_REDUCE_SCATTER) bytes *= (size_t)nranks;
+        if (r->op == O_BROADCAST) s = rank == 0 ? d : NULL; /* only the root's buffer is an input */
+    }
     const double t0 = now();
     volatile char *p = (volatile char *)s;
     for (size_t o = 0; p && o < bytes; o += 64) p[o] = p[o];
