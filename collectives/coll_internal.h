@@ -144,7 +144,7 @@ typedef struct coll_ctx {
     char *scratch; /* grown on demand, kept for reuse */
     size_t scratch_bytes;
     struct coll_trace_entry *cur; /* the flight-recorder entry of the operation running here */
-    struct coll_shm *shm;         /* shared-memory workspaces (shm.c), or NULL */
+    struct coll_shm *shm;         /* shared-memory workspaces (shm*.c), or NULL */
     struct coll_hier *hier;       /* hierarchical: this node's and the cross-node contexts (hier.c), or NULL */
     int hier_local;               /* with hier: ranks per node */
     const int *world;             /* a hier child: its ranks' numbers on the comm (NULL: the same) */
@@ -285,7 +285,7 @@ enum { COLL_MEM_DESC = 5 };
 COLL_HIDDEN void coll_mem_describe(struct coll_comm *c, const void *ptr, int64_t d[COLL_MEM_DESC]);
 COLL_HIDDEN char *coll_mem_map_peer(struct coll_comm *c, int q, const int64_t d[COLL_MEM_DESC]);
 
-/* shm.c: node-local communicators (ctx->shm set) */
+/* shm*.c: node-local communicators (ctx->shm set) */
 COLL_HIDDEN coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx);
 COLL_HIDDEN void coll_shm_ctx_free(coll_ctx_t *ctx);
 COLL_HIDDEN coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a);

@@ -3,7 +3,7 @@
  *
  * A flat ring sends 2(P-1)/P of an all-reduce's data over every node's link
  * once per rank on that node; here each node's ranks first reduce-scatter
- * through shared memory (shm.c), each rank then all-reduces its shard with
+ * through shared memory (shm*.c), each rank then all-reduces its shard with
  * the ranks of the same node rank on the other nodes (our ring or recursive
  * doubling, every shard at the same time), and the node all-gathers the
  * shards: the node's link carries the buffer about once each way. Broadcast

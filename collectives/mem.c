@@ -1,7 +1,7 @@
 /* coll_mem_alloc: buffers the node's peers can map (include/coll.h). Each
  * allocation is its own memfd, kept open while it lives so that a peer can
  * open it through /proc/PID/fd/N the first time a collective hands it over
- * (shm.c), and mapped shared. Nothing is named anywhere, so nothing is left
+ * (shm*.c), and mapped shared. Nothing is named anywhere, so nothing is left
  * behind when a rank dies. */
 #include <errno.h>
 #include <fcntl.h>

@@ -61,7 +61,7 @@ coll_algo_t coll_p2p_algo(int size, const coll_args_t *a) {
  * (one hand-off, one line per 56 bytes) it beats or ties rd at 3, 4 and 5
  * ranks at 8 B-4 KiB (3: 1.00-1.30x, 4: 0.99-1.37x, 5: 1.01-1.28x, three
  * alternating runs each, 2026-12-06), so shm takes every size; broadcast
- * and reduce, whose writers run ahead through the eager slots (shm.c), beat
+ * and reduce, whose writers run ahead through the eager slots (shm_internal.h), beat
  * the tree at every count (2.3-4.3x and 1.04-1.11x at 4-256 B). */
 static int shm_wins(coll_kind_t k) { return k != COLL_K_BARRIER; }
 
