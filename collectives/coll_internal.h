@@ -34,7 +34,8 @@ typedef struct {
     size_t shm_oneshot_bytes; /* COLL_SHM_ONESHOT_BYTES: one-shot all-reduce up to this */
     int shm_cma;              /* COLL_SHM_CMA: single copies between ranks where allowed */
     size_t shm_nt_max_bytes;  /* COLL_SHM_NT_MAX_BYTES: cores close, two-shot copy-ins and the 2-rank
-                                 reduce's stream up to this use non-temporal stores */
+                                 reduce's stream up to this use non-temporal stores (SIZE_MAX,
+                                 the default: by the CPU, struct coll_shm's nt_max) */
     size_t shm_bcast_nt_min_bytes; /* COLL_SHM_BCAST_NT_MIN_BYTES: a broadcast root copies in at least this
                                       with non-temporal stores (0: an eighth of the shared L3, at least 4 MiB) */
     int shm_far;              /* COLL_SHM_FAR: -1 measure whether the cores are far apart, 0 no, 1 yes */

@@ -29,6 +29,26 @@ static int have_cldemote(void) {
 #endif
 }
 
+/* Where the cores are close, two-shot copy-ins and the 2-rank reduce's
+ * stream use non-temporal stores up to this size (COLL_SHM_NT_MAX_BYTES
+ * replaces it): 128 KiB on AMD CPUs, where the peer's reads of lines left
+ * in this core's L2 were the slow part (copy_in); none elsewhere. On the
+ * Intel host (Xeon under KVM, 2 MiB L2 per core; 2026-12-07, three
+ * alternating rounds) they cost: 2-rank all-reduce 128 KiB 25.5-27.9 us with
+ * them, 16.7-18.6 without (0.90-1.01x Open MPI -> 1.43-1.52x); reduce 64 /
+ * 128 KiB 9.0-9.9 / 13.1-18.8 us against 7.4-9.3 / 9.3-9.5; 16-32 KiB alike.
+ * Other CPUs than these two are unmeasured: ordinary stores, the plain choice. */
+#define NT_MAX_AMD_BYTES ((size_t)128 << 10)
+static size_t nt_max_default(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, id[3];
+    char vendor[13] = {0}; /* cpuid 0: the vendor's name in ebx, edx, ecx */
+    if (__get_cpuid(0, &a, &id[0], &id[2], &id[1]) && (memcpy(vendor, id, 12), strcmp(vendor, "AuthenticAMD") == 0))
+        return NT_MAX_AMD_BYTES;
+#endif
+    return 0;
+}
+
 /* Maps a shared memfd (a workspace or a coll_mem_alloc buffer) of the given size. */
 static char *map_fd(int fd, size_t bytes) {
     char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -149,6 +169,7 @@ coll_result_t coll_shm_ctx_init(coll_ctx_t *ctx) {
     s->bcast_nt_min = coll_tun.shm_bcast_nt_min_bytes       ? coll_tun.shm_bcast_nt_min_bytes
                 : l3 > 0 && (size_t)l3 / 8 > NT_MIN_BYTES ? (size_t)l3 / 8
                                                           : NT_MIN_BYTES;
+    s->nt_max = coll_tun.shm_nt_max_bytes != SIZE_MAX ? coll_tun.shm_nt_max_bytes : nt_max_default();
     COLL_LOG(c, COLL_LOG_INFO, "shared memory: single copies between ranks (CMA) %s", s->cma ? "on" : "off");
     ctx->shm = s;
     return COLL_SUCCESS;

@@ -149,6 +149,7 @@ struct coll_shm {
     int cma; /* every rank can read and write its peers' memory (process_vm_readv/writev) */
     int cldemote; /* have_cldemote() */
     size_t bcast_nt_min; /* a broadcast root copies in with non-temporal stores from this size (NT_MIN_BYTES) */
+    size_t nt_max; /* copy_in and reduce_stream, cores close: non-temporal stores up to this size (nt_max_default) */
     char *unpacked; /* P x EAGER_BYTES: the eager slots' data, contiguous (eager_get) */
     float line_ns[LINE_SAMPLES]; /* the last loads of a peer's freshly written counter (far_apart) */
     unsigned nline;
@@ -275,7 +276,7 @@ static const char *const stage_name[F_NUM] = {"its input", "its reduced shard", 
  * polls (COLL_SPIN_OVERSUBSCRIBED when ranks outnumber cores), then yields
  * at every poll; after COLL_TIMEOUT without it, an error naming that peer. */
 SHM_OUTLINE coll_result_t wait_value(coll_ctx_t *ctx, int peer, _Atomic uint64_t *v, uint64_t t, const char *what,
-                                const char *stage) {
+                                     const char *stage) {
     if (atomic_load_explicit(v, memory_order_acquire) >= t) return COLL_SUCCESS;
     const coll_comm_t c = ctx->comm;
     /* oversubscribed: yield at once (COLL_SHM_SPIN_OVERSUBSCRIBED 0; 4 ranks
@@ -407,20 +408,21 @@ SHM_HELPER void reduce_srcs(const coll_args_t *a, void *dst, const char *const *
 
 /* Copies a two-shot call's input into this rank's region, all but
  * [skip_lo, skip_hi) (the shard this rank reduces from its own input); up
- * to COLL_SHM_NT_MAX_BYTES a call with non-temporal stores. The peers then
- * read the lines from memory, with the prefetchers' help, where ordinary
+ * to nt_max bytes a call with non-temporal stores. On the AMD host the peers
+ * then read the lines from memory, with the prefetchers' help, where ordinary
  * stores left them in this core's L2 for the peers to take one at a time
  * (2 ranks, 32-128 KiB: reduce 1.2-1.3x faster, all-reduce 1.1x; at 512
  * KiB-2 MiB the lines leave this L2 for the shared L3 anyway, and the
- * all-reduce was 1.3-1.6x slower with them). Not with ranks outnumbering
+ * all-reduce was 1.3-1.6x slower with them); on the Intel host the peer's
+ * reads out of this L2 were the faster (nt_max_default). Not with ranks outnumbering
  * cores: a peer on this core would have read them from this L2 (4 ranks on
  * 2 cores: all-reduce 1.15-1.4x slower with them). At every size where the
  * cores are far apart (4 ranks on 2 cores: reduce 1.8x faster). */
 SHM_OUTLINE void copy_in(const coll_ctx_t *ctx, const coll_args_t *a, char *dst, const char *in, size_t n,
-                    size_t skip_lo, size_t skip_hi) {
+                         size_t skip_lo, size_t skip_hi) {
     const size_t es = coll_dtype_size(a->dtype);
     void (*copy)(void *, const void *, size_t) =
-        !ctx->comm->oversubscribed && a->count * es <= coll_tun.shm_nt_max_bytes ? copy_nt : copy_far(ctx->shm);
+        !ctx->comm->oversubscribed && a->count * es <= ctx->shm->nt_max ? copy_nt : copy_far(ctx->shm);
     copy(dst, in, skip_lo * es);
     copy(dst + skip_hi * es, in + skip_hi * es, (n - skip_hi) * es);
 }

@@ -53,7 +53,7 @@ coll_result_t coll_shm_pair_begin(coll_ctx_t *ctx, uint64_t *t, const void *buf,
  * peer's buffer is coll_mem_alloc's (no system call: 4-16 MiB all-gathers
  * took 0.65-0.9x the time), with the kernel's single copy otherwise. */
 coll_result_t coll_shm_pair_copy(coll_ctx_t *ctx, uint64_t t, char *local, size_t off, size_t bytes, int write,
-                               const char *what) {
+                                 const char *what) {
     const int peer = 1 - ctx->shm->me;
     const shm_desc_t *d = &hdr(ctx->shm, peer)->desc[t & 1].d;
     if (d->in_fd < 0) return cma_copy(ctx, peer, local, d->user + off, bytes, write, what);

@@ -17,10 +17,11 @@ static coll_result_t reduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
     const int me = s->me, root = a->root, peer = 1 - me;
     const char *in = a->sendbuf;
     char *out = a->recvbuf;
-    /* non-temporal stores where the cores are far apart, and up to
-     * COLL_SHM_NT_MAX_BYTES where they are close (128 KiB: 12.8-14.8 us
-     * against 14.5-18.9 with ordinary stores; 512 KiB: 37-40 against 18-20) */
-    const int nt = a->count * es <= coll_tun.shm_nt_max_bytes || far_either(s);
+    /* non-temporal stores where the cores are far apart, and up to nt_max
+     * where they are close (AMD host, 128 KiB: 12.8-14.8 us against
+     * 14.5-18.9 with ordinary stores; 512 KiB: 37-40 against 18-20; the
+     * Intel host: nt_max_default) */
+    const int nt = a->count * es <= s->nt_max || far_either(s);
     coll_result_t rc = COLL_SUCCESS;
     size_t n;
     for (size_t at = 0; at < a->count; at += n) {
