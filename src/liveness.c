@@ -125,7 +125,8 @@ static int ping_all(liveness_t *l, int ping, int *round, double limit_s, MPI_Req
         if (cancel && atomic_load(cancel)) *done = 1;
         if (missing && !*done) nap();
     }
-    size_t o = (size_t)snprintf(err, errlen, "%s: rank(s)", what);
+    char names[256] = "";
+    size_t o = 0;
     for (int r = 0; r < P; r++) {
         if (r == l->rank) continue;
         for (int k = 0; k < 2; k++) { /* a late pong is dropped, a ping not yet taken withdrawn */
@@ -139,11 +140,13 @@ static int ping_all(liveness_t *l, int ping, int *round, double limit_s, MPI_Req
         }
         if (!got[r] && !*done) {
             silent++;
-            if (o < errlen) o += (size_t)snprintf(err + o, errlen - o, " %d", r);
+            if (o < sizeof names) o += (size_t)snprintf(names + o, sizeof names - o, " %d", r);
         }
     }
-    if (silent && o < errlen)
-        snprintf(err + o, errlen - o, " stopped answering (no reply within %.1f s)", limit_s);
+    /* "rank 1", as every other message names a rank (and what a reader greps for) */
+    if (silent)
+        snprintf(err, errlen, "%s: rank%s%s stopped answering (no reply within %.1f s)", what, silent > 1 ? "s" : "",
+                 names, limit_s);
 out:
     free(rq), free(pong), free(got);
     return silent;

@@ -26,13 +26,14 @@ int liveness_wait(liveness_t *l, MPI_Request *req, double every_s, double max_s,
 /* Guards a stretch of blocking calls that have no timeout of their own (MPI
  * collectives in a set-up, say): while it is on, a helper thread pings every
  * other rank every every_s, and a rank that does not answer within every_s
- * ends the job (MPI_Abort) after "WHAT: rank(s) R stopped answering (...)"
+ * ends the job (MPI_Abort) after "WHAT: rank R stopped answering (...)"
+ * ("ranks R1 R2" for several)
  * on stderr. every_s <= 0 or what NULL turns it off; calling it again
  * replaces the stretch's name and period. The others must be answering
  * (liveness_answer) for as long as anyone guards. */
 void liveness_guard(liveness_t *l, double every_s, const char *what);
 /* Pings every other rank once: the number that did not answer within
- * limit_s, named in err ("what: rank(s) ... stopped answering"). */
+ * limit_s, named in err ("what: rank R stopped answering"). */
 int liveness_census(liveness_t *l, double limit_s, const char *what, char *err, size_t errlen);
 
 #endif

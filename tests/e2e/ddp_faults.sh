@@ -100,14 +100,14 @@ stop_named() {
 }
 # a rank stopped during start-up (the others still making their data, then in
 # the start-up agreement) is named instead of leaving them waiting there forever
-stop_named "a rank stopped during start-up is named" 1 0 60 "start-up: rank(s) 1 stopped answering" -- \
+stop_named "a rank stopped during start-up is named" 1 0 60 "start-up: rank 1 stopped answering" -- \
     -np 3 "$BIN" "${SMALL[@]}" data.shape=1,28,28 data.train_size=60000 ddp.timeout_s=2
 # ... and in the stretches that block in plain MPI collectives with no timeout of
 # their own: the engine's set-up right after the start-up agreement (coll_comm_init;
 # a CI kill trial hung there) and the replica check after the last step
 for stage in setup:2 replica-check:1; do
     DDP_FAULT=stop@$stage stop_named "a rank stopped at stage ${stage%:*} is named" "${stage#*:}" self 12 \
-        "rank(s) ${stage#*:} stopped answering" -- -x DDP_FAULT -np 3 "$BIN_FAULTS" "${SMALL[@]}" train.max_steps=5 ddp.timeout_s=2
+        "rank ${stage#*:} stopped answering" -- -x DDP_FAULT -np 3 "$BIN_FAULTS" "${SMALL[@]}" train.max_steps=5 ddp.timeout_s=2
 done
 
 # --- checkpoints
@@ -160,7 +160,7 @@ else no "slow checkpoint write"; fi
 # about two timeouts (every rank answers liveness pings while it waits); after
 # 3 s rank 0 is asleep in its first (slow) checkpoint write
 DDP_FAULT=slow-checkpoint=60 stop_named "a writer stopped during its checkpoint write is named" 0 3 12 \
-    "rank(s) 0 stopped answering" -- -x DDP_FAULT -np 3 "$BIN_FAULTS" "${CK[@]}" checkpoint.dir="$TMP/stopw" \
+    "rank 0 stopped answering" -- -x DDP_FAULT -np 3 "$BIN_FAULTS" "${CK[@]}" checkpoint.dir="$TMP/stopw" \
     train.max_steps=20 ddp.timeout_s=2
 # a corrupt newest checkpoint is skipped with a message
 cp -r "$TMP/a-sgd" "$TMP/d"

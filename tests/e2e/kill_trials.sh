@@ -99,7 +99,7 @@ PY
     [ $rc -ne 0 ] && [ $dt -gt $((TIMEOUT_S + 10)) ] && problems="$problems ended ${dt}s after the signal (limit $((TIMEOUT_S + 10)));"
     # named as the lost process (mpirun, kill -9) or as the silent peer (libcoll's timeout, SIGSTOP),
     # or as the rank that stopped answering during a checkpoint write
-    [ $rc -ne 0 ] && ! grep -qE "process rank $victim\b|(from|to) rank $victim\b|rank\(s\)( [0-9]+)* $victim( [0-9]+)* stopped answering" "$d/out" &&
+    [ $rc -ne 0 ] && ! grep -qE "process rank $victim\b|(from|to) rank $victim\b|ranks?( [0-9]+)* $victim( [0-9]+)* stopped answering" "$d/out" &&
         problems="$problems the output does not name rank $victim;"
     [ "$left" -ne 0 ] && problems="$problems $left process(es) left;"
     ckpt=$(ls "$d/ck"/ckpt-*.bin 2>/dev/null | tail -1)

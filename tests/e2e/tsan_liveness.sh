@@ -8,7 +8,13 @@
 set -u
 cd "$(dirname "$0")/../.."
 export OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export TSAN_OPTIONS=${TSAN_OPTIONS:-"suppressions=$PWD/tests/tsan.supp history_size=7 exitcode=66"}
+# ignore_interceptors_accesses: the copies Open MPI makes with process_vm_readv (its
+# shared-memory BTL's CMA, driven by whichever thread progresses MPI) are not checked.
+# Their races are suppressed (tests/tsan.supp), but TSan looks for the racy address
+# first, and over ddp-train's 2 MiB hop probe that search held a rank for more than
+# 10 s: the census named it as silent in a healthy job (6 of 14 runs, 2026-12-07; 0 of
+# 14 with the flag). Our own threads' loads and stores are still checked.
+export TSAN_OPTIONS=${TSAN_OPTIONS:-"suppressions=$PWD/tests/tsan.supp history_size=7 exitcode=66 ignore_interceptors_accesses=1"}
 BIN=build-tsan/tests/ddp-train-faults
 JOB=(configs/bench-mlp1024.ini ddp.zero=0 data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
      model.hidden=32,16 train.max_steps=5 train.eval_every=0 ddp.timeout_s=2 log.progress=off log.metrics=)
@@ -29,6 +35,6 @@ check() { # NAME WANT_RC NEEDLE -- DDP_FAULT
     fi
 }
 check "healthy job: no race between the liveness threads and MPI" 0 "replicas identical on 3 ranks" none
-check "rank 2 stopped in the set-up: named by the guard, no race" 1 "rank(s) 2 stopped answering" stop@setup:2
+check "rank 2 stopped in the set-up: named by the guard, no race" 1 "rank 2 stopped answering" stop@setup:2
 echo "tsan-liveness: $P passed, $F failed"
 [ $F -eq 0 ]
