@@ -13,8 +13,9 @@ export OPENBLAS_NUM_THREADS=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CO
 # Their races are suppressed (tests/tsan.supp), but TSan looks for the racy address
 # first, and over ddp-train's 2 MiB hop probe that search held a rank for more than
 # 10 s: the census named it as silent in a healthy job (6 of 14 runs, 2026-12-07; 0 of
-# 14 with the flag). Our own threads' loads and stores are still checked.
-export TSAN_OPTIONS=${TSAN_OPTIONS:-"suppressions=$PWD/tests/tsan.supp history_size=7 exitcode=66 ignore_interceptors_accesses=1"}
+# 14 with the flag). Our own threads' loads and stores are still checked. (Added to
+# whatever TSAN_OPTIONS make test has set.)
+export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$PWD/tests/tsan.supp history_size=7 exitcode=66} ignore_interceptors_accesses=1"
 BIN=build-tsan/tests/ddp-train-faults
 JOB=(configs/bench-mlp1024.ini ddp.zero=0 data.shape=1,8,8 data.classes=5 data.train_size=1200 data.test_size=100
      model.hidden=32,16 train.max_steps=5 train.eval_every=0 ddp.timeout_s=2 log.progress=off log.metrics=)
