@@ -38,7 +38,8 @@ typedef struct {
                                  the default: by the CPU, struct coll_shm's nt_max) */
     size_t shm_bcast_nt_min_bytes; /* COLL_SHM_BCAST_NT_MIN_BYTES: a broadcast root copies in at least this
                                       with non-temporal stores (0: an eighth of the shared L3, at least 4 MiB) */
-    int shm_far;              /* COLL_SHM_FAR: -1 measure whether the cores are far apart, 0 no, 1 yes */
+    int shm_far;              /* COLL_SHM_FAR: -1 measure whether the cores are far apart, 0 no, 1 yes,
+                                 2 (tests) yes and no by turns, each rank at its own pace */
     size_t shm_cma_min_bytes; /* COLL_SHM_CMA_MIN_BYTES: 2-rank broadcast and all-gather above it copy
                                  between the ranks' buffers */
     int node_size;            /* COLL_NODE_SIZE: ranks per node for `hier` (0: the real nodes) */

@@ -22,10 +22,15 @@ static void reduce_keep(const coll_args_t *a, char *shard, char *out, const char
  * ZC_STREAM_MAX_BYTES (far apart, the zero-copy two-shot's reads from the
  * peer's cache took 1.1-1.9x the stream's time at 64 KiB-16 MiB, but from
  * 64 MiB, where both run at memory's pace, the stream's extra copies took
- * 1.6-2x). A round of its own, as every rank must take the same path; its
- * hand-off is also a sample. */
+ * 1.6-2x). Every rank must take the same path. Up to ZC_STREAM_MAX_BYTES
+ * the choice is the votes of the last round (pair_vote, pair_tally), which
+ * both ranks read alike: a round of its own to vote, as until 2026-12-07,
+ * held the ranks in step, and the two-shot after it took 1.6x as long
+ * (64 KiB 16-18 us against 9.3-10.5; Intel host, docs/PERFORMANCE.md).
+ * Above, where the buffers count, a round of its own (its hand-off is also
+ * a sample), which costs nothing there. */
 #define ZC_STREAM_MAX_BYTES ((size_t)16 << 20)
-static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, size_t bytes, int *stream) {
+static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, int *stream) {
     struct coll_shm *s = ctx->shm;
     const int peer = 1 - s->me;
     uint64_t t;
@@ -37,9 +42,17 @@ static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, size_t bytes, int *
     rc = wait_peer(ctx, peer, F_COPIED, t, "allreduce");
     if (rc != COLL_SUCCESS) return rc;
     const int votes = hdr(s, s->me)->desc[t & 1].d.far | hdr(s, peer)->desc[t & 1].d.far;
-    *stream = (votes & 1) && (!(votes & 2) || bytes <= ZC_STREAM_MAX_BYTES);
+    *stream = (votes & 1) && !(votes & 2);
     publish(s, F_DONE, t);
     return COLL_SUCCESS;
+}
+
+/* A 2-rank all-reduce round's vote for the next call's path: this rank's
+ * far_apart in its descriptor before the round's first hand-off, and after
+ * it both ranks' (each reads the same two). */
+static void pair_vote(struct coll_shm *s, uint64_t t) { hdr(s, s->me)->desc[t & 1].d.far = far_apart(s) ? 1 : 0; }
+static void pair_tally(struct coll_shm *s, uint64_t t) {
+    s->pair_far = (hdr(s, 0)->desc[t & 1].d.far | hdr(s, 1)->desc[t & 1].d.far) & 1;
 }
 
 /* 2-rank all-reduce through memory (as reduce_stream, both ways), for cores
@@ -60,6 +73,7 @@ static coll_result_t allreduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
         uint64_t t;
         COLL_TRY(begin_round(ctx, &t, "allreduce"));
         const uint64_t k0 = t << 20;
+        pair_vote(s, t);
         char *mine = region(s, me, t, 0);
         const char *theirs = region(s, peer, t, 0);
         uint64_t sent = k0;
@@ -73,6 +87,7 @@ static coll_result_t allreduce_stream(coll_ctx_t *ctx, const coll_args_t *a) {
             const size_t m = n - j < per ? n - j : per;
             sample_line(s, &hdr(s, peer)->f[F_PIECES].v);
             COLL_TRY(wait_value(ctx, peer, &hdr(s, peer)->f[F_PIECES].v, k, "allreduce", stage_name[F_PIECES]));
+            if (j == 0) pair_tally(s, t);
             const char *src[2];
             src[me] = in + (at + j) * es, src[peer] = theirs + j * es;
             if (me == 1 && in == out) { /* the kernels allow dst == src[0] only */
@@ -107,9 +122,10 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     coll_result_t rc = COLL_SUCCESS;
     uint64_t t = 0;
     size_t n;
-    if (P == 2 && !oneshot && !ctx->comm->oversubscribed && bytes > EAGER_BYTES) {
-        int stream;
-        COLL_TRY(allreduce_pick(ctx, zc, bytes, &stream));
+    const int pair = P == 2 && !ctx->comm->oversubscribed;
+    if (pair && !oneshot && bytes > EAGER_BYTES) {
+        int stream = s->pair_far;
+        if (bytes > ZC_STREAM_MAX_BYTES) COLL_TRY(allreduce_pick(ctx, zc, &stream));
         if (stream) return allreduce_stream(ctx, a);
     }
     if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */
@@ -135,8 +151,10 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
             const size_t mlo = coll_block_offset(n, P, me);
             copy_in(ctx, a, region(s, me, t, 0), in + at * es, n, mlo, mlo + coll_block_count(n, P, me));
         }
+        if (pair) pair_vote(s, t);
         publish(s, F_COPIED, t);
         COLL_TRY(wait_all(ctx, F_COPIED, t, "allreduce"));
+        if (pair) pair_tally(s, t);
         /* every rank zero-copy (each sees every descriptor, so all decide
          * alike): no region is used, so this round takes the whole rest
          * (the rounds' hand-offs cost 2-2.5x at 512 KiB-8 MiB) */

@@ -154,6 +154,7 @@ struct coll_shm {
     float line_ns[LINE_SAMPLES]; /* the last loads of a peer's freshly written counter (far_apart) */
     unsigned nline;
     int far_said; /* far_apart as last written to this rank's header */
+    int pair_far; /* 2 ranks: either rank's far_apart in the last all-reduce round (pair_tally) */
 };
 
 SHM_HELPER double now_s(void) {
@@ -232,6 +233,7 @@ SHM_HELPER char *region(const struct coll_shm *s, int r, uint64_t t, int which) 
 #define LINE_FAR_NS 130.0
 #define FAR_SAMPLE_RANKS 8 /* begin_round samples every peer up to this many ranks */
 SHM_HELPER int far_apart(const struct coll_shm *s) {
+    if (coll_tun.shm_far == 2) return (int)(s->round / (3 + (unsigned)s->me)) & 1; /* ranks disagreeing, changing */
     if (coll_tun.shm_far >= 0) return coll_tun.shm_far; /* COLL_SHM_FAR: the user knows, or a test chooses */
     const unsigned n = s->nline < LINE_SAMPLES ? s->nline : LINE_SAMPLES;
     unsigned above = 0;
@@ -250,7 +252,7 @@ SHM_HELPER void (*copy_far(const struct coll_shm *s))(void *, const void *, size
 
 /* ... by this rank's samples or the peer's */
 SHM_HELPER int far_either(const struct coll_shm *s) {
-    if (coll_tun.shm_far >= 0) return coll_tun.shm_far;
+    if (coll_tun.shm_far == 0 || coll_tun.shm_far == 1) return coll_tun.shm_far;
     return far_apart(s) || atomic_load_explicit(&hdr(s, 1 - s->me)->far.v, memory_order_relaxed);
 }
 

@@ -63,7 +63,7 @@ static const struct {
     {"COLL_SHM_ONESHOT_BYTES", T_BYTES, &coll_tun.shm_oneshot_bytes, 0, 1u << 30},
     {"COLL_SHM_NT_MAX_BYTES", T_BYTES, &coll_tun.shm_nt_max_bytes, 0, 1u << 30},
     {"COLL_SHM_BCAST_NT_MIN_BYTES", T_BYTES, &coll_tun.shm_bcast_nt_min_bytes, 0, 1e15},
-    {"COLL_SHM_FAR", T_INT, &coll_tun.shm_far, -1, 1},
+    {"COLL_SHM_FAR", T_INT, &coll_tun.shm_far, -1, 2},
     {"COLL_SHM_CMA", T_BOOL, &coll_tun.shm_cma, 0, 1},
     {"COLL_SHM_CMA_MIN_BYTES", T_BYTES, &coll_tun.shm_cma_min_bytes, 0, 1e15},
     {"COLL_NODE_SIZE", T_INT, &coll_tun.node_size, 0, 1 << 20},
