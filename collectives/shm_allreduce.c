@@ -22,15 +22,19 @@ static void reduce_keep(const coll_args_t *a, char *shard, char *out, const char
  * ZC_STREAM_MAX_BYTES (far apart, the zero-copy two-shot's reads from the
  * peer's cache took 1.1-1.9x the stream's time at 64 KiB-16 MiB, but from
  * 64 MiB, where both run at memory's pace, the stream's extra copies took
- * 1.6-2x). Every rank must take the same path. Up to ZC_STREAM_MAX_BYTES
- * the choice is the votes of the last round (pair_vote, pair_tally), which
- * both ranks read alike: a round of its own to vote, as until 2026-12-07,
- * held the ranks in step, and the two-shot after it took 1.6x as long
- * (64 KiB 16-18 us against 9.3-10.5; Intel host, docs/PERFORMANCE.md).
- * Above, where the buffers count, a round of its own (its hand-off is also
- * a sample), which costs nothing there. */
+ * 1.6-2x). Every rank must take the same path. A call of more than one
+ * round votes in a hand-off of its own first (its hand-off is also a
+ * sample); a call of one round takes the votes of the last all-reduce round
+ * (pair_vote, pair_tally), which both ranks read alike: the hand-off held
+ * the ranks in step, and the two-shot after it took 1.6x as long at 64-120
+ * KiB (Intel host, 2026-12-07: 64 KiB 16-18 us against 9.3-10.5). Larger
+ * calls keep it (under 2% of their time): deciding them too on the last
+ * call's votes, the 2-rank training of bench-mlp1024 with ZeRO-0's
+ * all-reduces (buckets of megabytes) took the far path often enough to
+ * expose 1.35 ms of communication a step (against 0.55) in 7 of 10 runs,
+ * with the hand-off in 1-3 of 10 (why, not found). */
 #define ZC_STREAM_MAX_BYTES ((size_t)16 << 20)
-static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, int *stream) {
+static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, size_t bytes, int *stream) {
     struct coll_shm *s = ctx->shm;
     const int peer = 1 - s->me;
     uint64_t t;
@@ -42,7 +46,7 @@ static coll_result_t allreduce_pick(coll_ctx_t *ctx, int zc, int *stream) {
     rc = wait_peer(ctx, peer, F_COPIED, t, "allreduce");
     if (rc != COLL_SUCCESS) return rc;
     const int votes = hdr(s, s->me)->desc[t & 1].d.far | hdr(s, peer)->desc[t & 1].d.far;
-    *stream = (votes & 1) && !(votes & 2);
+    *stream = (votes & 1) && (!(votes & 2) || bytes <= ZC_STREAM_MAX_BYTES);
     publish(s, F_DONE, t);
     return COLL_SUCCESS;
 }
@@ -125,7 +129,7 @@ coll_result_t coll_shm_allreduce(coll_ctx_t *ctx, const coll_args_t *a) {
     const int pair = P == 2 && !ctx->comm->oversubscribed;
     if (pair && !oneshot && bytes > EAGER_BYTES) {
         int stream = s->pair_far;
-        if (bytes > ZC_STREAM_MAX_BYTES) COLL_TRY(allreduce_pick(ctx, zc, &stream));
+        if (bytes > s->region) COLL_TRY(allreduce_pick(ctx, zc, bytes, &stream));
         if (stream) return allreduce_stream(ctx, a);
     }
     if (bytes <= EAGER_BYTES) { /* every rank reduces every slot, in rank order: the same result everywhere */
