@@ -117,7 +117,10 @@ fi
 # throttled case together, where 9 runs here before and after named 0 of 90 healthy
 # records and 90 of 90 throttled ones). A case that misses its bound is run once more,
 # and the host's steal time of each try is printed: the second try decides, so a
-# regression still fails (it misses twice), a noisy minute does not.
+# regression still fails (it misses twice), a noisy minute does not. The healthy case
+# allows one named record of its 10, as the 2-node one does: in a slow phase of the
+# host (one rank's step 26-46 ms from record to record, steal 3-4 jiffies) a CI run
+# named 2 and then 1 (lateness 17.8 ms, real), where a false attribution names most.
 named() { grep -c "\"slowest_rank\":$2,\"lateness_ms\":[0-9.]*,\"cause\":\"$3\"" "$1"; }
 records() { grep -c '"event":"step"' "$1"; }
 steal() { awk '/^cpu /{print $9}' /proc/stat; }
@@ -141,8 +144,8 @@ healthy1() {
     $MPIRUN -np 2 $BIN "${JOB[@]}" train.max_steps=500 log.every_steps=50 log.metrics="$m" >"$TMP/h.log" 2>&1
     local n fp
     n=$(records "$m") fp=$(grep -c '"slowest_rank":[0-9]' "$m")
-    msg="$fp of $n step records name a straggler (at most 5%)" detail=$m
-    [ "$n" -eq 10 ] && [ $((fp * 20)) -lt "$n" ]
+    msg="$fp of $n step records name a straggler (at most 1)" detail=$m
+    [ "$n" -eq 10 ] && [ "$fp" -le 1 ]
 }
 twice "healthy" healthy1
 
